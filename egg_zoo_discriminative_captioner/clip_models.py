@@ -1,0 +1,63 @@
+"""Loading OpenAI CLIP, shared by the retriever and ClipCap's frozen image encoder."""
+import os
+import warnings
+
+import torch
+from torchvision import transforms
+
+from .errors import UsageError, missing_weights
+
+with warnings.catch_warnings():  # openai-clip imports pkg_resources, which warns on every import
+    warnings.simplefilter("ignore", UserWarning)
+    import clip
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def clip_transform(resolution):
+    """CLIP's preprocessing (bicubic resize of the short side, centre crop, RGB, CLIP mean/std).
+
+    Written out because the ``clip`` package keeps it private (``clip.clip._transform``).
+    """
+    return transforms.Compose(
+        [
+            transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(resolution),
+            transforms.Lambda(lambda image: image.convert("RGB")),
+            transforms.ToTensor(),
+            transforms.Normalize(CLIP_MEAN, CLIP_STD),
+        ]
+    )
+
+
+def _read_state_dict(path):
+    # Released CLIP files are TorchScript archives; files written by torch.save are plain state dicts.
+    # (clip.load cannot read the latter: it retries torch.load on a file handle that jit.load already consumed.)
+    try:
+        return torch.jit.load(path, map_location="cpu").state_dict()
+    except RuntimeError:
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_clip(name, flag, download_root=None):
+    """``(model, preprocess)`` for a name in ``clip.available_models()`` or the path of a CLIP ``.pt`` file.
+
+    The model comes back in fp32 on the CPU, in eval mode; ``flag`` names the option that takes a local path.
+    """
+    if name in clip.available_models():
+        try:
+            model, _ = clip.load(name, device="cpu", jit=False, download_root=download_root)
+        except OSError as error:  # urllib's URLError is an OSError
+            raise missing_weights(f"CLIP {name}", clip.clip._MODELS[name], flag, error) from error
+    elif os.path.isfile(name):
+        try:
+            model = clip.model.build_model(_read_state_dict(name))
+        except Exception as error:  # unreadable file or foreign key layout: several exception types
+            raise UsageError(f"{name} is not a CLIP checkpoint ({type(error).__name__}: {error}) ({flag})") from error
+    else:
+        raise UsageError(
+            f"{name!r} is neither a CLIP model name ({', '.join(clip.available_models())}) nor a file ({flag})"
+        )
+    model = model.float().eval()
+    return model, clip_transform(model.visual.input_resolution)

@@ -1,0 +1,34 @@
+"""The one place that decides which EGG core the plugin runs on.
+
+facebookresearch EGG is used whenever ``egg.core`` imports.  Otherwise the plugin falls back to ``egg_compat``,
+its own small core with the same names, signatures, console output and checkpoint files for exactly the parts
+the plugin uses.  Every other module imports EGG through here (``from .core import core``), so nothing else
+knows which core is active.
+"""
+import importlib.util
+import logging
+import warnings
+
+import torch
+
+try:
+    from egg import core
+    from egg.core.baselines import MeanBaseline, NoBaseline
+    from egg.core.callbacks import Checkpoint
+
+    USING_EGG = True
+except ImportError as error:  # EGG absent, or present without its import-time dependencies (wandb, rich)
+    if importlib.util.find_spec("egg.core") is not None:
+        warnings.warn(f"egg.core is installed but does not import ({error}); using the bundled EGG-compatible core")
+    from . import egg_compat as core
+    from .egg_compat.baselines import MeanBaseline, NoBaseline
+    from .egg_compat.callbacks import Checkpoint
+
+    USING_EGG = False
+
+# torch >= 2.6 loads with weights_only=True, which refuses EGG's Checkpoint NamedTuple unless it is allowed.
+torch.serialization.add_safe_globals([Checkpoint])
+
+logging.getLogger(__name__).debug("EGG core: %s", "facebookresearch EGG" if USING_EGG else "bundled egg_compat")
+
+__all__ = ["core", "Checkpoint", "MeanBaseline", "NoBaseline", "USING_EGG"]

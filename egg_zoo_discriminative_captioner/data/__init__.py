@@ -1,0 +1,36 @@
+"""Data sets and batching.
+
+``DATASETS`` maps each ``--dataset`` name to the function that loads it (imported only when chosen).  A loaded
+data set offers ``split(name) -> ImageSplit`` for "train", "validation" and "test", and ``model_defaults``: option
+values for the models that belong with it (only the built-in synthetic world has any).
+"""
+import importlib
+
+from .base import (
+    EncodedSplit,
+    ImageSplit,
+    collate_game_batch,
+    encode_images,
+    retrieval_loader,
+    training_loader,
+)
+
+DATASETS = {"synthetic": ("..synthetic", "load_dataset")}
+
+
+def load_dataset(opts):
+    """The data set named by ``--dataset``."""
+    module_name, function = DATASETS[opts.dataset]
+    return getattr(importlib.import_module(module_name, package=__name__), function)(opts)
+
+
+__all__ = [
+    "DATASETS",
+    "EncodedSplit",
+    "ImageSplit",
+    "collate_game_batch",
+    "encode_images",
+    "load_dataset",
+    "retrieval_loader",
+    "training_loader",
+]

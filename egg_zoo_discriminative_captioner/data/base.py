@@ -1,0 +1,102 @@
+"""Image splits, their encoding by the frozen encoders, and the EGG batches the game consumes.
+
+A batch is EGG's ``(sender_input, labels, receiver_input, aux_input)``:
+
+- ``sender_input``: the captioner's inputs (for ClipCap, CLIP image features)          ``[B, ...]``
+- ``labels``: the index of each target among the batch's candidates, ``arange(B)``      ``[B]``
+- ``receiver_input``: the candidates' retriever image embeddings                       ``[B, D]``
+- ``aux_input``: ``{"image_index": [B]}``, each image's index in its split
+
+Every image of a batch is a target and the other B - 1 are its distractors, as in the paper.
+"""
+from dataclasses import dataclass
+from typing import List, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..errors import UsageError
+
+
+@dataclass
+class ImageSplit:
+    """One split of a data set: images (PIL images, by index) and their reference captions."""
+
+    name: str
+    images: Sequence  # images[i] -> PIL.Image
+    references: List[List[str]]
+
+    def __len__(self):
+        return len(self.references)
+
+
+@torch.no_grad()
+def encode_images(split, transform, encoder, batch_size=256, device="cpu", desc=None):
+    """Runs a frozen ``encoder`` over the split's images, ``transform`` first; returns ``[N, ...]`` on the CPU."""
+    outputs = []
+    for start in tqdm(range(0, len(split), batch_size), desc=desc or f"encoding {split.name}", leave=False):
+        end = min(start + batch_size, len(split))
+        pixels = torch.stack([transform(split.images[i]) for i in range(start, end)]).to(device)
+        outputs.append(encoder(pixels).cpu())
+    return torch.cat(outputs)
+
+
+class EncodedSplit(Dataset):
+    """A split whose images are already encoded for the captioner (sender) and the retriever (receiver)."""
+
+    def __init__(self, split, sender_inputs, receiver_inputs):
+        if not len(split) == len(sender_inputs) == len(receiver_inputs):
+            raise ValueError("a split's references, sender inputs and receiver inputs must have one row per image")
+        self.split = split
+        self.sender_inputs = sender_inputs
+        self.receiver_inputs = receiver_inputs
+
+    def __len__(self):
+        return len(self.split)
+
+    def __getitem__(self, index):
+        return self.sender_inputs[index], self.receiver_inputs[index], index
+
+
+def collate_game_batch(items):
+    """Stacks ``(sender_input, receiver_input, index)`` items into EGG's four-part batch with in-batch targets."""
+    sender_inputs, receiver_inputs, indices = zip(*items)
+    labels = torch.arange(len(items))  # [B]: image i is the target of caption i
+    aux_input = {"image_index": torch.tensor(indices)}
+    return torch.stack(sender_inputs), labels, torch.stack(receiver_inputs), aux_input
+
+
+def training_loader(dataset, batch_size, seed, num_workers=0):
+    """Shuffled batches of ``batch_size`` (each image a target, the rest of the batch its distractors)."""
+    if batch_size < 2:
+        raise UsageError(
+            f"--batch_size {batch_size} leaves no distractors: a batch of B images gives each target B - 1"
+        )
+    if len(dataset) < batch_size:
+        raise UsageError(f"the training split has {len(dataset)} images, fewer than --batch_size {batch_size}")
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,  # every target meets the same number of distractors
+        generator=generator,
+        collate_fn=collate_game_batch,
+        num_workers=num_workers,
+    )
+
+
+def retrieval_loader(dataset, candidates, seed):
+    """The paper's retrieval protocol: each target among ``candidates - 1`` random (seeded) distractors.
+
+    The split is shuffled once with ``seed`` and cut into batches of ``candidates``; a remainder smaller than
+    a full batch is left out, so the logged ``acc`` is exactly P@1 among ``candidates``.
+    """
+    if candidates < 2:
+        raise UsageError(f"retrieval needs at least 2 candidates, got {candidates}")
+    if len(dataset) < candidates:
+        raise UsageError(f"split '{dataset.split.name}' has {len(dataset)} images, fewer than {candidates} candidates")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+    batches = [order[start : start + candidates] for start in range(0, len(order) - candidates + 1, candidates)]
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_game_batch)

@@ -1,0 +1,207 @@
+"""The single-process training loop, compatible with ``egg.core.Trainer``."""
+import contextlib
+import pathlib
+import warnings
+from typing import Iterable, List, Optional, Tuple
+
+import torch
+
+from .batch import Batch
+from .callbacks import Callback, Checkpoint, CheckpointSaver
+from .interaction import Interaction
+from .util import get_opts, move_to
+
+
+class Trainer:
+    """Trains a game that returns ``(loss, Interaction)`` and drives the callbacks, as upstream EGG does.
+
+    Validation frequency, update frequency, device, ``--fp16``, ``--checkpoint_dir`` and
+    ``--load_from_checkpoint`` come from the options of the last ``init`` call.  ``callbacks=None`` means no
+    callbacks (upstream adds no ConsoleLogger either); a CheckpointSaver is appended when ``--checkpoint_dir``
+    is set and none was given.  ``aggregate_interaction_logs`` only matters in distributed runs, which the
+    compat core does not support; it is accepted for signature parity.
+    """
+
+    def __init__(
+        self,
+        game: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        train_data: Iterable,
+        optimizer_scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None,
+        validation_data: Optional[Iterable] = None,
+        device: Optional[torch.device] = None,
+        callbacks: Optional[List[Callback]] = None,
+        grad_norm: Optional[float] = None,
+        aggregate_interaction_logs: bool = True,
+    ):
+        opts = get_opts()
+        if opts is None:
+            raise RuntimeError("call init() before building a Trainer: it reads the parsed options")
+        self.game = game
+        self.optimizer = optimizer
+        self.optimizer_scheduler = optimizer_scheduler
+        self.train_data = train_data
+        self.validation_data = validation_data
+        self.validation_freq = opts.validation_freq
+        self.device = opts.device if device is None else device
+        self.update_freq = opts.update_freq
+        self.should_stop = False
+        self.start_epoch = 0  # overwritten when a checkpoint is loaded
+        # A copy, so appending the automatic CheckpointSaver leaves the caller's list alone.
+        self.callbacks = list(callbacks) if callbacks else []
+        self.grad_norm = grad_norm
+        self.aggregate_interaction_logs = aggregate_interaction_logs
+        self.distributed_context = opts.distributed_context
+
+        if opts.load_from_checkpoint is not None:
+            print(f"# Initializing model, trainer, and optimizer from {opts.load_from_checkpoint}")
+            self.load_from_checkpoint(opts.load_from_checkpoint)
+
+        # As upstream, checkpoint_path exists only when no CheckpointSaver was passed (None without a directory).
+        if not any(isinstance(callback, CheckpointSaver) for callback in self.callbacks):
+            self.checkpoint_path = None if opts.checkpoint_dir is None else pathlib.Path(opts.checkpoint_dir)
+            if self.checkpoint_path:
+                self.callbacks.append(
+                    CheckpointSaver(checkpoint_path=self.checkpoint_path, checkpoint_freq=opts.checkpoint_freq)
+                )
+
+        self.game.to(self.device)
+        # Some optimizers allocate state before the first step, on the device the parameters had then.
+        self.optimizer.state = move_to(self.optimizer.state, self.device)
+
+        self.scaler = None
+        if opts.fp16:
+            if torch.device(self.device).type == "cuda":
+                self.scaler = torch.amp.GradScaler("cuda")
+            else:
+                warnings.warn("--fp16 needs CUDA; training in full precision on the CPU")
+
+    def _autocast(self):
+        """fp16 autocast on CUDA when ``--fp16`` is active, otherwise a no-op context."""
+        return torch.autocast("cuda", dtype=torch.float16) if self.scaler else contextlib.nullcontext()
+
+    def _run_game(self, batch) -> Tuple[torch.Tensor, Interaction]:
+        """Call the game on one DataLoader item (a Batch or a tuple of 1-4 inputs) moved to the device."""
+        if not isinstance(batch, Batch):
+            batch = Batch(*batch)
+        return self.game(*batch.to(self.device))
+
+    def eval(self, data: Optional[Iterable] = None) -> Tuple[float, Interaction]:
+        """Mean loss and concatenated logs over ``data`` (default: the validation data), without gradients."""
+        data = self.validation_data if data is None else data
+        total_loss = 0.0
+        interactions = []
+        self.game.eval()
+        with torch.no_grad():
+            for batch_id, batch in enumerate(data):
+                loss, interaction = self._run_game(batch)
+                interaction = interaction.to("cpu")
+                total_loss += loss
+                for callback in self.callbacks:
+                    callback.on_batch_end(interaction, loss, batch_id, is_training=False)
+                interactions.append(interaction)
+        if not interactions:
+            raise RuntimeError("Trainer.eval: the data yielded no batches")
+        return (total_loss / len(interactions)).item(), Interaction.from_iterable(interactions)
+
+    def train_epoch(self) -> Tuple[float, Interaction]:
+        """One pass over the training data; returns the mean loss and the concatenated logs."""
+        total_loss = 0.0
+        interactions = []
+        self.game.train()
+        self.optimizer.zero_grad()
+        for batch_id, batch in enumerate(self.train_data):
+            with self._autocast():
+                loss, interaction = self._run_game(batch)
+                if self.update_freq > 1:
+                    # Games return mean losses, so accumulated gradients must be averaged, not summed.
+                    loss = loss / self.update_freq
+
+            if self.scaler:
+                self.scaler.scale(loss).backward()
+            else:
+                loss.backward()
+
+            if batch_id % self.update_freq == self.update_freq - 1:
+                self._optimizer_step()
+
+            # As upstream, the epoch loss averages the (update_freq-scaled) losses that were backpropagated.
+            total_loss += loss.detach()
+            interaction = interaction.to("cpu")
+            for callback in self.callbacks:
+                callback.on_batch_end(interaction, loss, batch_id)
+            interactions.append(interaction)
+
+        if not interactions:
+            raise RuntimeError("Trainer.train_epoch: the training data yielded no batches")
+        if self.optimizer_scheduler:
+            self.optimizer_scheduler.step()
+        return (total_loss / len(interactions)).item(), Interaction.from_iterable(interactions)
+
+    def _optimizer_step(self):
+        """Clip (after unscaling under fp16), step and clear the accumulated gradients."""
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.game.parameters(), self.grad_norm)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad()
+
+    def train(self, n_epochs: int):
+        """Train from ``start_epoch`` up to ``n_epochs``, validating every ``validation_freq`` epochs."""
+        for callback in self.callbacks:
+            callback.on_train_begin(self)
+
+        for epoch in range(self.start_epoch + 1, n_epochs + 1):  # 1-based, as callbacks see it
+            for callback in self.callbacks:
+                callback.on_epoch_begin(epoch)
+
+            train_loss, train_interaction = self.train_epoch()
+            for callback in self.callbacks:
+                callback.on_epoch_end(train_loss, train_interaction, epoch)
+
+            validation_loss = validation_interaction = None
+            if self.validation_data is not None and self.validation_freq > 0 and epoch % self.validation_freq == 0:
+                for callback in self.callbacks:
+                    callback.on_validation_begin(epoch)
+                validation_loss, validation_interaction = self.eval()
+                for callback in self.callbacks:
+                    callback.on_validation_end(validation_loss, validation_interaction, epoch)
+
+            if self.should_stop:
+                for callback in self.callbacks:
+                    callback.on_early_stopping(
+                        train_loss, train_interaction, epoch, validation_loss, validation_interaction
+                    )
+                break
+
+        for callback in self.callbacks:
+            callback.on_train_end()
+
+    def load(self, checkpoint: Checkpoint):
+        """Restore game, optimizer, scheduler (when saved) and the epoch to resume after."""
+        self.game.load_state_dict(checkpoint.model_state_dict)
+        self.optimizer.load_state_dict(checkpoint.optimizer_state_dict)
+        if checkpoint.optimizer_scheduler_state_dict:
+            if self.optimizer_scheduler is None:
+                raise RuntimeError(
+                    "the checkpoint holds a learning-rate scheduler state but the Trainer has no optimizer_scheduler"
+                )
+            self.optimizer_scheduler.load_state_dict(checkpoint.optimizer_scheduler_state_dict)
+        self.start_epoch = checkpoint.epoch
+
+    def load_from_checkpoint(self, path):
+        """Load a checkpoint file written by CheckpointSaver and restore the trainer from it."""
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"--load_from_checkpoint: no checkpoint file at {path}")
+        print(f"# loading trainer state from {path}")
+        # weights_only loading refuses unknown classes; Checkpoint is a plain NamedTuple and safe to allow.
+        # Registered for good (as core.py does): the safe_globals() context would unregister it on exit.
+        torch.serialization.add_safe_globals([Checkpoint])
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        self.load(checkpoint)

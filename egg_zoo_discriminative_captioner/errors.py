@@ -1,0 +1,13 @@
+"""Errors caused by the user's input, which the command line reports as one line instead of a traceback."""
+
+
+class UsageError(Exception):
+    """Bad input (a missing file, an impossible option, a corrupted cache): the message says how to fix it."""
+
+
+def missing_weights(what, source, flag, error):
+    """A UsageError for weights that could not be loaded or downloaded, naming the flag that takes a local path."""
+    return UsageError(
+        f"cannot load {what} from {source!r} ({type(error).__name__}: {error}); "
+        f"without network access, download it elsewhere and pass its local path with {flag}"
+    )

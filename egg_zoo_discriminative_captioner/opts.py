@@ -1,0 +1,232 @@
+"""Command-line options: one argument group per concern, on top of EGG's common options (``core.init``).
+
+Values come in three layers: the defaults below and EGG's, then a game file (``--game``: one JSON file per
+experiment of the paper, by default the chosen data set's), then the command line.  Model options left unset
+fall back to the data set's own models (the synthetic world has some) and then to the released models.
+"""
+import argparse
+import importlib.resources
+import json
+import os
+
+from .captioners import CAPTIONERS
+from .core import core
+from .data import DATASETS
+from .errors import UsageError
+from .losses import REWARDS
+from .precision import PRECISIONS
+
+# EGG's common options (egg.core.init), which a game file may set as well.
+EGG_OPTIONS = {
+    "random_seed", "checkpoint_dir", "preemptable", "checkpoint_freq", "validation_freq", "n_epochs",
+    "load_from_checkpoint", "no_cuda", "batch_size", "optimizer", "lr", "update_freq", "vocab_size", "max_len",
+    "tensorboard", "tensorboard_dir", "distributed_port", "fp16",
+}  # fmt: skip
+
+# Model options whose default depends on the data set: the released models unless the data set brings its own.
+MODEL_DEFAULTS = {
+    "clip_model": "ViT-B/32",
+    "captioner_clip_model": "ViT-B/32",
+    "clipcap_checkpoint": None,
+    "language_model": "gpt2",
+    "prefix_length": 10,
+}
+
+BASELINES = ("mean", "none", "greedy")
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (the full usage is a screenful here)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_data_options(parser):
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", choices=sorted(DATASETS), default="synthetic", help="data set to train on")
+    group.add_argument(
+        "--game",
+        default=None,
+        help="experiment configuration: a name in games/ (e.g. 'synthetic') or a JSON file of option values; "
+        "default: the --dataset's own (games/<dataset>.json). Command-line options override it.",
+    )
+    group.add_argument("--cache_dir", default=None, help="cache for built data (default: the user cache directory)")
+    group.add_argument("--rebuild", action="store_true", help="rebuild cached data (the synthetic world) from scratch")
+    group.add_argument(
+        "--synthetic_world", choices=("default", "tiny"), default="default", help="size of the synthetic world"
+    )
+    group.add_argument(
+        "--eval_candidates",
+        type=int,
+        default=100,
+        help="validation and test retrieval: each target among this many candidates (P@1 among 100 in the paper)",
+    )
+    group.add_argument(
+        "--eval_seed", type=int, default=0, help="seed that draws the distractors of validation and test retrieval"
+    )
+    group.add_argument("--num_workers", type=int, default=0, help="DataLoader workers for training batches")
+
+
+def add_captioner_options(parser):
+    group = parser.add_argument_group("captioner")
+    group.add_argument("--captioner", choices=sorted(CAPTIONERS), default="clipcap", help="captioner to finetune")
+    group.add_argument(
+        "--clipcap_checkpoint",
+        default=None,
+        help="ClipCap weights: a released .pt file (coco_weights.pt, conceptual_weights.pt) or one this tool "
+        "wrote (default: the synthetic world's own captioner; required otherwise)",
+    )
+    group.add_argument(
+        "--language_model",
+        default=None,
+        help="GPT-2 config and tokenizer: a hub id or local directory (default: gpt2, or the synthetic world's)",
+    )
+    group.add_argument(
+        "--captioner_clip_model",
+        default=None,
+        help="ClipCap's frozen image encoder: a CLIP name or .pt path (default: ViT-B/32, or the synthetic world's)",
+    )
+    group.add_argument(
+        "--prefix_length", type=int, default=None, help="ClipCap prefix length (default: 10, or the synthetic world's)"
+    )
+    group.add_argument(
+        "--normalize_prefix", action="store_true", help="L2-normalise CLIP features before the mapper (default: off)"
+    )
+    group.add_argument("--num_beams", type=int, default=5, help="beam size for validation and test captions")
+    group.add_argument(
+        "--greedy_rollouts",
+        action="store_true",
+        help="roll out greedy captions instead of sampled ones in training (the paper's stated setting; "
+        "REINFORCE is then biased)",
+    )
+
+
+def add_retriever_options(parser):
+    group = parser.add_argument_group("retriever")
+    group.add_argument("--retriever", choices=("clip",), default="clip", help="frozen text-to-image retriever")
+    group.add_argument(
+        "--clip_model",
+        default=None,
+        help="retriever CLIP: a name (ViT-B/32, ...) or a local .pt path (default: ViT-B/32, or the synthetic "
+        "world's)",
+    )
+    group.add_argument(
+        "--clip_download_root", default=None, help="where named CLIP models are looked up (default: ~/.cache/clip)"
+    )
+    group.add_argument(
+        "--retriever_precision",
+        choices=sorted(PRECISIONS),
+        default="fp32",
+        help="precision the retriever computes embeddings in; scores are always fp32",
+    )
+
+
+def add_game_options(parser):
+    group = parser.add_argument_group("game (REINFORCE)")
+    group.add_argument("--reward", choices=REWARDS, default="logprob", help="reward of a caption")
+    group.add_argument(
+        "--reward_temperature",
+        type=float,
+        default=None,
+        help="softmax temperature of the match scores, score = cosine / T (default: the retriever's own, "
+        "1/exp(logit_scale), 0.01 for OpenAI CLIP)",
+    )
+    group.add_argument(
+        "--baseline",
+        choices=BASELINES,
+        default="mean",
+        help="REINFORCE baseline: running mean of past rewards, none, or the reward of the greedy caption",
+    )
+    group.add_argument("--entropy_coeff", type=float, default=0.0, help="weight of the sender entropy bonus")
+    group.add_argument(
+        "--standardize_advantage",
+        action="store_true",
+        help="rescale advantages to zero mean and unit variance within each batch (off by default); this "
+        "removes any constant baseline, so it makes the running-mean baseline irrelevant",
+    )
+    group.add_argument(
+        "--kl_coeff",
+        type=float,
+        default=0.0,
+        help="weight of a KL penalty towards the pretrained captioner (keeps the language fluent; 0 = off)",
+    )
+
+
+def find_game(name):
+    """The path of a game file: an existing path, or a name in the packaged games/ directory."""
+    if os.path.isfile(name):
+        return name
+    packaged = importlib.resources.files(__package__ + ".game_files") / f"{name}.json"
+    if packaged.is_file():
+        return str(packaged)
+    available = sorted(p.name[:-5] for p in importlib.resources.files(__package__ + ".game_files").iterdir()
+                       if p.name.endswith(".json"))  # fmt: skip
+    raise UsageError(f"no game file {name!r}: give a JSON path or one of {available}")
+
+
+def read_game(path, known):
+    """Option values from a game file, checked against the known option names."""
+    try:
+        with open(path) as f:
+            values = json.load(f)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot read game file {path}: {error}") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"game file {path} must hold a JSON object of option values")
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UsageError(f"game file {path} sets unknown options: {', '.join(unknown)}")
+    return values
+
+
+def build_parser(prog=None, description=None):
+    """The parser with every group of this plugin (EGG's common options are added by ``core.init``)."""
+    parser = Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_data_options(parser)
+    add_captioner_options(parser)
+    add_retriever_options(parser)
+    add_game_options(parser)
+    return parser
+
+
+def game_arguments(values):
+    """Command-line tokens for a game file's values (flags for booleans), to be placed before the user's own.
+
+    EGG's ``core.init`` adds its options with explicit defaults after we hand it the parser, so
+    ``set_defaults`` cannot reach them; arguments given earlier on the command line are overridden by later ones.
+    """
+    tokens = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            tokens += [f"--{key}"] if value else []
+        elif value is not None:
+            tokens += [f"--{key}", str(value)]
+    return tokens
+
+
+def get_opts(params, prog=None, description=None, extra_options=None):
+    """Parses ``params`` (a list of strings) into the run's options; ``extra_options(parser)`` adds more."""
+    preliminary = argparse.ArgumentParser(add_help=False)
+    preliminary.add_argument("--dataset", default="synthetic")
+    preliminary.add_argument("--game", default=None)
+    known, _ = preliminary.parse_known_args(params)
+    game_path = find_game(known.game or known.dataset)
+    parser = build_parser(prog, description)
+    if extra_options is not None:
+        extra_options(parser)
+    values = read_game(game_path, {action.dest for action in parser._actions} | EGG_OPTIONS)
+    parser.description = f"{description or ''} Game file {game_path} sets: " + ", ".join(
+        f"{key}={value}" for key, value in values.items()
+    )
+    opts = core.init(arg_parser=parser, params=game_arguments(values) + list(params))
+    opts.game = game_path
+    return opts
+
+
+def apply_model_defaults(opts, dataset):
+    """Fills unset model options from the data set's own models, then from the released ones."""
+    for key, standard in MODEL_DEFAULTS.items():
+        if getattr(opts, key) is None:
+            setattr(opts, key, dataset.model_defaults.get(key, standard))
+    return opts

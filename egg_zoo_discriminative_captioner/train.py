@@ -1,0 +1,97 @@
+"""DiscriTune finetuning: ``python -m egg.zoo.discriminative_captioner.train [--dataset synthetic] [options]``.
+
+Options -> data set and models -> encoded splits -> game -> optimizer -> callbacks -> EGG Trainer.  Validation
+runs before the first update (logged as epoch 0) and after every epoch, with beam-search captions and P@1 among
+``--eval_candidates`` images; the finetuned captioner is evaluated on the test split at the end.
+"""
+import json
+import os
+import pickle
+import sys
+
+from .callbacks import AtomicCheckpointSaver, InitialValidation, ProgressBar
+from .core import core
+from .data import retrieval_loader, training_loader
+from .errors import UsageError
+from .experiment import build_experiment, encode_split
+from .games import build_game, build_optimizer
+from .opts import get_opts
+
+PROG = "python -m egg.zoo.discriminative_captioner.train"
+
+
+def check_opts(opts):
+    """Rejects impossible option combinations before anything heavy is loaded."""
+    if opts.batch_size < 2:
+        raise UsageError(
+            f"--batch_size {opts.batch_size} leaves no distractors: a batch of B images gives each target B - 1"
+        )
+    if opts.load_from_checkpoint is not None and not os.path.isfile(opts.load_from_checkpoint):
+        raise UsageError(f"checkpoint not found: {opts.load_from_checkpoint} (--load_from_checkpoint)")
+    if opts.max_len < 1:
+        raise UsageError(f"--max_len must be at least 1 token, got {opts.max_len}")
+
+
+def save_options(opts, directory):
+    """Writes the run's resolved options next to its checkpoints."""
+    os.makedirs(directory, exist_ok=True)
+    values = {key: value for key, value in vars(opts).items() if key not in ("distributed_context", "optimizer")}
+    with open(os.path.join(directory, "opts.json"), "w") as f:
+        json.dump(values, f, indent=2, sort_keys=True, default=str)
+
+
+def build_trainer(opts, game, optimizer, train_loader, validation_loader, callbacks):
+    """EGG's Trainer; a checkpoint that cannot be resumed becomes a one-line error."""
+    try:
+        return core.Trainer(
+            game=game,
+            optimizer=optimizer,
+            train_data=train_loader,
+            validation_data=validation_loader,
+            callbacks=callbacks,
+        )
+    except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError) as error:
+        if opts.load_from_checkpoint is None:
+            raise
+        raise UsageError(f"cannot resume from {opts.load_from_checkpoint}: {error}") from error
+
+
+def main(params):
+    """Finetunes a captioner with DiscriTune; returns the test-split metrics of the finetuned captioner."""
+    opts = get_opts(params, prog=PROG, description=__doc__.splitlines()[0])
+    check_opts(opts)
+    experiment = build_experiment(opts)
+    train_set = encode_split(experiment, "train", opts.device)
+    validation_set = encode_split(experiment, "validation", opts.device)
+    test_set = encode_split(experiment, "test", opts.device)
+
+    train_loader = training_loader(train_set, opts.batch_size, seed=opts.random_seed, num_workers=opts.num_workers)
+    validation_loader = retrieval_loader(validation_set, opts.eval_candidates, seed=opts.eval_seed)
+    game = build_game(opts, experiment.captioner, experiment.retriever)
+    optimizer = build_optimizer(game)
+
+    callbacks = [
+        InitialValidation(),
+        core.ConsoleLogger(as_json=True, print_train_loss=True),
+        ProgressBar(len(train_loader)),
+    ]
+    if opts.checkpoint_dir:
+        save_options(opts, opts.checkpoint_dir)
+        callbacks.append(AtomicCheckpointSaver(opts.checkpoint_dir, checkpoint_freq=opts.checkpoint_freq))
+    trainer = build_trainer(opts, game, optimizer, train_loader, validation_loader, callbacks)
+    trainer.train(n_epochs=opts.n_epochs)
+
+    loss, logs = trainer.eval(retrieval_loader(test_set, opts.eval_candidates, seed=opts.eval_seed))
+    results = {"loss": loss, **{key: value.mean().item() for key, value in logs.aux.items()}}
+    print(json.dumps({**results, "mode": "final", "split": "test", "epoch": opts.n_epochs}), flush=True)
+    if opts.checkpoint_dir:
+        experiment.captioner.save_pretrained(opts.checkpoint_dir)
+    core.close()
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except UsageError as error:
+        sys.exit(f"error: {error}")

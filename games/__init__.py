@@ -1,0 +1,1 @@
+"""Ready-made configurations, one per experiment of the paper (JSON files read by ``--game``)."""

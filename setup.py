@@ -1,0 +1,44 @@
+"""Installs the plugin as ``egg.zoo.discriminative_captioner``.
+
+The source lives in ``egg_zoo_discriminative_captioner/`` and is mapped into the ``egg.zoo`` namespace.  When
+facebookresearch EGG is installed, the package lands inside EGG's own ``egg/zoo/``; without EGG, ``egg`` and
+``egg.zoo`` are namespace packages and the plugin runs on its bundled EGG-compatible core.
+"""
+from setuptools import setup
+
+PACKAGE = "egg.zoo.discriminative_captioner"
+SOURCE = "egg_zoo_discriminative_captioner"
+SUBPACKAGES = ["captioners", "retrievers", "data", "evaluation", "synthetic", "egg_compat"]
+
+setup(
+    name="egg-zoo-discriminative-captioner",
+    version="0.1.0",
+    description="DiscriTune: discriminative finetuning of image captioners as an EGG game",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=[PACKAGE, f"{PACKAGE}.game_files"] + [f"{PACKAGE}.{sub}" for sub in SUBPACKAGES],
+    package_dir={
+        PACKAGE: SOURCE,
+        f"{PACKAGE}.game_files": "games",  # the repository's games/ directory
+        **{f"{PACKAGE}.{sub}": f"{SOURCE}/{sub}" for sub in SUBPACKAGES},
+    },
+    package_data={f"{PACKAGE}.game_files": ["*.json"]},
+    install_requires=[
+        "torch>=2.1",
+        "torchvision",
+        "transformers>=4.40",
+        "tokenizers",
+        "openai-clip",
+        "setuptools<81",  # openai-clip imports pkg_resources, removed in setuptools 81
+        "ftfy",
+        "regex",
+        "wcwidth",  # ftfy needs it; openai-clip does not declare it
+        "pillow",
+        "numpy",
+        "tqdm",
+        "platformdirs",
+    ],
+    extras_require={"test": ["pytest"]},
+)
