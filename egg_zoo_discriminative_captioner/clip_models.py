@@ -32,12 +32,17 @@ def clip_transform(resolution):
 
 
 def _read_state_dict(path):
-    # Released CLIP files are TorchScript archives; files written by torch.save are plain state dicts.
-    # (clip.load cannot read the latter: it retries torch.load on a file handle that jit.load already consumed.)
-    try:
+    # Files written by torch.save are plain state dicts; the released CLIP files are TorchScript archives.
+    # (clip.load cannot read the former: it retries torch.load on a file handle that jit.load already consumed.)
+    with warnings.catch_warnings():  # torch warns about TorchScript archives and deprecates jit.load
+        warnings.filterwarnings("ignore", message=".*TorchScript.*")
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except RuntimeError as error:
+            if "TorchScript" not in str(error):
+                raise
         return torch.jit.load(path, map_location="cpu").state_dict()
-    except RuntimeError:
-        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_clip(name, flag, download_root=None):

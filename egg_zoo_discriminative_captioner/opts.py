@@ -207,8 +207,8 @@ def game_arguments(values):
 
 def get_opts(params, prog=None, description=None, extra_options=None):
     """Parses ``params`` (a list of strings) into the run's options; ``extra_options(parser)`` adds more."""
-    preliminary = argparse.ArgumentParser(add_help=False)
-    preliminary.add_argument("--dataset", default="synthetic")
+    preliminary = Parser(prog=prog, add_help=False)  # finds the game file before the full parse
+    preliminary.add_argument("--dataset", choices=sorted(DATASETS), default="synthetic")
     preliminary.add_argument("--game", default=None)
     known, _ = preliminary.parse_known_args(params)
     game_path = find_game(known.game or known.dataset)

@@ -30,6 +30,7 @@ def check_opts(opts):
         raise UsageError(f"checkpoint not found: {opts.load_from_checkpoint} (--load_from_checkpoint)")
     if opts.max_len < 1:
         raise UsageError(f"--max_len must be at least 1 token, got {opts.max_len}")
+    opts.checkpoint_dir = opts.checkpoint_dir or None  # --checkpoint_dir "" switches the game file's one off
 
 
 def save_options(opts, directory):

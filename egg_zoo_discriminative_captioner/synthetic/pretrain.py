@@ -170,7 +170,8 @@ def train_language_model(tokenizer, cfg, seed, progress=True):
         scenes = W.sample_scenes(rng, cfg.lm_batch, p_two_objects=0.35)
         texts = [EOS + " " + text_corpus_sentence(scenes, i, rng) + " ." for i in range(cfg.lm_batch)]
         tokens, labels = _pad_batch(tokenizer(texts)["input_ids"], tokenizer.eos_token_id)
-        loss = model(input_ids=tokens, labels=labels).loss
+        logits = model(input_ids=tokens).logits[:, :-1]  # [B, T - 1, V]: position t predicts token t + 1
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

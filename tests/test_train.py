@@ -1,0 +1,126 @@
+"""Runs through ``main`` on the tiny synthetic world: console logs, checkpoints, resuming, bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from egg.zoo.discriminative_captioner import evaluate, train
+from egg.zoo.discriminative_captioner.core import core
+from egg.zoo.discriminative_captioner.errors import UsageError
+from egg.zoo.discriminative_captioner.games import build_game, build_optimizer
+from egg.zoo.discriminative_captioner.opts import get_opts
+
+
+def json_lines(text):
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_one_epoch_logs_epoch_zero_then_each_epoch_and_saves_checkpoints(tiny_run_args, tmp_path, capsys):
+    run = tmp_path / "run"
+    results = train.main(tiny_run_args + ["--checkpoint_dir", str(run), "--checkpoint_freq", "1"])
+    lines = json_lines(capsys.readouterr().out)
+    modes = [(line["mode"], line.get("epoch")) for line in lines]
+    assert modes == [("test", 0), ("train", 1), ("test", 1), ("final", 1)]
+    for line in lines:
+        assert {"loss", "acc", "reward", "mode", "epoch"} <= set(line)
+    assert 0 <= results["acc"] <= 1
+    assert sorted(os.listdir(run)) == ["1.tar", "clipcap.pt", "final.tar", "opts.json"]
+    saved = json.loads((run / "opts.json").read_text())
+    assert saved["n_epochs"] == 1 and saved["dataset"] == "synthetic" and saved["kl_coeff"] == 0.2
+
+
+def test_resuming_restores_parameters_and_optimizer_state(tiny_run_args, tmp_path, capsys):
+    run = tmp_path / "run"
+    train.main(tiny_run_args + ["--checkpoint_dir", str(run), "--checkpoint_freq", "1"])
+    saved = torch.load(run / "1.tar", weights_only=True)
+    assert saved.epoch == 1
+
+    opts = get_opts(tiny_run_args + ["--load_from_checkpoint", str(run / "1.tar"), "--n_epochs", "2"])
+    from egg.zoo.discriminative_captioner.experiment import build_experiment
+
+    experiment = build_experiment(opts)
+    game = build_game(opts, experiment.captioner, experiment.retriever)
+    optimizer = build_optimizer(game)
+    trainer = core.Trainer(game=game, optimizer=optimizer, train_data=[])
+    assert trainer.start_epoch == 1
+    for key, value in saved.model_state_dict.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(game.state_dict()[key], value), key
+    resumed = optimizer.state_dict()
+    for index, state in saved.optimizer_state_dict["state"].items():
+        for name, value in state.items():
+            assert torch.equal(resumed["state"][index][name], value), (index, name)
+
+    capsys.readouterr()
+    train.main(tiny_run_args + ["--checkpoint_dir", str(run), "--load_from_checkpoint", str(run / "1.tar"),
+                                "--n_epochs", "2"])  # fmt: skip
+    epochs = [(line["mode"], line["epoch"]) for line in json_lines(capsys.readouterr().out)]
+    assert epochs == [("train", 2), ("test", 2), ("final", 2)]  # no epoch-0 validation when resuming
+
+
+def test_the_optimizer_holds_only_the_captioners_trainable_parameters(tiny_run_args):
+    from egg.zoo.discriminative_captioner.experiment import build_experiment
+
+    opts = get_opts(tiny_run_args)
+    experiment = build_experiment(opts)
+    game = build_game(opts, experiment.captioner, experiment.retriever)
+    optimized = {id(p) for group in build_optimizer(game).param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in experiment.captioner.model.parameters()}
+    frozen = list(experiment.retriever.parameters()) + list(game.reference.parameters())
+    assert not optimized & {id(p) for p in frozen}
+
+
+def test_evaluate_reports_captioner_and_reference_retrieval(tiny_run_args, tmp_path, capsys):
+    report = evaluate.main(tiny_run_args + ["--output", str(tmp_path / "report.json")])
+    assert report["images"] == 200 and report["candidates"] == 100
+    for side in ("captioner", "references"):
+        assert 0 <= report[side]["p_at_1"] <= 1 and 0 <= report[side]["colour_rate"] <= 1
+    assert json.loads((tmp_path / "report.json").read_text())["split"] == "test"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--batch_size", "1"], "leaves no distractors"),
+        (["--load_from_checkpoint", "/nonexistent/final.tar"], "checkpoint not found"),
+        (["--game", "no_such_experiment"], "no game file"),
+    ],
+)
+def test_bad_options_raise_usage_errors(tiny_run_args, extra, message):
+    with pytest.raises(UsageError, match=message):
+        train.main(tiny_run_args + extra)
+
+
+def test_a_corrupted_checkpoint_is_a_usage_error(tiny_run_args, tmp_path):
+    broken = tmp_path / "broken.tar"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(UsageError, match="cannot resume"):
+        train.main(tiny_run_args + ["--load_from_checkpoint", str(broken)])
+
+
+def run_cli(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "egg.zoo.discriminative_captioner.train", *args],
+                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+
+
+def test_command_line_errors_are_one_line_with_a_nonzero_exit(tiny_run_args, world_cache):
+    unknown = run_cli("--dataset", "imagenet")
+    assert unknown.returncode != 0
+    assert unknown.stderr.strip().count("\n") == 0 and "invalid choice: 'imagenet'" in unknown.stderr
+
+    directory = next(os.scandir(world_cache)).path
+    with open(os.path.join(directory, "captioner.pt"), "r+b") as f:
+        f.write(b"garbage")
+    try:
+        corrupted = run_cli(*tiny_run_args)
+        assert corrupted.returncode != 0
+        assert corrupted.stderr.strip().splitlines()[-1].startswith("error: synthetic world cache")
+        assert "Traceback" not in corrupted.stderr and "--rebuild" in corrupted.stderr
+    finally:
+        from egg.zoo.discriminative_captioner.synthetic import load_world
+
+        load_world(world_cache, "tiny", rebuild=True, progress=False)
