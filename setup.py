@@ -4,6 +4,7 @@ The source lives in ``egg_zoo_discriminative_captioner/`` and is mapped into the
 facebookresearch EGG is installed, the package lands inside EGG's own ``egg/zoo/``; without EGG, ``egg`` and
 ``egg.zoo`` are namespace packages and the plugin runs on its bundled EGG-compatible core.
 """
+
 from setuptools import setup
 
 PACKAGE = "egg.zoo.discriminative_captioner"

@@ -5,6 +5,7 @@ Receiver scores it against the candidate images, the loss turns the scores into 
 reward), and the Sender's log-probability is pushed along the baselined reward.  Models stay pure: only the game
 knows about baselines, advantages and entropy.
 """
+
 import copy
 import dataclasses
 

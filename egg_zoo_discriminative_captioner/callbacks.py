@@ -1,4 +1,5 @@
 """Callbacks: atomic checkpoints, the epoch-0 validation, a progress bar."""
+
 import os
 
 from tqdm.auto import tqdm

@@ -1,4 +1,5 @@
 """Writing files so that an interrupted run never leaves a half-written one behind."""
+
 import contextlib
 import os
 import tempfile

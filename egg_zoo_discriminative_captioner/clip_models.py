@@ -1,4 +1,5 @@
 """Loading OpenAI CLIP, shared by the retriever and ClipCap's frozen image encoder."""
+
 import os
 import warnings
 

@@ -5,6 +5,7 @@ its own small core with the same names, signatures, console output and checkpoin
 the plugin uses.  Every other module imports EGG through here (``from .core import core``), so nothing else
 knows which core is active.
 """
+
 import importlib.util
 import logging
 import warnings
@@ -19,7 +20,9 @@ try:
     USING_EGG = True
 except ImportError as error:  # EGG absent, or present without its import-time dependencies (wandb, rich)
     if importlib.util.find_spec("egg.core") is not None:
-        warnings.warn(f"egg.core is installed but does not import ({error}); using the bundled EGG-compatible core")
+        warnings.warn(
+            f"egg.core is installed but does not import ({error}); using the bundled EGG-compatible core", stacklevel=2
+        )
     from . import egg_compat as core
     from .egg_compat.baselines import MeanBaseline, NoBaseline
     from .egg_compat.callbacks import Checkpoint

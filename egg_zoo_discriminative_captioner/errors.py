@@ -1,5 +1,7 @@
 """Errors caused by the user's input, which the command line reports as one line instead of a traceback."""
 
+import sys
+
 
 class UsageError(Exception):
     """Bad input (a missing file, an impossible option, a corrupted cache): the message says how to fix it."""
@@ -11,3 +13,11 @@ def missing_weights(what, source, flag, error):
         f"cannot load {what} from {source!r} ({type(error).__name__}: {error}); "
         f"without network access, download it elsewhere and pass its local path with {flag}"
     )
+
+
+def run_command(main):
+    """Runs ``main(sys.argv[1:])``; a UsageError ends the process with one line on stderr and exit status 1."""
+    try:
+        main(sys.argv[1:])
+    except UsageError as error:
+        sys.exit(f"error: {error}")

@@ -5,14 +5,14 @@ images (the same batches as validation) and caption statistics, for the captione
 captions.  Evaluate a finetuned captioner with ``--load_from_checkpoint RUN/final.tar`` (an EGG checkpoint of
 this game) or ``--clipcap_checkpoint RUN/clipcap.pt``.
 """
+
 import json
 import os
-import sys
 
 import torch
 
 from .checkpointing import atomic_write_text
-from .errors import UsageError
+from .errors import UsageError, run_command
 from .evaluation import colour_rate, generate_captions, mean_length, retrieval_accuracy
 from .experiment import build_experiment, encode_split
 from .games import build_game
@@ -77,7 +77,4 @@ def main(params):
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except UsageError as error:
-        sys.exit(f"error: {error}")
+    run_command(main)

@@ -1,4 +1,5 @@
 """What train.py and evaluate.py share: options -> data set, captioner, retriever and encoded splits."""
+
 from dataclasses import dataclass
 
 from .captioners import build_captioner

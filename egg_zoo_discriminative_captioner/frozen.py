@@ -1,4 +1,5 @@
 """Pretrained parts that never train: no gradients, always in eval mode."""
+
 from torch import nn
 
 

@@ -1,4 +1,5 @@
 """Builds the DiscriTune game from options: captioner Sender + frozen retriever Receiver + reward loss."""
+
 from .archs import CaptionerSender, DiscriminativeGame, FrozenReference, GreedyBaseline, RetrieverReceiver
 from .core import MeanBaseline, NoBaseline
 from .losses import DiscriminationLoss

@@ -1,4 +1,5 @@
 """Rewards of the discrimination game, as EGG losses: ``loss(...) -> (cost [B], aux)`` with cost = -reward."""
+
 import torch
 
 REWARDS = ("logprob", "accuracy", "cosine")

@@ -4,6 +4,7 @@ Values come in three layers: the defaults below and EGG's, then a game file (``-
 experiment of the paper, by default the chosen data set's), then the command line.  Model options left unset
 fall back to the data set's own models (the synthetic world has some) and then to the released models.
 """
+
 import argparse
 import importlib.resources
 import json
@@ -108,8 +109,7 @@ def add_retriever_options(parser):
     group.add_argument(
         "--clip_model",
         default=None,
-        help="retriever CLIP: a name (ViT-B/32, ...) or a local .pt path (default: ViT-B/32, or the synthetic "
-        "world's)",
+        help="retriever CLIP: a name (ViT-B/32, ...) or a local .pt path (default: ViT-B/32, or the synthetic world's)",
     )
     group.add_argument(
         "--clip_download_root", default=None, help="where named CLIP models are looked up (default: ~/.cache/clip)"

@@ -1,4 +1,5 @@
 """Device and precision, decided once by name."""
+
 import contextlib
 
 import torch

@@ -4,15 +4,15 @@ Options -> data set and models -> encoded splits -> game -> optimizer -> callbac
 runs before the first update (logged as epoch 0) and after every epoch, with beam-search captions and P@1 among
 ``--eval_candidates`` images; the finetuned captioner is evaluated on the test split at the end.
 """
+
 import json
 import os
 import pickle
-import sys
 
 from .callbacks import AtomicCheckpointSaver, InitialValidation, ProgressBar
 from .core import core
 from .data import retrieval_loader, training_loader
-from .errors import UsageError
+from .errors import UsageError, run_command
 from .experiment import build_experiment, encode_split
 from .games import build_game, build_optimizer
 from .opts import get_opts
@@ -92,7 +92,4 @@ def main(params):
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except UsageError as error:
-        sys.exit(f"error: {error}")
+    run_command(main)

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny models built from configs, and the tiny synthetic world built once per session."""
+
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub lookup must fail fast, never retry for a minute

@@ -1,4 +1,5 @@
 """ClipCap: caption masks, log-probabilities, decoding, and strict loading of the released file layout."""
+
 import pytest
 import torch
 
@@ -100,5 +101,6 @@ def test_mismatching_checkpoints_are_rejected_with_the_offending_keys(tokenizer)
     with pytest.raises(UsageError, match=r"missing keys: clip_project\.model\.0\.bias.*unexpected keys: gpt\.extra"):
         load_clipcap_state_dict(model, state)
     wrong_prefix = ClipCapModel(ClipCapConfig(prefix_length=5, prefix_size=32), tiny_gpt2(len(tokenizer)))
-    with pytest.raises(UsageError, match=r"shape mismatches: .*clip_project\.model\.0\.weight \(48, 32\) != \(80, 32\)"):
+    mismatch = r"shape mismatches: .*clip_project\.model\.0\.weight \(48, 32\) != \(80, 32\)"
+    with pytest.raises(UsageError, match=mismatch):
         load_clipcap_state_dict(wrong_prefix, released_layout(model))

@@ -1,4 +1,5 @@
 """Behaviour of the bundled EGG-compatible core (used when facebookresearch EGG is absent)."""
+
 import json
 
 import pytest
@@ -210,7 +211,7 @@ def test_from_iterable_skips_empty_interactions():
     a = Interaction(torch.ones(2), None, None, {}, None, None, None, {})
     assert Interaction.from_iterable([Interaction.empty(), a, Interaction.empty()]).size == 2
     with pytest.raises(RuntimeError, match="empty"):
-        Interaction.empty().size
+        _ = Interaction.empty().size
 
 
 def test_interaction_add_merges_different_aux_keys():
@@ -227,8 +228,14 @@ def test_logging_strategy_minimal_keeps_only_aux():
     assert LoggingStrategy.maximal() == LoggingStrategy()
     aux = {"acc": torch.ones(2)}
     kept = strategy.filtered_interaction(
-        torch.ones(2), torch.ones(2), torch.ones(2), {"id": torch.ones(2)}, torch.ones(2), torch.ones(2),
-        torch.ones(2), aux,
+        torch.ones(2),
+        torch.ones(2),
+        torch.ones(2),
+        {"id": torch.ones(2)},
+        torch.ones(2),
+        torch.ones(2),
+        torch.ones(2),
+        aux,
     )
     assert kept == Interaction(None, None, None, None, None, None, None, aux)
 
@@ -289,9 +296,15 @@ def test_callback_order_and_arguments():
     train_batches = [("batch_end", i, True) for i in range(3)]
     assert names == [
         ("train_begin",),
-        ("epoch_begin", 1), *train_batches, ("epoch_end", 1),
-        ("epoch_begin", 2), *train_batches, ("epoch_end", 2),
-        ("validation_begin", 2), ("batch_end", 0, False), ("validation_end", 2),
+        ("epoch_begin", 1),
+        *train_batches,
+        ("epoch_end", 1),
+        ("epoch_begin", 2),
+        *train_batches,
+        ("epoch_end", 2),
+        ("validation_begin", 2),
+        ("batch_end", 0, False),
+        ("validation_end", 2),
         ("train_end",),
     ]
     assert recorder.trainer is trainer
@@ -312,7 +325,11 @@ def test_should_stop_triggers_early_stopping():
     recorder = StopAfterFirstEpoch()
     make_trainer(callbacks=[recorder]).train(n_epochs=5)
     assert [event[:2] for event in recorder.events if event[0] != "batch_end"] == [
-        ("train_begin",), ("epoch_begin", 1), ("epoch_end", 1), ("early_stopping", 1), ("train_end",),
+        ("train_begin",),
+        ("epoch_begin", 1),
+        ("epoch_end", 1),
+        ("early_stopping", 1),
+        ("train_end",),
     ]
 
 

@@ -1,4 +1,5 @@
 """The REINFORCE game: objective, baselines, frozen retriever, checkpoint contents."""
+
 import pytest
 import torch
 from torch import nn

@@ -5,6 +5,7 @@ sits inside EGG's ``egg/zoo/`` and uses ``egg.core``.  CI has no EGG, so the sec
 stand-in: an ``egg`` package whose ``egg.core`` is a copy of the bundled core.  Set ``EGG_SOURCE`` to an EGG
 checkout (and run under a Python with EGG's dependencies) to check the real one instead.
 """
+
 import importlib.resources
 import importlib.util
 import json

@@ -1,4 +1,5 @@
 """Rewards on hand-computed examples."""
+
 import math
 
 import pytest

@@ -1,4 +1,5 @@
 """Options: game files under the command line, and a helpful --help."""
+
 import json
 
 import pytest

@@ -1,4 +1,5 @@
 """The synthetic world: deterministic drawing, what captions mean, and files in the real on-disk formats."""
+
 import argparse
 import os
 import shutil
@@ -11,7 +12,8 @@ from egg.zoo.discriminative_captioner.captioners.clipcap import load_clipcap_cap
 from egg.zoo.discriminative_captioner.clip_models import load_clip
 from egg.zoo.discriminative_captioner.errors import UsageError
 from egg.zoo.discriminative_captioner.retrievers.clip import ClipRetriever
-from egg.zoo.discriminative_captioner.synthetic import load_world, world as W
+from egg.zoo.discriminative_captioner.synthetic import load_world
+from egg.zoo.discriminative_captioner.synthetic import world as W
 
 
 def scenes_and_images(seed):

@@ -1,4 +1,5 @@
 """Runs through ``main`` on the tiny synthetic world: console logs, checkpoints, resuming, bad input."""
+
 import json
 import os
 import subprocess

@@ -6,6 +6,7 @@ summed log-probabilities, for REINFORCE), ``generate(sender_input, num_beams) ->
 evaluation), ``score(sender_input, tokens)``, ``mle_loss(sender_input, captions)``, ``trainable_parameters()``,
 ``image_encoder.image_transform`` (PIL image -> pixels) and ``config`` (a dataclass saved with checkpoints).
 """
+
 from .base import Rollout
 from .clipcap import ClipCapCaptioner, load_clipcap_captioner
 

@@ -1,4 +1,5 @@
 """What every captioner offers the game, and the token bookkeeping they share."""
+
 from typing import List, NamedTuple
 
 import torch
@@ -33,6 +34,20 @@ def pad_to(tokens, width, pad_id):
         return tokens[:, :width]
     padding = tokens.new_full((tokens.shape[0], width - tokens.shape[1]), pad_id)
     return torch.cat([tokens, padding], dim=1)
+
+
+def pad_batch(rows, pad_id):
+    """Token id lists -> ``tokens`` [B, T] padded with ``pad_id`` and ``labels`` [B, T] with -100 at padding.
+
+    -100 is the ignore index of ``cross_entropy``: padding is ignored, never mistaken for a real token.
+    """
+    width = max(len(ids) for ids in rows)
+    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, ids in enumerate(rows):
+        tokens[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(ids)] = torch.tensor(ids)
+    return tokens, labels
 
 
 def sequence_log_prob(logits, tokens, mask):

@@ -3,6 +3,7 @@
 ``ClipCapModel`` reproduces the parameter layout of the released checkpoints (``clip_project.*`` and ``gpt.*``),
 so a released ``.pt`` file loads strictly and a finetuned model saves back in the same format.
 """
+
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from ..checkpointing import atomic_save
 from ..clip_models import load_clip
 from ..errors import UsageError, missing_weights
 from ..frozen import FrozenModule
-from .base import Rollout, caption_mask, pad_to, sequence_log_prob
+from .base import Rollout, caption_mask, pad_batch, pad_to, sequence_log_prob
 
 
 @dataclass
@@ -175,12 +176,7 @@ class ClipCapCaptioner(nn.Module):
         """Mean token cross-entropy of reference ``captions`` (ClipCap's training objective); '.' is appended."""
         texts = [c.strip() if c.strip().endswith(".") else c.strip() + " ." for c in captions]
         rows = [ids[: self.max_len] for ids in self.tokenizer(texts)["input_ids"]]
-        width = max(len(ids) for ids in rows)
-        tokens = torch.full((len(rows), width), self.eos_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), -100, dtype=torch.long)  # -100: ignored position, not a token
-        for i, ids in enumerate(rows):
-            tokens[i, : len(ids)] = torch.tensor(ids)
-            labels[i, : len(ids)] = torch.tensor(ids)
+        tokens, labels = pad_batch(rows, self.eos_id)  # [B, T] each
         device = features.device
         logits = self.model(self.model.prefix(features), tokens.to(device))  # [B, T, V]
         return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.to(device).flatten())

@@ -4,6 +4,7 @@
 data set offers ``split(name) -> ImageSplit`` for "train", "validation" and "test", and ``model_defaults``: option
 values for the models that belong with it (only the built-in synthetic world has any).
 """
+
 import importlib
 
 from .base import (

@@ -9,6 +9,7 @@ A batch is EGG's ``(sender_input, labels, receiver_input, aux_input)``:
 
 Every image of a batch is a target and the other B - 1 are its distractors, as in the paper.
 """
+
 from dataclasses import dataclass
 from typing import List, Sequence
 

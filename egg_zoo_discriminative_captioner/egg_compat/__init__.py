@@ -4,6 +4,7 @@ It offers the subset of ``egg.core`` the plugin uses, with upstream's names, sig
 checkpoint file names, for single-process runs.  Distributed training, ``--preemptable`` and ``--tensorboard``
 need the real EGG.  ``core.py`` picks between the two; the plugin reaches either one only through it.
 """
+
 from .batch import Batch
 from .callbacks import Callback, CheckpointSaver, ConsoleLogger
 from .interaction import Interaction, LoggingStrategy

@@ -1,4 +1,5 @@
 """REINFORCE baselines, compatible with ``egg.core.baselines``."""
+
 from abc import ABC, abstractmethod
 
 import torch

@@ -1,4 +1,5 @@
 """The batch container the Trainer hands to the game, compatible with ``egg.core.batch``."""
+
 from typing import Any, Dict, Iterator, Optional
 
 import torch

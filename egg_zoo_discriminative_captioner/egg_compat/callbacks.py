@@ -1,4 +1,5 @@
 """Trainer callbacks: the hook base class, console logging and checkpoints, compatible with ``egg.core.callbacks``."""
+
 import json
 import os
 import pathlib

@@ -1,4 +1,5 @@
 """Per-batch logs of a game and what to keep in them, compatible with ``egg.core.interaction``."""
+
 from dataclasses import dataclass, fields
 from typing import Dict, Iterable, List, Optional
 
@@ -106,11 +107,7 @@ class Interaction:
 
     def _is_empty(self) -> bool:
         """True for what ``Interaction.empty()`` builds: nothing logged at all."""
-        return (
-            all(getattr(self, name) is None for name in _SIZED_FIELDS)
-            and self.aux_input == {}
-            and self.aux == {}
-        )
+        return all(getattr(self, name) is None for name in _SIZED_FIELDS) and self.aux_input == {} and self.aux == {}
 
     @staticmethod
     def from_iterable(interactions: Iterable["Interaction"]) -> "Interaction":

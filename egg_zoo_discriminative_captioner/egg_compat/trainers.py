@@ -1,4 +1,5 @@
 """The single-process training loop, compatible with ``egg.core.Trainer``."""
+
 import contextlib
 import pathlib
 import warnings
@@ -74,7 +75,7 @@ class Trainer:
             if torch.device(self.device).type == "cuda":
                 self.scaler = torch.amp.GradScaler("cuda")
             else:
-                warnings.warn("--fp16 needs CUDA; training in full precision on the CPU")
+                warnings.warn("--fp16 needs CUDA; training in full precision on the CPU", stacklevel=2)
 
     def _autocast(self):
         """fp16 autocast on CUDA when ``--fp16`` is active, otherwise a no-op context."""

@@ -1,4 +1,5 @@
 """Command-line options, seeding and small helpers, compatible with ``egg.core.util``."""
+
 import argparse
 import os
 import random
@@ -59,23 +60,15 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no_cuda", default=False, action="store_true", help="Disable CUDA")
     parser.add_argument("--batch_size", type=int, default=32, help="Batch size (default: 32)")
-    parser.add_argument(
-        "--optimizer", type=str, default="adam", help="Optimizer: adam, sgd or adagrad (default: adam)"
-    )
+    parser.add_argument("--optimizer", type=str, default="adam", help="Optimizer: adam, sgd or adagrad (default: adam)")
     parser.add_argument("--lr", type=float, default=1e-2, help="Learning rate (default: 1e-2)")
-    parser.add_argument(
-        "--update_freq", type=int, default=1, help="Update the weights every k batches (default: 1)"
-    )
+    parser.add_argument("--update_freq", type=int, default=1, help="Update the weights every k batches (default: 1)")
     parser.add_argument("--vocab_size", type=int, default=10, help="Channel vocabulary size (default: 10)")
     parser.add_argument("--max_len", type=int, default=1, help="Maximal message length (default: 1)")
     parser.add_argument("--tensorboard", default=False, action="store_true", help=f"TensorBoard logging ({_NEEDS_EGG})")
     parser.add_argument("--tensorboard_dir", type=str, default="runs/", help="TensorBoard log directory")
-    parser.add_argument(
-        "--distributed_port", type=int, default=18363, help="Port for SLURM-launched distributed runs"
-    )
-    parser.add_argument(
-        "--fp16", default=False, action="store_true", help="Mixed-precision training (CUDA only)"
-    )
+    parser.add_argument("--distributed_port", type=int, default=18363, help="Port for SLURM-launched distributed runs")
+    parser.add_argument("--fp16", default=False, action="store_true", help="Mixed-precision training (CUDA only)")
 
 
 def _distributed_requested() -> bool:

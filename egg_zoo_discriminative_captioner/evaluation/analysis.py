@@ -1,4 +1,5 @@
 """Caption analysis: what kind of words the captions use (the paper's section 5)."""
+
 import re
 
 # Basic English colour terms; the paper's Table 7 finds DiscriTune's most associated adjectives are colours.

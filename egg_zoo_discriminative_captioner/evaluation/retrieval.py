@@ -1,4 +1,5 @@
 """Text-to-image retrieval P@1 with the paper's protocol, for any captions (generated or human)."""
+
 import torch
 from tqdm.auto import tqdm
 

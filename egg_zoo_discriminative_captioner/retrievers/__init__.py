@@ -4,6 +4,7 @@ A retriever is a ``FrozenModule`` with ``encode_images(pixels) -> [N, D]``, ``en
 (both fp32 and L2-normalised), ``image_transform`` (PIL image -> pixel tensor) and ``temperature`` (the softmax
 temperature its own training used, 1 / exp(logit_scale)).
 """
+
 from .clip import ClipRetriever, load_clip_retriever
 
 RETRIEVERS = {"clip": load_clip_retriever}

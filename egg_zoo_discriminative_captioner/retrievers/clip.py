@@ -1,4 +1,5 @@
 """OpenAI CLIP as the frozen retriever, through the ``clip`` package."""
+
 import torch
 import torch.nn.functional as F
 

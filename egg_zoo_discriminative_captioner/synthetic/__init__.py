@@ -12,6 +12,7 @@ and ClipCap-ConCap (``pretrain.py``) and writes everything in the real on-disk f
 The method code never imports this package: the data registry maps ``--dataset synthetic`` to
 ``load_dataset``, which hands over the images, the alt-text references and the model files above.
 """
+
 import dataclasses
 import hashlib
 import json
@@ -80,7 +81,8 @@ def build_world(directory, world_config, pretrain_config, progress=True):
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".building-", dir=parent)
     try:
-        _build_into(staging, world_config, pretrain_config, progress)
+        with torch.random.fork_rng():  # pretraining seeds torch itself; leave the caller's RNG as it was
+            _build_into(staging, world_config, pretrain_config, progress)
         manifest = {
             "format_version": FORMAT_VERSION,
             "world": dataclasses.asdict(world_config),

@@ -8,6 +8,7 @@
 - ``train_captioner``: ClipCap (tiny-CLIP features -> MLP mapper -> that LM) trained by maximum likelihood on the
   alt-text captions only: the miniature ClipCap-ConCap.
 """
+
 import math
 from dataclasses import dataclass
 
@@ -17,8 +18,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from ..clip_models import CLIP_MEAN, CLIP_STD, clip
+from ..captioners.base import pad_batch
 from ..captioners.clipcap import ClipCapCaptioner, ClipCapConfig, ClipCapModel
+from ..clip_models import CLIP_MEAN, CLIP_STD, clip
 from . import world as W
 
 EOS = "<|endoftext|>"
@@ -128,9 +130,7 @@ def word_tokenizer():
     backend = Tokenizer(models.WordLevel(vocab=vocabulary, unk_token=EOS))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces, "circle ." -> "circle."
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS
-    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS)
 
 
 def text_corpus_sentence(scenes, i, rng):
@@ -138,16 +138,6 @@ def text_corpus_sentence(scenes, i, rng):
     if rng.random() < 0.6:
         return W.describe(scenes, i, rng, complete=rng.random() < 0.5)[0]
     return W.alt_text(scenes, i, rng)[0]
-
-
-def _pad_batch(rows, pad_id):
-    width = max(len(r) for r in rows)
-    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)  # -100: ignored, never a real token id
-    for k, ids in enumerate(rows):
-        tokens[k, : len(ids)] = torch.tensor(ids)
-        labels[k, : len(ids)] = torch.tensor(ids)
-    return tokens, labels
 
 
 def train_language_model(tokenizer, cfg, seed, progress=True):
@@ -169,7 +159,7 @@ def train_language_model(tokenizer, cfg, seed, progress=True):
         _set_lr(optimizer, _cosine_lr(step, cfg.lm_steps, cfg.lm_lr))
         scenes = W.sample_scenes(rng, cfg.lm_batch, p_two_objects=0.35)
         texts = [EOS + " " + text_corpus_sentence(scenes, i, rng) + " ." for i in range(cfg.lm_batch)]
-        tokens, labels = _pad_batch(tokenizer(texts)["input_ids"], tokenizer.eos_token_id)
+        tokens, labels = pad_batch(tokenizer(texts)["input_ids"], tokenizer.eos_token_id)
         logits = model(input_ids=tokens).logits[:, :-1]  # [B, T - 1, V]: position t predicts token t + 1
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten())
         optimizer.zero_grad(set_to_none=True)

@@ -12,6 +12,7 @@ sits left, right, top, bottom or in the middle, a pair sits side by side.  Capti
 
 Everything is drawn from one seeded generator, so a world is a pure function of its ``WorldConfig``.
 """
+
 import dataclasses
 from dataclasses import dataclass
 
@@ -276,8 +277,11 @@ def _object_matches(scenes, obj, slot):
     """[N] bool: the object in ``slot`` exists and has every attribute ``obj`` states."""
     size, colour, shape = obj
     match = scenes.shape[:, slot] != NO_OBJECT
-    for codes, names, value in ((scenes.size, SIZE_NAMES, size), (scenes.colour, COLOUR_NAMES, colour),
-                                (scenes.shape, SHAPES, shape)):
+    for codes, names, value in (
+        (scenes.size, SIZE_NAMES, size),
+        (scenes.colour, COLOUR_NAMES, colour),
+        (scenes.shape, SHAPES, shape),
+    ):
         if value is not None:
             match &= codes[:, slot] == _code(names, value)
     return match
