@@ -94,9 +94,9 @@ class DiscriminativeGame(nn.Module):
     """REINFORCE discrimination game (DiscriTune) between a captioner Sender and a frozen retriever Receiver.
 
     In training the objective is ``mean((cost - b) * log p(caption)) - entropy_coeff * mean(entropy)``, where the
-    baseline ``b`` comes from ``baseline_type`` (an EGG baseline class such as ``MeanBaseline`` or
-    ``NoBaseline``, updated in training only, or ``GreedyBaseline``).  With a ``reference`` (a
-    ``FrozenReference`` of the pretrained captioner) and ``kl_coeff`` > 0, the cost is shaped by
+    baseline ``b`` comes from ``baseline_type``: an EGG baseline class such as ``MeanBaseline`` or ``NoBaseline``
+    (updated in training only), or ``GreedyBaseline`` (the task cost of the greedy caption).  With a
+    ``reference`` (a ``FrozenReference`` of the pretrained captioner) and ``kl_coeff`` > 0, the cost is shaped by
     ``kl_coeff * (log p(caption) - log p_ref(caption))``, a sampled estimate of the KL divergence from the
     pretrained captioner that keeps the finetuned language fluent.  ``standardize_advantage`` rescales
     ``cost - b`` to zero mean and unit variance within the batch; it removes any constant baseline, so with it a
@@ -146,15 +146,15 @@ class DiscriminativeGame(nn.Module):
                 f"the loss must return one cost per sample, shape {tuple(labels.shape)}; got {tuple(cost.shape)}"
                 " (does it average over the batch?)"
             )
-        cost_value = cost.detach()
-        if self.training and self.reference is not None:
-            kl = rollout.log_prob.detach() - self.reference(sender_input, rollout.message)  # [B]
-            cost_value = cost_value + self.kl_coeff * kl
-            aux["kl"] = kl
-        if self.training and isinstance(self.baseline, GreedyBaseline):
-            self.baseline.cost = self._greedy_cost(sender_input, labels, receiver_input, aux_input)
-        baseline = self.baseline.predict(cost_value) if self.training else torch.zeros(1, device=cost.device)
         if self.training:
+            cost_value = cost.detach()  # [B]
+            if self.reference is not None:
+                kl = rollout.log_prob.detach() - self.reference(sender_input, rollout.message)  # [B]
+                cost_value = cost_value + self.kl_coeff * kl
+                aux["kl"] = kl
+            if isinstance(self.baseline, GreedyBaseline):
+                self.baseline.cost = self._greedy_cost(sender_input, labels, receiver_input, aux_input)
+            baseline = self.baseline.predict(cost_value)
             advantage = cost_value - baseline  # [B]
             if self.standardize_advantage:
                 advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
@@ -162,6 +162,7 @@ class DiscriminativeGame(nn.Module):
             entropy_loss = -self.entropy_coeff * rollout.entropy.mean()
             self.baseline.update(cost_value)
         else:
+            baseline = torch.zeros(1, device=cost.device)
             policy_loss = entropy_loss = torch.zeros((), device=cost.device)
 
         aux["baseline"] = torch.as_tensor(baseline, device=cost.device).float().reshape(-1).detach().clone()
