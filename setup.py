@@ -29,7 +29,7 @@ setup(
     install_requires=[
         "torch>=2.1",
         "torchvision",
-        "transformers>=4.40",
+        "transformers>=5.0",  # the v5 APIs (tokenizer constructors, feature getters) are the ones tested
         "tokenizers",
         "openai-clip",
         "setuptools<81",  # openai-clip imports pkg_resources, removed in setuptools 81

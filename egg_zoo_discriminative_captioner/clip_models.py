@@ -58,7 +58,10 @@ def load_clip(name, flag, download_root=None):
             raise missing_weights(f"CLIP {name}", clip.clip._MODELS[name], flag, error) from error
     elif os.path.isfile(name):
         try:
-            model = clip.model.build_model(_read_state_dict(name))
+            state_dict = _read_state_dict(name)
+            # build_model rounds weights to fp16 (the released files are fp16); reload them at full precision
+            model = clip.model.build_model(dict(state_dict)).float()
+            model.load_state_dict(state_dict, strict=True)
         except Exception as error:  # unreadable file or foreign key layout: several exception types
             raise UsageError(f"{name} is not a CLIP checkpoint ({type(error).__name__}: {error}) ({flag})") from error
     else:

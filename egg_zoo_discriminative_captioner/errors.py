@@ -9,8 +9,9 @@ class UsageError(Exception):
 
 def missing_weights(what, source, flag, error):
     """A UsageError for weights that could not be loaded or downloaded, naming the flag that takes a local path."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return UsageError(
-        f"cannot load {what} from {source!r} ({type(error).__name__}: {error}); "
+        f"cannot load {what} from {source!r} ({type(error).__name__}: {reason}); "
         f"without network access, download it elsewhere and pass its local path with {flag}"
     )
 
@@ -20,4 +21,4 @@ def run_command(main):
     try:
         main(sys.argv[1:])
     except UsageError as error:
-        sys.exit(f"error: {error}")
+        sys.exit("error: " + " ".join(str(error).split()))  # one line, whatever the message quotes

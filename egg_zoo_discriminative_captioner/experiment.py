@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 
 from .captioners import build_captioner
-from .data import EncodedSplit, encode_images, load_dataset
+from .data import EncodedSplit, TransformedImages, encode_images, load_dataset
 from .opts import apply_model_defaults
 from .retrievers import build_retriever
 
@@ -27,12 +27,15 @@ def build_experiment(opts):
 
 
 def encode_split(experiment, name, device):
-    """A split with its images encoded once by the frozen captioner and retriever encoders."""
+    """A split with its images encoded once by the frozen retriever and, when it caches, the captioner."""
     split = experiment.dataset.split(name)
     captioner, retriever = experiment.captioner, experiment.retriever
-    sender_inputs = encode_images(
-        split, captioner.image_transform, captioner.encode_images, device=device, desc=f"captioner features: {name}"
-    )
+    if captioner.cache_inputs:
+        sender_inputs = encode_images(
+            split, captioner.image_transform, captioner.encode_images, device=device, desc=f"captioner features: {name}"
+        )
+    else:
+        sender_inputs = TransformedImages(split.images, captioner.image_transform)
     receiver_inputs = encode_images(
         split, retriever.image_transform, retriever.encode_images, device=device, desc=f"retriever features: {name}"
     )

@@ -11,11 +11,14 @@ import json
 import os
 
 from .captioners import CAPTIONERS
+from .captioners.blip import DEFAULT_PROMPT
+from .captioners.clipcap import MAPPING_TYPES
 from .core import core
 from .data import DATASETS
 from .errors import UsageError
 from .losses import REWARDS
 from .precision import PRECISIONS
+from .retrievers import CLIP_BACKENDS
 
 # EGG's common options (egg.core.init), which a game file may set as well.
 EGG_OPTIONS = {
@@ -26,12 +29,12 @@ EGG_OPTIONS = {
 
 # Model options whose default depends on the data set: the released models unless the data set brings its own.
 MODEL_DEFAULTS = {
-    "clip_model": "ViT-B/32",
+    "clip_model": {"openai": "ViT-B/32", "transformers": "openai/clip-vit-base-patch32"},
     "captioner_clip_model": "ViT-B/32",
     "clipcap_checkpoint": None,
     "language_model": "gpt2",
-    "prefix_length": 10,
 }
+MODEL_GROUPS = (("clipcap_checkpoint", "language_model", "captioner_clip_model"), ("clip_model",))
 
 BASELINES = ("mean", "none", "greedy")
 
@@ -89,10 +92,35 @@ def add_captioner_options(parser):
         help="ClipCap's frozen image encoder: a CLIP name or .pt path (default: ViT-B/32, or the synthetic world's)",
     )
     group.add_argument(
-        "--prefix_length", type=int, default=None, help="ClipCap prefix length (default: 10, or the synthetic world's)"
+        "--mapping_type",
+        choices=("auto",) + MAPPING_TYPES,
+        default="auto",
+        help="ClipCap mapper; auto: the kind the checkpoint holds",
     )
     group.add_argument(
-        "--normalize_prefix", action="store_true", help="L2-normalise CLIP features before the mapper (default: off)"
+        "--prefix_length", type=int, default=None, help="ClipCap prefix length (default: read off the checkpoint)"
+    )
+    group.add_argument(
+        "--clip_length",
+        type=int,
+        default=None,
+        help="transformer mapper: positions the CLIP feature is unfolded into (default: read off the checkpoint)",
+    )
+    group.add_argument(
+        "--normalize_prefix",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="L2-normalise CLIP features before the mapper (default: on for transformer mappers, off for MLP "
+        "mappers, as the released checkpoints were trained)",
+    )
+    group.add_argument(
+        "--blip_model",
+        default="Salesforce/blip-image-captioning-base",
+        help="BLIP captioner: a transformers hub id or local directory (BlipForConditionalGeneration + processor)",
+    )
+    group.add_argument("--blip_prompt", default=DEFAULT_PROMPT, help="text BLIP's captions continue (LAVIS's)")
+    group.add_argument(
+        "--blip_train_vision", action="store_true", help="finetune BLIP's vision encoder too (default: frozen)"
     )
     group.add_argument("--num_beams", type=int, default=5, help="beam size for validation and test captions")
     group.add_argument(
@@ -107,9 +135,17 @@ def add_retriever_options(parser):
     group = parser.add_argument_group("retriever")
     group.add_argument("--retriever", choices=("clip",), default="clip", help="frozen text-to-image retriever")
     group.add_argument(
+        "--clip_backend",
+        choices=sorted(CLIP_BACKENDS),
+        default="openai",
+        help="CLIP implementation: OpenAI's clip package, or transformers' CLIPModel",
+    )
+    group.add_argument(
         "--clip_model",
         default=None,
-        help="retriever CLIP: a name (ViT-B/32, ...) or a local .pt path (default: ViT-B/32, or the synthetic world's)",
+        help="retriever CLIP. openai backend: a name (ViT-B/32, ...) or a local .pt file (default: ViT-B/32); "
+        "transformers backend: a hub id or local directory (default: openai/clip-vit-base-patch32); the "
+        "synthetic world brings its own",
     )
     group.add_argument(
         "--clip_download_root", default=None, help="where named CLIP models are looked up (default: ~/.cache/clip)"
@@ -190,16 +226,19 @@ def build_parser(prog=None, description=None):
     return parser
 
 
-def game_arguments(values):
-    """Command-line tokens for a game file's values (flags for booleans), to be placed before the user's own.
+def game_arguments(values, parser):
+    """Command-line tokens for a game file's values, to be placed before the user's own.
 
     EGG's ``core.init`` adds its options with explicit defaults after we hand it the parser, so
     ``set_defaults`` cannot reach them; arguments given earlier on the command line are overridden by later ones.
     """
     tokens = []
     for key, value in values.items():
-        if isinstance(value, bool):
-            tokens += [f"--{key}"] if value else []
+        if value is True:
+            tokens.append(f"--{key}")
+        elif value is False:
+            if f"--no-{key}" in parser._option_string_actions:  # --flag/--no-flag options
+                tokens.append(f"--no-{key}")
         elif value is not None:
             tokens += [f"--{key}", str(value)]
     return tokens
@@ -219,14 +258,24 @@ def get_opts(params, prog=None, description=None, extra_options=None):
     parser.description = f"{description or ''} Game file {game_path} sets: " + ", ".join(
         f"{key}={value}" for key, value in values.items()
     )
-    opts = core.init(arg_parser=parser, params=game_arguments(values) + list(params))
+    opts = core.init(arg_parser=parser, params=game_arguments(values, parser) + list(params))
     opts.game = game_path
     return opts
 
 
 def apply_model_defaults(opts, dataset):
-    """Fills unset model options from the data set's own models, then from the released ones."""
-    for key, standard in MODEL_DEFAULTS.items():
-        if getattr(opts, key) is None:
-            setattr(opts, key, dataset.model_defaults.get(key, standard))
+    """Fills unset model options from the data set's own models, then from the released ones.
+
+    A data set's own models come as a whole per model: once any of a model's files is given on the command
+    line (say, a released ClipCap checkpoint), its other options default to the released models too.
+    """
+    own = dataset.model_defaults(opts)
+    for group in MODEL_GROUPS:
+        use_own = all(getattr(opts, key) is None for key in group)
+        for key in group:
+            standard = MODEL_DEFAULTS[key]
+            if key == "clip_model":
+                standard = standard[opts.clip_backend]
+            if getattr(opts, key) is None:
+                setattr(opts, key, own.get(key, standard) if use_own else standard)
     return opts

@@ -6,43 +6,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub lookup must fail fast, nev
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 from egg.zoo.discriminative_captioner.captioners.clipcap import (  # noqa: E402
     ClipCapCaptioner,
     ClipCapConfig,
     ClipCapModel,
 )
-from egg.zoo.discriminative_captioner.clip_models import clip, clip_transform  # noqa: E402
+from egg.zoo.discriminative_captioner.clip_models import clip_transform  # noqa: E402
 from egg.zoo.discriminative_captioner.retrievers.clip import ClipRetriever  # noqa: E402
 from egg.zoo.discriminative_captioner.synthetic.pretrain import word_tokenizer  # noqa: E402
 
-
-def tiny_clip(seed=0, embed_dim=32):
-    """A randomly initialised OpenAI-CLIP architecture small enough for a unit test."""
-    torch.manual_seed(seed)
-    return clip.model.CLIP(
-        embed_dim=embed_dim,
-        image_resolution=32,
-        vision_layers=1,
-        vision_width=64,
-        vision_patch_size=16,
-        context_length=16,
-        vocab_size=49408,
-        transformer_width=64,
-        transformer_heads=1,
-        transformer_layers=1,
-    ).eval()
-
-
-def tiny_gpt2(vocab_size, seed=0):
-    """A randomly initialised GPT-2 architecture (2 layers, width 32)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=0,
-                        eos_token_id=0)  # fmt: skip
-    return GPT2LMHeadModel(config).eval()
+from .tiny_models import model_files, tiny_clip, tiny_gpt2  # noqa: E402
 
 
 @pytest.fixture
@@ -77,3 +51,9 @@ def tiny_run_args(world_cache):
     """Command-line options for a fast run on the tiny synthetic world."""
     return ["--synthetic_world", "tiny", "--cache_dir", world_cache, "--n_epochs", "1", "--batch_size", "50",
             "--max_len", "6", "--num_beams", "2", "--checkpoint_dir", ""]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_files(tmp_path_factory):
+    """Tiny CLIP, GPT-2, ClipCap (both mappers) and BLIP files in their real on-disk formats."""
+    return model_files(str(tmp_path_factory.mktemp("models")))

@@ -4,14 +4,11 @@ import pytest
 import torch
 
 from egg.zoo.discriminative_captioner.captioners.base import caption_mask, sequence_log_prob
-from egg.zoo.discriminative_captioner.captioners.clipcap import (
-    ClipCapConfig,
-    ClipCapModel,
-    load_clipcap_state_dict,
-)
+from egg.zoo.discriminative_captioner.captioners.clipcap import ClipCapConfig, ClipCapModel
+from egg.zoo.discriminative_captioner.captioners.clipcap_checkpoint import load_clipcap_state_dict
 from egg.zoo.discriminative_captioner.errors import UsageError
 
-from .conftest import tiny_gpt2
+from .tiny_models import tiny_gpt2
 
 STOP = 9
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from egg.zoo.discriminative_captioner.captioners.clipcap import load_clipcap_captioner
+from egg.zoo.discriminative_captioner.captioners.clipcap_checkpoint import load_clipcap_captioner
 from egg.zoo.discriminative_captioner.clip_models import load_clip
 from egg.zoo.discriminative_captioner.errors import UsageError
 from egg.zoo.discriminative_captioner.retrievers.clip import ClipRetriever
@@ -74,7 +74,8 @@ def test_world_files_load_through_the_real_loaders(world_cache):
         clipcap_checkpoint=os.path.join(directory, "captioner.pt"),
         captioner_clip_model=os.path.join(directory, "retriever.pt"),
         language_model=os.path.join(directory, "language_model"),
-        clip_download_root=None, prefix_length=4, normalize_prefix=False, max_len=10,
+        clip_download_root=None, mapping_type="auto", prefix_length=None, clip_length=None, normalize_prefix=None,
+        max_len=10,
     )  # fmt: skip
     captioner = load_clipcap_captioner(opts)
     features = captioner.encode_images(torch.zeros(2, 3, 32, 32))

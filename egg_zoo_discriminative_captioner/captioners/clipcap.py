@@ -1,32 +1,40 @@
 """ClipCap (Mokady et al., 2021): frozen CLIP image features -> mapper -> prefix embeddings -> GPT-2.
 
-``ClipCapModel`` reproduces the parameter layout of the released checkpoints (``clip_project.*`` and ``gpt.*``),
-so a released ``.pt`` file loads strictly and a finetuned model saves back in the same format.
+``ClipCapModel`` reproduces the parameter layout of the released checkpoints (``clip_project.*`` and ``gpt.*``)
+for both mapper kinds, so a released ``.pt`` file loads strictly and a finetuned model saves back in the same
+format (``clipcap_checkpoint.py``).
 """
 
-import dataclasses
 import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoTokenizer, GenerationConfig, GPT2LMHeadModel
+from transformers import GenerationConfig
 
 from ..checkpointing import atomic_save
-from ..clip_models import load_clip
-from ..errors import UsageError, missing_weights
+from ..errors import UsageError
 from ..frozen import FrozenModule
 from .base import Rollout, caption_mask, pad_batch, pad_to, sequence_log_prob
+
+MAPPING_TYPES = ("mlp", "transformer")
 
 
 @dataclass
 class ClipCapConfig:
-    """Architecture of a ClipCap model; saved with every checkpoint and checked when one is loaded."""
+    """Architecture of a ClipCap model; saved with every checkpoint and checked when one is loaded.
+
+    The released files: MLP mapper, ViT-B/32 features (512-d), prefix 10, raw features (COCO and Conceptual
+    Captions); transformer mapper, RN50x4 features (640-d), prefix 40, clip_length 40, 8 layers, L2-normalised
+    features (COCO).
+    """
 
     prefix_length: int = 10
-    prefix_size: int = 512  # CLIP embedding size: 512 for ViT-B/32
+    prefix_size: int = 512  # CLIP embedding size: 512 for ViT-B/32, 640 for RN50x4
     mapping_type: str = "mlp"
-    normalize_prefix: bool = False  # the released MLP checkpoints take raw CLIP features
+    clip_length: int = 10  # transformer mapper: positions the CLIP feature is unfolded into
+    num_layers: int = 8  # transformer mapper depth
+    normalize_prefix: bool = False
 
 
 class MLPMapper(nn.Module):
@@ -40,7 +48,81 @@ class MLPMapper(nn.Module):
         )
 
     def forward(self, features):
-        return self.model(features)
+        return self.model(features)  # [B, P * E]
+
+
+class MapperAttention(nn.Module):
+    """Multi-head self-attention as ClipCap's mapper has it: bias-free query and fused key/value projections."""
+
+    def __init__(self, dim, num_heads):
+        super().__init__()
+        self.num_heads = num_heads
+        self.to_queries = nn.Linear(dim, dim, bias=False)
+        self.to_keys_values = nn.Linear(dim, 2 * dim, bias=False)  # output: all keys, then all values
+        self.project = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        heads, head_dim = self.num_heads, c // self.num_heads
+        queries = self.to_queries(x).view(b, n, heads, head_dim).transpose(1, 2)  # [B, H, N, D]
+        keys_values = self.to_keys_values(x).view(b, n, 2, heads, head_dim)  # [B, N, 2, H, D]
+        keys, values = keys_values.unbind(dim=2)  # [B, N, H, D] each
+        out = nn.functional.scaled_dot_product_attention(queries, keys.transpose(1, 2), values.transpose(1, 2))
+        return self.project(out.transpose(1, 2).reshape(b, n, c))  # [B, N, C]
+
+
+class MapperMLP(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(nn.functional.relu(self.fc1(x)))
+
+
+class MapperLayer(nn.Module):
+    """Pre-norm transformer layer (attention, then a ReLU MLP of width 2 x dim)."""
+
+    def __init__(self, dim, num_heads):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = MapperAttention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MapperMLP(dim, 2 * dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class MapperTransformer(nn.Module):
+    def __init__(self, dim, num_heads, num_layers):
+        super().__init__()
+        self.layers = nn.ModuleList(MapperLayer(dim, num_heads) for _ in range(num_layers))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class TransformerMapper(nn.Module):
+    """ClipCap's transformer mapper: the CLIP feature unfolded into ``clip_length`` vectors, followed by
+    ``prefix_length`` learned constants, through a transformer; the constants' outputs are the prefix."""
+
+    def __init__(self, prefix_size, prefix_length, embedding_size, clip_length, num_layers, num_heads=8):
+        super().__init__()
+        self.clip_length = clip_length
+        self.linear = nn.Linear(prefix_size, clip_length * embedding_size)
+        self.prefix_const = nn.Parameter(torch.randn(prefix_length, embedding_size))
+        self.transformer = MapperTransformer(embedding_size, num_heads, num_layers)
+
+    def forward(self, features):
+        unfolded = self.linear(features).view(features.shape[0], self.clip_length, -1)  # [B, L, E]
+        constants = self.prefix_const.unsqueeze(0).expand(features.shape[0], -1, -1)  # [B, P, E]
+        out = self.transformer(torch.cat([unfolded, constants], dim=1))  # [B, L + P, E]
+        return out[:, self.clip_length :].flatten(1)  # [B, P * E]
 
 
 class ClipCapModel(nn.Module):
@@ -48,12 +130,19 @@ class ClipCapModel(nn.Module):
 
     def __init__(self, config, gpt):
         super().__init__()
-        if config.mapping_type != "mlp":
-            raise UsageError(f"ClipCap mapping type {config.mapping_type!r} is not supported; use 'mlp'")
+        if config.mapping_type not in MAPPING_TYPES:
+            raise UsageError(f"ClipCap mapping type {config.mapping_type!r}: choose one of {MAPPING_TYPES}")
         self.config = config
         self.gpt = gpt
         self.embedding_size = gpt.get_input_embeddings().weight.shape[1]
-        self.clip_project = MLPMapper(config.prefix_size, config.prefix_length, self.embedding_size)
+        if config.mapping_type == "mlp":
+            self.clip_project = MLPMapper(config.prefix_size, config.prefix_length, self.embedding_size)
+        else:
+            self.clip_project = TransformerMapper(
+                config.prefix_size, config.prefix_length, self.embedding_size, config.clip_length, config.num_layers
+            )
+        # Buffers that old transformers versions saved with GPT-2; kept only to write them back unchanged.
+        self.legacy_buffers = {}
 
     def prefix(self, features):
         """Prefix embeddings ``[B, P, E]`` of CLIP image features ``[B, prefix_size]``."""
@@ -92,6 +181,8 @@ class ClipCapCaptioner(nn.Module):
     Dropout is switched off: REINFORCE must score a caption with the same network that sampled it, and
     decoding must not depend on the Trainer's train/eval mode.
     """
+
+    cache_inputs = True  # the image encoder is frozen: its features are computed once per image
 
     def __init__(self, model, tokenizer, image_encoder, max_len=40):
         super().__init__()
@@ -182,79 +273,7 @@ class ClipCapCaptioner(nn.Module):
         return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.to(device).flatten())
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Released checkpoint files
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _is_legacy_buffer(key):
-    # Causal-mask buffers that transformers < 4.x saved with GPT-2; a suffix test, since "attn.c_attn.bias" is real.
-    return key.startswith("gpt.transformer.h.") and key.endswith((".attn.bias", ".attn.masked_bias"))
-
-
-def _describe(keys, limit=6):
-    keys = sorted(keys)
-    shown = ", ".join(keys[:limit])
-    return shown + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
-
-
-def load_clipcap_state_dict(model, state_dict, source="checkpoint"):
-    """Loads a ClipCap state dict strictly; only the legacy GPT-2 attention buffers are dropped, by name."""
-    state_dict = {key: value for key, value in state_dict.items() if not _is_legacy_buffer(key)}
-    expected = model.state_dict()
-    missing, unexpected = expected.keys() - state_dict.keys(), state_dict.keys() - expected.keys()
-    wrong_shape = [
-        f"{key} {tuple(state_dict[key].shape)} != {tuple(expected[key].shape)}"
-        for key in expected.keys() & state_dict.keys()
-        if state_dict[key].shape != expected[key].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_describe(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_describe(unexpected)}")
-    if wrong_shape:
-        problems.append(f"shape mismatches: {_describe(wrong_shape)}")
-    if problems:
-        raise UsageError(
-            f"{source} does not match the ClipCap architecture ({dataclasses.asdict(model.config)}): "
-            + "; ".join(problems)
-        )
-    model.load_state_dict(state_dict, strict=True)
-
-
 def save_clipcap(model, path):
-    """Writes ``model`` in the released ClipCap format (a plain state dict), atomically."""
-    atomic_save({key: value.detach().cpu() for key, value in model.state_dict().items()}, path)
-
-
-def load_language_model(source):
-    """GPT-2 architecture (randomly initialised) and tokenizer from a hub id or a local transformers directory."""
-    try:
-        config = AutoConfig.from_pretrained(source)
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except OSError as error:
-        raise missing_weights("the GPT-2 config and tokenizer", source, "--language_model", error) from error
-    return GPT2LMHeadModel(config), tokenizer
-
-
-def load_clipcap_captioner(opts):
-    """The ClipCap captioner of ``--clipcap_checkpoint``, ``--language_model`` and ``--captioner_clip_model``."""
-    if opts.clipcap_checkpoint is None:
-        raise UsageError("--captioner clipcap needs --clipcap_checkpoint PATH (a ClipCap .pt state dict)")
-    if not os.path.isfile(opts.clipcap_checkpoint):
-        raise UsageError(f"ClipCap checkpoint not found: {opts.clipcap_checkpoint} (--clipcap_checkpoint)")
-    clip_model, transform = load_clip(opts.captioner_clip_model, "--captioner_clip_model", opts.clip_download_root)
-    gpt, tokenizer = load_language_model(opts.language_model)
-    config = ClipCapConfig(
-        prefix_length=opts.prefix_length,
-        prefix_size=clip_model.visual.output_dim,
-        normalize_prefix=opts.normalize_prefix,
-    )
-    model = ClipCapModel(config, gpt)
-    try:
-        state_dict = torch.load(opts.clipcap_checkpoint, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for a file that is not a state dict
-        raise UsageError(f"cannot read ClipCap checkpoint {opts.clipcap_checkpoint}: {error}") from error
-    load_clipcap_state_dict(model, state_dict, source=opts.clipcap_checkpoint)
-    return ClipCapCaptioner(model, tokenizer, ClipImageEncoder(clip_model, transform), max_len=opts.max_len)
+    """Writes ``model`` in the released ClipCap layout (with its legacy buffers, if it was loaded with them)."""
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    atomic_save({**state, **model.legacy_buffers}, path)

@@ -1,8 +1,8 @@
 """Data sets and batching.
 
 ``DATASETS`` maps each ``--dataset`` name to the function that loads it (imported only when chosen).  A loaded
-data set offers ``split(name) -> ImageSplit`` for "train", "validation" and "test", and ``model_defaults``: option
-values for the models that belong with it (only the built-in synthetic world has any).
+data set offers ``split(name) -> ImageSplit`` for "train", "validation" and "test", and ``model_defaults(opts)``:
+option values for the models that belong with it (only the built-in synthetic world has any).
 """
 
 import importlib
@@ -10,6 +10,7 @@ import importlib
 from .base import (
     EncodedSplit,
     ImageSplit,
+    TransformedImages,
     collate_game_batch,
     encode_images,
     retrieval_loader,
@@ -29,6 +30,7 @@ __all__ = [
     "DATASETS",
     "EncodedSplit",
     "ImageSplit",
+    "TransformedImages",
     "collate_game_batch",
     "encode_images",
     "load_dataset",

@@ -43,8 +43,28 @@ def encode_images(split, transform, encoder, batch_size=256, device="cpu", desc=
     return torch.cat(outputs)
 
 
+class TransformedImages:
+    """A split's images as pixel tensors, transformed when read (for captioners whose inputs are not cached)."""
+
+    def __init__(self, images, transform):
+        self.images = images
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return torch.stack([self.transform(self.images[i]) for i in range(*index.indices(len(self)))])
+        return self.transform(self.images[index])
+
+
 class EncodedSplit(Dataset):
-    """A split whose images are already encoded for the captioner (sender) and the retriever (receiver)."""
+    """A split with its images encoded for the captioner (sender) and the retriever (receiver).
+
+    ``sender_inputs`` and ``receiver_inputs`` are indexable by image (and by slice): tensors computed once, or
+    ``TransformedImages`` computed when read.
+    """
 
     def __init__(self, split, sender_inputs, receiver_inputs):
         if not len(split) == len(sender_inputs) == len(receiver_inputs):

@@ -5,6 +5,7 @@ and ClipCap-ConCap (``pretrain.py``) and writes everything in the real on-disk f
 
     world.npz          images, reference captions (alt-text and descriptive) and scene codes per split
     retriever.pt       the tiny CLIP, an OpenAI-CLIP state dict (loads with ``--clip_model PATH``)
+    retriever_transformers/  the same CLIP as a transformers directory (``--clip_backend transformers``)
     language_model/    the tiny GPT-2 with its tokenizer, a transformers directory (``--language_model DIR``)
     captioner.pt       the tiny ClipCap-ConCap, a ClipCap state dict (``--clipcap_checkpoint PATH``)
     manifest.json      configs and file checksums, written last
@@ -28,10 +29,11 @@ from PIL import Image
 
 from ..data.base import ImageSplit
 from ..errors import UsageError
+from ..retrievers.clip_conversion import save_as_transformers
 from . import world as W
 from .pretrain import PretrainConfig, to_pixels, train_captioner, train_language_model, train_retriever, word_tokenizer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SPLITS = ("train", "validation", "test")
 
 PRESETS = {
@@ -119,6 +121,7 @@ def _build_into(directory, world_config, cfg, progress):
     seed = world_config.seed
     retriever = train_retriever(train_images, train_scenes, cfg, seed + 1, progress)
     torch.save(retriever.state_dict(), os.path.join(directory, "retriever.pt"))
+    save_as_transformers(retriever.state_dict(), os.path.join(directory, "retriever_transformers"))
 
     tokenizer = word_tokenizer()
     language_model = train_language_model(tokenizer, cfg, seed + 2, progress)
@@ -184,16 +187,15 @@ class SyntheticDataset:
         fields = [field.name for field in dataclasses.fields(W.Scenes)]
         return W.Scenes(*(self.arrays[f"{name}_scene_{field}"] for field in fields))
 
-    @property
-    def model_defaults(self):
+    def model_defaults(self, opts):
         """Option values that point the captioner and retriever options at the world's pretrained files."""
         retriever = os.path.join(self.directory, "retriever.pt")
+        converted = os.path.join(self.directory, "retriever_transformers")
         return {
-            "clip_model": retriever,
+            "clip_model": converted if opts.clip_backend == "transformers" else retriever,
             "captioner_clip_model": retriever,
             "clipcap_checkpoint": os.path.join(self.directory, "captioner.pt"),
             "language_model": os.path.join(self.directory, "language_model"),
-            "prefix_length": self.manifest["pretrain"]["prefix_length"],
         }
 
 

@@ -1,0 +1,212 @@
+"""BLIP (Li et al., 2022) as a captioner, through transformers' ``BlipForConditionalGeneration``.
+
+The paper uses BLIP base finetuned on COCO captioning from LAVIS.  LAVIS pins transformers < 4.27 and cannot
+share an environment with transformers 5, so BLIP goes through transformers instead, where the same model is
+``Salesforce/blip-image-captioning-base``.  Captions continue LAVIS's prompt "a picture of" and end at [SEP].
+By default the vision encoder is frozen and only the text decoder trains (``--blip_train_vision`` trains both).
+"""
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import BlipForConditionalGeneration, BlipProcessor, GenerationConfig
+
+from ..errors import missing_weights
+from ..frozen import FrozenModule
+from ..pretrained import from_pretrained_strict
+from .base import Rollout, caption_mask, pad_batch, pad_to, sequence_log_prob
+
+DEFAULT_PROMPT = "a picture of"
+
+
+@dataclass
+class BlipCaptionerConfig:
+    """What a checkpoint of the BLIP captioner must match when it is resumed."""
+
+    vision_hidden_size: int
+    vision_layers: int
+    text_hidden_size: int
+    text_layers: int
+    vocab_size: int
+    prompt: str
+    train_vision: bool
+
+
+class FrozenVision(FrozenModule):
+    """BLIP's vision encoder, frozen."""
+
+    def __init__(self, vision_model):
+        super().__init__()
+        self.vision_model = vision_model
+        self.freeze()
+
+    @torch.no_grad()
+    def forward(self, pixels):
+        return self.vision_model(pixel_values=pixels).last_hidden_state
+
+
+class TrainableVision(nn.Module):
+    """BLIP's vision encoder, finetuned with the decoder."""
+
+    def __init__(self, vision_model):
+        super().__init__()
+        self.vision_model = vision_model
+
+    def forward(self, pixels):
+        return self.vision_model(pixel_values=pixels).last_hidden_state
+
+
+class BlipCaptioner(nn.Module):
+    """BLIP as a captioner: rollouts with per-caption log-probabilities, beam search, MLE loss.
+
+    Its input (``sender_input``) is preprocessed pixels: the vision encoder runs inside every rollout, so inputs
+    are not cached (``cache_inputs`` is False).  Dropout is off, as for ClipCap.
+    """
+
+    cache_inputs = False
+
+    def __init__(self, model, processor, prompt=DEFAULT_PROMPT, max_len=40, train_vision=False):
+        super().__init__()
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
+        self.blip_config = model.config
+        self.vision = TrainableVision(model.vision_model) if train_vision else FrozenVision(model.vision_model)
+        self.text_decoder = model.text_decoder
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.max_len = max_len
+        text_config = model.config.text_config
+        self.sep_id, self.pad_id = text_config.sep_token_id, text_config.pad_token_id
+        self.stop_ids = [self.sep_id]
+        # The prompt as BLIP's decoder reads it: [DEC] instead of [CLS], without the closing [SEP].
+        prompt_ids = self.tokenizer(prompt).input_ids[:-1]
+        prompt_ids[0] = text_config.bos_token_id
+        self.register_buffer("prompt_ids", torch.tensor(prompt_ids), persistent=False)
+        self._config = BlipCaptionerConfig(
+            vision_hidden_size=model.config.vision_config.hidden_size,
+            vision_layers=model.config.vision_config.num_hidden_layers,
+            text_hidden_size=text_config.hidden_size,
+            text_layers=text_config.num_hidden_layers,
+            vocab_size=text_config.vocab_size,
+            prompt=prompt,
+            train_vision=train_vision,
+        )
+
+    @property
+    def config(self):
+        return self._config
+
+    def image_transform(self, image):
+        """PIL image -> pixels ``[3, H, W]`` through BLIP's image processor."""
+        return self.processor.image_processor(images=image, return_tensors="pt").pixel_values[0]
+
+    def encode_images(self, pixels):
+        """BLIP's captioner input is the pixels themselves."""
+        return pixels
+
+    def trainable_parameters(self):
+        """The text decoder's parameters (and the vision encoder's with ``--blip_train_vision``)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def _prompt(self, batch_size):
+        return self.prompt_ids.unsqueeze(0).expand(batch_size, -1)  # [B, P]
+
+    def _decoder_logits(self, image_embeds, tokens):
+        """Logits ``[B, T, V]`` predicting ``tokens`` [B, T] after the prompt."""
+        prompt = self._prompt(tokens.shape[0])
+        ones = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=image_embeds.device)
+        logits = self.text_decoder(
+            input_ids=torch.cat([prompt, tokens], dim=1),
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=ones,
+        ).logits  # [B, P + T, V]
+        return logits[:, prompt.shape[1] - 1 : -1]
+
+    def _generate(self, image_embeds, **decoding):
+        batch_size = image_embeds.shape[0]
+        generation = GenerationConfig(
+            max_new_tokens=self.max_len, eos_token_id=self.sep_id, pad_token_id=self.pad_id, **decoding
+        )
+        ones = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=image_embeds.device)
+        sequences = self.text_decoder.generate(
+            input_ids=self._prompt(batch_size),
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=ones,
+            generation_config=generation,
+        )  # [B, P + T]: the prompt, then the caption
+        return pad_to(sequences[:, self.prompt_ids.shape[0] :], self.max_len, self.pad_id)
+
+    def _finish(self, tokens, log_prob, entropy):
+        mask = caption_mask(tokens, self.stop_ids)
+        return Rollout(tokens, log_prob, entropy, mask.sum(1).float(), self.decode(tokens, mask))
+
+    def rollout(self, pixels, greedy=False):
+        """Captions sampled from the policy (or its greedy argmax) with their summed log-probabilities."""
+        image_embeds = self.vision(pixels)
+        with torch.no_grad():
+            decoding = dict(do_sample=False) if greedy else dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0)
+            tokens = self._generate(image_embeds.detach(), **decoding)
+        logits = self._decoder_logits(image_embeds, tokens)
+        log_prob, entropy = sequence_log_prob(logits, tokens, caption_mask(tokens, self.stop_ids))
+        return self._finish(tokens, log_prob, entropy)
+
+    @torch.no_grad()
+    def generate(self, pixels, num_beams=5):
+        """Beam-search captions."""
+        tokens = self._generate(self.vision(pixels), do_sample=False, num_beams=num_beams)
+        zeros = torch.zeros(tokens.shape[0], device=tokens.device)
+        return self._finish(tokens, zeros, zeros)
+
+    def score(self, pixels, tokens):
+        """Summed log-probability and mean entropy of given caption tokens ``[B, T]`` (with gradients)."""
+        logits = self._decoder_logits(self.vision(pixels), tokens)
+        return sequence_log_prob(logits, tokens, caption_mask(tokens, self.stop_ids))
+
+    def decode(self, tokens, mask):
+        """Caption strings (without the prompt) of ``tokens`` [B, T], keeping the positions in ``mask``."""
+        kept = [row[keep].tolist() for row, keep in zip(tokens, mask)]
+        return [text.strip() for text in self.tokenizer.batch_decode(kept, skip_special_tokens=True)]
+
+    def mle_loss(self, pixels, captions):
+        """Mean token cross-entropy of reference ``captions`` after the prompt (BLIP's captioning objective)."""
+        rows = [self.tokenizer(caption).input_ids[1:][: self.max_len] for caption in captions]  # drop [CLS]
+        tokens, labels = pad_batch(rows, self.pad_id)  # [B, T]; captions end with [SEP]
+        device = pixels.device
+        logits = self._decoder_logits(self.vision(pixels), tokens.to(device))
+        return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.to(device).flatten())
+
+    def save_pretrained(self, directory):
+        """Writes ``directory/blip`` as a transformers directory (model and processor); returns its path."""
+        path = os.path.join(directory, "blip")
+        os.makedirs(directory, exist_ok=True)
+        model = BlipForConditionalGeneration(self.blip_config)
+        model.vision_model.load_state_dict(self.vision.vision_model.state_dict())
+        model.text_decoder.load_state_dict(self.text_decoder.state_dict())
+        staging = tempfile.mkdtemp(prefix="partial-", dir=directory)
+        try:
+            model.save_pretrained(staging)
+            self.processor.save_pretrained(staging)
+            if os.path.exists(path):
+                shutil.rmtree(path)
+            os.replace(staging, path)
+        finally:
+            if os.path.exists(staging):
+                shutil.rmtree(staging)
+        return path
+
+
+def load_blip_captioner(opts):
+    """BLIP of ``--blip_model`` (a hub id such as Salesforce/blip-image-captioning-base, or a local directory)."""
+    model = from_pretrained_strict(BlipForConditionalGeneration, opts.blip_model, "--blip_model", "BLIP")
+    try:
+        processor = BlipProcessor.from_pretrained(opts.blip_model)
+    except (OSError, ValueError) as error:
+        raise missing_weights("the BLIP processor", opts.blip_model, "--blip_model", error) from error
+    return BlipCaptioner(
+        model, processor, prompt=opts.blip_prompt, max_len=opts.max_len, train_vision=opts.blip_train_vision
+    )

@@ -1,0 +1,22 @@
+"""Loading transformers models strictly: every weight must come from the checkpoint."""
+
+import warnings
+
+from .errors import UsageError, missing_weights
+
+
+def from_pretrained_strict(model_class, source, flag, what):
+    """``model_class.from_pretrained(source)`` that fails on missing or mis-shaped weights instead of silently
+    initialising them at random; keys the checkpoint has beyond the model's are reported as a warning.
+    """
+    try:
+        model, info = model_class.from_pretrained(source, output_loading_info=True)
+    except (OSError, ValueError) as error:  # no network, no such directory, or no weights in it
+        raise missing_weights(what, source, flag, error) from error
+    problems = {name: sorted(info.get(name) or []) for name in ("missing_keys", "mismatched_keys")}
+    if any(problems.values()):
+        raise UsageError(f"{source} ({flag}) does not match {model_class.__name__}: {problems}")
+    if info.get("unexpected_keys"):
+        warnings.warn(f"{source}: weights not used by {model_class.__name__}: {sorted(info['unexpected_keys'])}",
+                      stacklevel=2)  # fmt: skip
+    return model.eval()
