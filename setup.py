@@ -18,7 +18,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="MIT",
-    python_requires=">=3.9",
+    python_requires=">=3.10",  # transformers 5 needs it
     packages=[PACKAGE, f"{PACKAGE}.game_files"] + [f"{PACKAGE}.{sub}" for sub in SUBPACKAGES],
     package_dir={
         PACKAGE: SOURCE,

@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import shutil
 import tempfile
 
 import torch
@@ -33,3 +34,19 @@ def atomic_write_text(text, path):
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
             f.write(text)
+
+
+@contextlib.contextmanager
+def atomic_directory(path):
+    """Yields a staging directory beside ``path``; on success it replaces ``path``, otherwise it is removed."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix="partial-", dir=parent)
+    try:
+        yield staging
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.replace(staging, path)
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging)

@@ -7,14 +7,13 @@ By default the vision encoder is frozen and only the text decoder trains (``--bl
 """
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import BlipForConditionalGeneration, BlipProcessor, GenerationConfig
 
+from ..checkpointing import atomic_directory
 from ..errors import missing_weights
 from ..frozen import FrozenModule
 from ..pretrained import from_pretrained_strict
@@ -183,20 +182,12 @@ class BlipCaptioner(nn.Module):
     def save_pretrained(self, directory):
         """Writes ``directory/blip`` as a transformers directory (model and processor); returns its path."""
         path = os.path.join(directory, "blip")
-        os.makedirs(directory, exist_ok=True)
         model = BlipForConditionalGeneration(self.blip_config)
         model.vision_model.load_state_dict(self.vision.vision_model.state_dict())
         model.text_decoder.load_state_dict(self.text_decoder.state_dict())
-        staging = tempfile.mkdtemp(prefix="partial-", dir=directory)
-        try:
+        with atomic_directory(path) as staging:
             model.save_pretrained(staging)
             self.processor.save_pretrained(staging)
-            if os.path.exists(path):
-                shutil.rmtree(path)
-            os.replace(staging, path)
-        finally:
-            if os.path.exists(staging):
-                shutil.rmtree(staging)
         return path
 
 

@@ -18,8 +18,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -27,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..checkpointing import atomic_directory
 from ..data.base import ImageSplit
 from ..errors import UsageError
 from ..retrievers.clip_conversion import save_as_transformers
@@ -79,10 +78,7 @@ def _files(directory):
 def build_world(directory, world_config, pretrain_config, progress=True):
     """Draws the world and pretrains its models into ``directory`` (built aside, then renamed into place)."""
     started = time.time()
-    parent = os.path.dirname(os.path.abspath(directory))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".building-", dir=parent)
-    try:
+    with atomic_directory(directory) as staging:
         with torch.random.fork_rng():  # pretraining seeds torch itself; leave the caller's RNG as it was
             _build_into(staging, world_config, pretrain_config, progress)
         manifest = {
@@ -94,12 +90,6 @@ def build_world(directory, world_config, pretrain_config, progress=True):
         }
         with open(os.path.join(staging, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=2)
-        if os.path.exists(directory):
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
-    finally:
-        if os.path.exists(staging):
-            shutil.rmtree(staging)
 
 
 def _build_into(directory, world_config, cfg, progress):
