@@ -1,6 +1,4 @@
-"""Device and precision, decided once by name."""
-
-import contextlib
+"""Precision, decided once by name (training precision is EGG's ``--fp16``; the device is EGG's ``opts.device``)."""
 
 import torch
 
@@ -13,10 +11,3 @@ def dtype_of(precision):
         return PRECISIONS[precision]
     except KeyError:
         raise ValueError(f"unknown precision {precision!r}; choose one of {sorted(PRECISIONS)}") from None
-
-
-def autocast(device, precision):
-    """An autocast context for ``precision`` on ``device``; a no-op context for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype_of(precision))
