@@ -10,8 +10,9 @@ import os
 import pickle
 
 from .callbacks import AtomicCheckpointSaver, InitialValidation, ProgressBar
+from .checkpointing import atomic_write_text
 from .core import core
-from .data import retrieval_loader, training_loader
+from .data import check_batch_size, retrieval_loader, training_loader
 from .errors import UsageError, run_command
 from .experiment import build_experiment, encode_split
 from .games import build_game, build_optimizer
@@ -22,10 +23,7 @@ PROG = "python -m egg.zoo.discriminative_captioner.train"
 
 def check_opts(opts):
     """Rejects impossible option combinations before anything heavy is loaded."""
-    if opts.batch_size < 2:
-        raise UsageError(
-            f"--batch_size {opts.batch_size} leaves no distractors: a batch of B images gives each target B - 1"
-        )
+    check_batch_size(opts.batch_size)
     if opts.load_from_checkpoint is not None and not os.path.isfile(opts.load_from_checkpoint):
         raise UsageError(f"checkpoint not found: {opts.load_from_checkpoint} (--load_from_checkpoint)")
     if opts.max_len < 1:
@@ -35,10 +33,8 @@ def check_opts(opts):
 
 def save_options(opts, directory):
     """Writes the run's resolved options next to its checkpoints."""
-    os.makedirs(directory, exist_ok=True)
     values = {key: value for key, value in vars(opts).items() if key not in ("distributed_context", "optimizer")}
-    with open(os.path.join(directory, "opts.json"), "w") as f:
-        json.dump(values, f, indent=2, sort_keys=True, default=str)
+    atomic_write_text(json.dumps(values, indent=2, sort_keys=True, default=str), os.path.join(directory, "opts.json"))
 
 
 def build_trainer(opts, game, optimizer, train_loader, validation_loader, callbacks):

@@ -88,12 +88,17 @@ def collate_game_batch(items):
     return torch.stack(sender_inputs), labels, torch.stack(receiver_inputs), aux_input
 
 
-def training_loader(dataset, batch_size, seed, num_workers=0):
-    """Shuffled batches of ``batch_size`` (each image a target, the rest of the batch its distractors)."""
+def check_batch_size(batch_size):
+    """In-batch distractors need at least two images per batch."""
     if batch_size < 2:
         raise UsageError(
             f"--batch_size {batch_size} leaves no distractors: a batch of B images gives each target B - 1"
         )
+
+
+def training_loader(dataset, batch_size, seed, num_workers=0):
+    """Shuffled batches of ``batch_size`` (each image a target, the rest of the batch its distractors)."""
+    check_batch_size(batch_size)
     if len(dataset) < batch_size:
         raise UsageError(f"the training split has {len(dataset)} images, fewer than --batch_size {batch_size}")
     generator = torch.Generator().manual_seed(seed)
