@@ -3,6 +3,7 @@
 from typing import List, NamedTuple
 
 import torch
+from torch import nn
 
 
 class Rollout(NamedTuple):
@@ -61,3 +62,57 @@ def sequence_log_prob(logits, tokens, mask):
     mask = mask.to(log_probs.dtype)
     lengths = mask.sum(1).clamp(min=1)  # [B]
     return (token_log_prob * mask).sum(1), (entropy * mask).sum(1) / lengths
+
+
+SAMPLING = dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0)  # the policy itself: no truncation
+
+
+class ConditionalCaptioner(nn.Module):
+    """Decoding and scoring shared by captioners that condition a language model on an image.
+
+    A subclass sets ``tokenizer``, ``stop_ids`` and ``max_len`` and defines ``condition(sender_input)`` (the
+    image representation the language model reads, with gradients where it trains), ``_decode_tokens(condition,
+    **decoding) -> [B, max_len]`` (``transformers`` generation, padded after the stop token) and
+    ``_logits(condition, tokens) -> [B, T, V]`` (teacher-forced, each position predicting its token).
+
+    Rollouts are sampled without gradients and then scored in one teacher-forced pass with gradients, so the
+    REINFORCE log-probability is that of the captions actually emitted.  Dropout is switched off for the same
+    reason, and so that decoding does not depend on the Trainer's train/eval mode.
+    """
+
+    @staticmethod
+    def switch_off_dropout(module):
+        for sub in module.modules():
+            if isinstance(sub, nn.Dropout):
+                sub.p = 0.0
+
+    def rollout(self, sender_input, greedy=False):
+        """Captions sampled from the policy (or its greedy argmax) with their summed log-probabilities."""
+        condition = self.condition(sender_input)
+        with torch.no_grad():
+            tokens = self._decode_tokens(condition.detach(), **(dict(do_sample=False) if greedy else SAMPLING))
+        log_prob, entropy = self._score(condition, tokens)
+        return self._finish(tokens, log_prob, entropy)
+
+    @torch.no_grad()
+    def generate(self, sender_input, num_beams=5):
+        """Beam-search captions (length-normalised scores)."""
+        tokens = self._decode_tokens(self.condition(sender_input), do_sample=False, num_beams=num_beams)
+        zeros = torch.zeros(tokens.shape[0], device=tokens.device)
+        return self._finish(tokens, zeros, zeros)
+
+    def score(self, sender_input, tokens):
+        """Summed log-probability and mean entropy of given caption tokens ``[B, T]`` (with gradients)."""
+        return self._score(self.condition(sender_input), tokens)
+
+    def decode(self, tokens, mask):
+        """Caption strings of ``tokens`` [B, T], keeping the positions in ``mask``."""
+        kept = [row[keep].tolist() for row, keep in zip(tokens, mask)]
+        return [text.strip() for text in self.tokenizer.batch_decode(kept, skip_special_tokens=True)]
+
+    def _score(self, condition, tokens):
+        return sequence_log_prob(self._logits(condition, tokens), tokens, caption_mask(tokens, self.stop_ids))
+
+    def _finish(self, tokens, log_prob, entropy):
+        mask = caption_mask(tokens, self.stop_ids)  # [B, T]
+        return Rollout(tokens, log_prob, entropy, mask.sum(1).float(), self.decode(tokens, mask))

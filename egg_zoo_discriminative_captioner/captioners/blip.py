@@ -17,7 +17,7 @@ from ..checkpointing import atomic_directory
 from ..errors import missing_weights
 from ..frozen import FrozenModule
 from ..pretrained import from_pretrained_strict
-from .base import Rollout, caption_mask, pad_batch, pad_to, sequence_log_prob
+from .base import ConditionalCaptioner, pad_batch, pad_to
 
 DEFAULT_PROMPT = "a picture of"
 
@@ -59,20 +59,18 @@ class TrainableVision(nn.Module):
         return self.vision_model(pixel_values=pixels).last_hidden_state
 
 
-class BlipCaptioner(nn.Module):
+class BlipCaptioner(ConditionalCaptioner):
     """BLIP as a captioner: rollouts with per-caption log-probabilities, beam search, MLE loss.
 
     Its input (``sender_input``) is preprocessed pixels: the vision encoder runs inside every rollout, so inputs
-    are not cached (``cache_inputs`` is False).  Dropout is off, as for ClipCap.
+    are not cached (``cache_inputs`` is False).
     """
 
     cache_inputs = False
 
     def __init__(self, model, processor, prompt=DEFAULT_PROMPT, max_len=40, train_vision=False):
         super().__init__()
-        for module in model.modules():
-            if isinstance(module, nn.Dropout):
-                module.p = 0.0
+        self.switch_off_dropout(model)
         self.blip_config = model.config
         self.vision = TrainableVision(model.vision_model) if train_vision else FrozenVision(model.vision_model)
         self.text_decoder = model.text_decoder
@@ -115,7 +113,11 @@ class BlipCaptioner(nn.Module):
     def _prompt(self, batch_size):
         return self.prompt_ids.unsqueeze(0).expand(batch_size, -1)  # [B, P]
 
-    def _decoder_logits(self, image_embeds, tokens):
+    def condition(self, pixels):
+        """The vision encoder's output ``[B, N, D]`` the text decoder cross-attends to."""
+        return self.vision(pixels)
+
+    def _logits(self, image_embeds, tokens):
         """Logits ``[B, T, V]`` predicting ``tokens`` [B, T] after the prompt."""
         prompt = self._prompt(tokens.shape[0])
         ones = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=image_embeds.device)
@@ -126,7 +128,7 @@ class BlipCaptioner(nn.Module):
         ).logits  # [B, P + T, V]
         return logits[:, prompt.shape[1] - 1 : -1]
 
-    def _generate(self, image_embeds, **decoding):
+    def _decode_tokens(self, image_embeds, **decoding):
         batch_size = image_embeds.shape[0]
         generation = GenerationConfig(
             max_new_tokens=self.max_len, eos_token_id=self.sep_id, pad_token_id=self.pad_id, **decoding
@@ -137,46 +139,15 @@ class BlipCaptioner(nn.Module):
             encoder_hidden_states=image_embeds,
             encoder_attention_mask=ones,
             generation_config=generation,
-        )  # [B, P + T]: the prompt, then the caption
+        )  # [B, P + T]: the prompt, then the caption (decoded without the prompt)
         return pad_to(sequences[:, self.prompt_ids.shape[0] :], self.max_len, self.pad_id)
-
-    def _finish(self, tokens, log_prob, entropy):
-        mask = caption_mask(tokens, self.stop_ids)
-        return Rollout(tokens, log_prob, entropy, mask.sum(1).float(), self.decode(tokens, mask))
-
-    def rollout(self, pixels, greedy=False):
-        """Captions sampled from the policy (or its greedy argmax) with their summed log-probabilities."""
-        image_embeds = self.vision(pixels)
-        with torch.no_grad():
-            decoding = dict(do_sample=False) if greedy else dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0)
-            tokens = self._generate(image_embeds.detach(), **decoding)
-        logits = self._decoder_logits(image_embeds, tokens)
-        log_prob, entropy = sequence_log_prob(logits, tokens, caption_mask(tokens, self.stop_ids))
-        return self._finish(tokens, log_prob, entropy)
-
-    @torch.no_grad()
-    def generate(self, pixels, num_beams=5):
-        """Beam-search captions."""
-        tokens = self._generate(self.vision(pixels), do_sample=False, num_beams=num_beams)
-        zeros = torch.zeros(tokens.shape[0], device=tokens.device)
-        return self._finish(tokens, zeros, zeros)
-
-    def score(self, pixels, tokens):
-        """Summed log-probability and mean entropy of given caption tokens ``[B, T]`` (with gradients)."""
-        logits = self._decoder_logits(self.vision(pixels), tokens)
-        return sequence_log_prob(logits, tokens, caption_mask(tokens, self.stop_ids))
-
-    def decode(self, tokens, mask):
-        """Caption strings (without the prompt) of ``tokens`` [B, T], keeping the positions in ``mask``."""
-        kept = [row[keep].tolist() for row, keep in zip(tokens, mask)]
-        return [text.strip() for text in self.tokenizer.batch_decode(kept, skip_special_tokens=True)]
 
     def mle_loss(self, pixels, captions):
         """Mean token cross-entropy of reference ``captions`` after the prompt (BLIP's captioning objective)."""
         rows = [self.tokenizer(caption).input_ids[1:][: self.max_len] for caption in captions]  # drop [CLS]
         tokens, labels = pad_batch(rows, self.pad_id)  # [B, T]; captions end with [SEP]
         device = pixels.device
-        logits = self._decoder_logits(self.vision(pixels), tokens.to(device))
+        logits = self._logits(self.condition(pixels), tokens.to(device))
         return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.to(device).flatten())
 
     def save_pretrained(self, directory):

@@ -15,7 +15,7 @@ from transformers import GenerationConfig
 from ..checkpointing import atomic_save
 from ..errors import UsageError
 from ..frozen import FrozenModule
-from .base import Rollout, caption_mask, pad_batch, pad_to, sequence_log_prob
+from .base import ConditionalCaptioner, pad_batch, pad_to
 
 MAPPING_TYPES = ("mlp", "transformer")
 
@@ -173,22 +173,18 @@ class ClipImageEncoder(FrozenModule):
         return self.visual(pixels.to(weight.device, weight.dtype)).float()
 
 
-class ClipCapCaptioner(nn.Module):
+class ClipCapCaptioner(ConditionalCaptioner):
     """ClipCap as a captioner: rollouts with per-caption log-probabilities, beam-search decoding, MLE loss.
 
     Its input (``sender_input``) is CLIP image features; ``image_encoder`` computes them from pixels once, so
     they can be cached.  Captions end at the first '.' or end-of-text token, after at most ``max_len`` tokens.
-    Dropout is switched off: REINFORCE must score a caption with the same network that sampled it, and
-    decoding must not depend on the Trainer's train/eval mode.
     """
 
     cache_inputs = True  # the image encoder is frozen: its features are computed once per image
 
     def __init__(self, model, tokenizer, image_encoder, max_len=40):
         super().__init__()
-        for module in model.modules():
-            if isinstance(module, nn.Dropout):
-                module.p = 0.0
+        self.switch_off_dropout(model)
         self.model = model
         self.tokenizer = tokenizer
         self.image_encoder = image_encoder
@@ -222,7 +218,11 @@ class ClipCapCaptioner(nn.Module):
         """Captioner inputs (CLIP features ``[N, prefix_size]``) of preprocessed pixels."""
         return self.image_encoder(pixels)
 
-    def _generate(self, prefix, **decoding):
+    def condition(self, features):
+        """The prefix embeddings ``[B, P, E]`` GPT-2 reads before the caption."""
+        return self.model.prefix(features)
+
+    def _decode_tokens(self, prefix, **decoding):
         generation = GenerationConfig(
             max_new_tokens=self.max_len, eos_token_id=self.stop_ids, pad_token_id=self.eos_id, **decoding
         )
@@ -232,36 +232,8 @@ class ClipCapCaptioner(nn.Module):
         )  # [B, T <= max_len], new tokens only
         return pad_to(tokens, self.max_len, self.eos_id)
 
-    def _finish(self, tokens, log_prob, entropy):
-        mask = caption_mask(tokens, self.stop_ids)  # [B, T]
-        text = self.decode(tokens, mask)
-        return Rollout(tokens, log_prob, entropy, mask.sum(1).float(), text)
-
-    def rollout(self, features, greedy=False):
-        """Captions sampled from the policy (or its greedy argmax) with their summed log-probabilities."""
-        prefix = self.model.prefix(features)  # [B, P, E]
-        with torch.no_grad():
-            decoding = dict(do_sample=False) if greedy else dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0)
-            tokens = self._generate(prefix.detach(), **decoding)  # [B, T]
-        log_prob, entropy = sequence_log_prob(self.model(prefix, tokens), tokens, caption_mask(tokens, self.stop_ids))
-        return self._finish(tokens, log_prob, entropy)
-
-    @torch.no_grad()
-    def generate(self, features, num_beams=5):
-        """Beam-search captions (length-normalised scores, as ClipCap's own decoder)."""
-        tokens = self._generate(self.model.prefix(features), do_sample=False, num_beams=num_beams)
-        zeros = torch.zeros(tokens.shape[0], device=tokens.device)
-        return self._finish(tokens, zeros, zeros)
-
-    def score(self, features, tokens):
-        """Summed log-probability and mean entropy of given caption tokens ``[B, T]`` (with gradients)."""
-        logits = self.model(self.model.prefix(features), tokens)
-        return sequence_log_prob(logits, tokens, caption_mask(tokens, self.stop_ids))
-
-    def decode(self, tokens, mask):
-        """Caption strings of ``tokens`` [B, T], keeping the positions in ``mask``."""
-        kept = [row[keep].tolist() for row, keep in zip(tokens, mask)]
-        return [text.strip() for text in self.tokenizer.batch_decode(kept, skip_special_tokens=True)]
+    def _logits(self, prefix, tokens):
+        return self.model(prefix, tokens)
 
     def mle_loss(self, features, captions):
         """Mean token cross-entropy of reference ``captions`` (ClipCap's training objective); '.' is appended."""
@@ -269,7 +241,7 @@ class ClipCapCaptioner(nn.Module):
         rows = [ids[: self.max_len] for ids in self.tokenizer(texts)["input_ids"]]
         tokens, labels = pad_batch(rows, self.eos_id)  # [B, T] each
         device = features.device
-        logits = self.model(self.model.prefix(features), tokens.to(device))  # [B, T, V]
+        logits = self._logits(self.condition(features), tokens.to(device))  # [B, T, V]
         return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.to(device).flatten())
 
 
