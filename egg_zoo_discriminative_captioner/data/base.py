@@ -11,7 +11,7 @@ Every image of a batch is a target and the other B - 1 are its distractors, as i
 """
 
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -22,11 +22,18 @@ from ..errors import UsageError
 
 @dataclass
 class ImageSplit:
-    """One split of a data set: images (PIL images, by index) and their reference captions."""
+    """One split of a data set: images (PIL images, by index), their reference captions and their ids."""
 
     name: str
     images: Sequence  # images[i] -> PIL.Image
     references: List[List[str]]
+    ids: Optional[List[str]] = None  # the data set's own image ids (file names, COCO ids); default: "<index>"
+
+    def __post_init__(self):
+        if self.ids is None:
+            self.ids = [str(i) for i in range(len(self.references))]
+        if len(self.ids) != len(self.references):
+            raise ValueError(f"split '{self.name}': {len(self.ids)} ids for {len(self.references)} images")
 
     def __len__(self):
         return len(self.references)
