@@ -1,4 +1,4 @@
-"""Callbacks: atomic checkpoints, the epoch-0 validation, a progress bar."""
+"""Callbacks: atomic checkpoints, the epoch-0 validation, the sampler's epoch, a progress bar."""
 
 import os
 
@@ -34,6 +34,16 @@ class InitialValidation(core.Callback):
         for callback in trainer.callbacks:
             if callback is not self:
                 callback.on_validation_end(loss, logs, 0)
+
+
+class EpochSetter(core.Callback):
+    """Tells the training loader's ``EpochBatchSampler`` which epoch starts, so each epoch has its own order."""
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+
+    def on_epoch_begin(self, epoch):
+        self.sampler.set_epoch(epoch)
 
 
 class ProgressBar(core.Callback):

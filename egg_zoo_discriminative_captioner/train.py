@@ -9,7 +9,7 @@ import json
 import os
 import pickle
 
-from .callbacks import AtomicCheckpointSaver, InitialValidation, ProgressBar
+from .callbacks import AtomicCheckpointSaver, EpochSetter, InitialValidation, ProgressBar
 from .checkpointing import atomic_write_text
 from .core import core
 from .data import check_batch_size, retrieval_loader, training_loader
@@ -69,6 +69,7 @@ def main(params):
 
     callbacks = [
         InitialValidation(),
+        EpochSetter(train_loader.batch_sampler),
         core.ConsoleLogger(as_json=True, print_train_loss=True),
         ProgressBar(len(train_loader)),
     ]

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..errors import UsageError
+from .samplers import EpochBatchSampler
 
 
 @dataclass
@@ -103,21 +104,14 @@ def check_batch_size(batch_size):
         )
 
 
-def training_loader(dataset, batch_size, seed, num_workers=0):
-    """Shuffled batches of ``batch_size`` (each image a target, the rest of the batch its distractors)."""
-    check_batch_size(batch_size)
-    if len(dataset) < batch_size:
-        raise UsageError(f"the training split has {len(dataset)} images, fewer than --batch_size {batch_size}")
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=True,
-        drop_last=True,  # every target meets the same number of distractors
-        generator=generator,
-        collate_fn=collate_game_batch,
-        num_workers=num_workers,
-    )
+def training_loader(dataset, batch_size, seed, num_workers=0, rank=0, world_size=1):
+    """Shuffled batches of ``batch_size`` (each image a target, the rest of the batch its distractors).
+
+    The order comes from ``loader.batch_sampler`` (an ``EpochBatchSampler``): call its ``set_epoch`` before each
+    epoch (``callbacks.EpochSetter`` does).
+    """
+    sampler = EpochBatchSampler(len(dataset), batch_size, seed, rank=rank, world_size=world_size)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_game_batch, num_workers=num_workers)
 
 
 def retrieval_loader(dataset, candidates, seed):
