@@ -27,7 +27,7 @@ setup(
     },
     package_data={f"{PACKAGE}.game_files": ["*.json"]},
     install_requires=[
-        "torch>=2.1",
+        "torch>=2.4",  # torch.serialization.add_safe_globals (checkpoints load with weights_only)
         "torchvision",
         "transformers>=5.0",  # the v5 APIs (tokenizer constructors, feature getters) are the ones tested
         "tokenizers",

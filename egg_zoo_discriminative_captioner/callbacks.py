@@ -1,65 +1,273 @@
-"""Callbacks: atomic checkpoints, the epoch-0 validation, the sampler's epoch, a progress bar."""
+"""Callbacks: the epoch-0 validation, the sampler's epoch and position, resumable checkpoints, logs, progress.
 
+They work on both cores (facebookresearch EGG's Trainer and the bundled one).  In ``train.py`` the order is:
+``InitialValidation`` first, ``EpochSetter`` before ``CheckpointWriter`` (which reads its position).
+"""
+
+import json
 import os
+import signal
+import sys
+import time
 
 from tqdm.auto import tqdm
 
-from .checkpointing import atomic_save
+from .checkpointing import RESUME_SUFFIX, atomic_save, resume_state_path, rng_states, save_resume_state, set_rng_states
 from .core import core
-
-
-class AtomicCheckpointSaver(core.CheckpointSaver):
-    """EGG's CheckpointSaver (same files, same contents) writing each file atomically."""
-
-    def save_checkpoint(self, filename):
-        os.makedirs(self.checkpoint_path, exist_ok=True)
-        if len(self.get_checkpoint_files()) > self.max_checkpoints:
-            self.remove_oldest_checkpoint()
-        atomic_save(self.get_checkpoint(), os.path.join(self.checkpoint_path, f"{filename}.tar"))
+from .errors import UsageError
 
 
 class InitialValidation(core.Callback):
-    """Validates once before the first update and reports it to the other callbacks as epoch 0.
+    """Validates the starting captioner before the first update and reports it to every callback as epoch 0.
 
-    Every log then shows the starting captioner's score next to the finetuned one's.  Skipped when a run
-    resumes from a checkpoint.
+    Every log then shows the starting captioner's score next to the finetuned one's.  It runs when the first
+    epoch begins, i.e. after every callback's ``on_train_begin`` (``EarlyStopperAccuracy`` needs its trainer),
+    and sends ``on_validation_begin`` and ``on_validation_end`` as the Trainer's own validation does.  Skipped
+    under ``--validation_freq 0`` (no validation at all); train.py leaves it out when a run resumes.
     """
 
-    def on_train_begin(self, trainer_instance):
-        super().on_train_begin(trainer_instance)
-        trainer = trainer_instance
-        if trainer.start_epoch > 0 or trainer.validation_data is None:
+    def __init__(self):
+        self.done = False
+
+    def on_epoch_begin(self, epoch):
+        if self.done:
             return
+        self.done = True
+        trainer = self.trainer
+        if trainer.validation_data is None or trainer.validation_freq <= 0:
+            return
+        for callback in trainer.callbacks:
+            callback.on_validation_begin(0)
         loss, logs = trainer.eval()
         for callback in trainer.callbacks:
-            if callback is not self:
-                callback.on_validation_end(loss, logs, 0)
+            callback.on_validation_end(loss, logs, 0)
 
 
 class EpochSetter(core.Callback):
-    """Tells the training loader's ``EpochBatchSampler`` which epoch starts, so each epoch has its own order."""
+    """Tells the training loader's ``EpochBatchSampler`` which epoch starts, and where a resumed epoch goes on.
+
+    Each epoch's order is a function of (seed, epoch).  ``resume_from(state)`` takes a resume state (see
+    ``checkpointing``): the sampler's seed, the epoch in progress, the batches of it already trained, and the
+    random generators' states, which are restored right before that epoch's first remaining batch.
+    """
 
     def __init__(self, sampler):
         self.sampler = sampler
+        self.epoch = None  # the epoch in progress
+        self.offset = 0  # batches of it trained before this launch
+        self.resume = None
+
+    def resume_from(self, state):
+        sampler = state["sampler"]
+        if state["batches_done"] and (sampler["n_items"], sampler["batch_size"]) != (
+            self.sampler.n_items,
+            self.sampler.batch_size,
+        ):
+            raise UsageError(
+                f"the checkpoint stopped in the middle of an epoch of {sampler['n_items']} images in batches of "
+                f"{sampler['batch_size']}; resume it with the same data and --batch_size {sampler['batch_size']}"
+            )
+        self.sampler.load_state_dict(sampler)
+        self.resume = state
 
     def on_epoch_begin(self, epoch):
         self.sampler.set_epoch(epoch)
+        self.epoch, self.offset = epoch, 0
+        if self.resume is not None:
+            state, self.resume = self.resume, None
+            if state["epoch"] != epoch:
+                raise RuntimeError(f"the resume state continues epoch {state['epoch']}, the Trainer starts {epoch}")
+            self.offset = self.sampler.start_batch = state["batches_done"]
+            set_rng_states(state["rng"])
+
+    def n_batches(self):
+        """Batches in a whole epoch."""
+        return len(self.sampler)
+
+    def state(self, epoch, batches_done, updates):
+        """A resume state that continues ``epoch`` after ``batches_done`` of its batches."""
+        return {
+            "sampler": self.sampler.state_dict(),
+            "epoch": epoch,
+            "batches_done": batches_done,
+            "updates": updates,
+            "rng": rng_states(),
+        }
+
+
+class CheckpointWriter(core.CheckpointSaver):
+    """EGG's CheckpointSaver (same ``<epoch>.tar`` and ``final.tar``), resumable, preemptible and atomic.
+
+    - every file is written atomically, with its resume state beside it (``checkpointing``);
+    - ``checkpoint_every`` N > 0 writes ``latest.tar`` every N optimizer updates, in the middle of an epoch
+      (on an epoch's last batch it is written at the epoch's end instead);
+    - SIGTERM (what SLURM sends before preempting a job) and SIGINT (Ctrl-C) let the current update finish,
+      then write ``latest.tar``, print one line naming it and the command that resumes it, and exit with
+      128 + the signal number.  A second signal acts at once.
+    """
+
+    LATEST = "latest"
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, checkpoint_path, position, checkpoint_freq=1, checkpoint_every=0, update_freq=1,
+                 resume_command="", updates=0):  # fmt: skip
+        super().__init__(checkpoint_path, checkpoint_freq=checkpoint_freq)
+        self.position = position
+        self.checkpoint_every = checkpoint_every
+        self.update_freq = update_freq
+        self.resume_command = resume_command
+        self.updates = updates  # optimizer updates so far, over every launch of the run
+        self.pending = False  # a mid-epoch checkpoint that is due at the epoch's end
+        self.signal = None
+        self.previous_handlers = {}
+
+    # --- hooks -----------------------------------------------------------------------------------------------
+
+    def on_train_begin(self, trainer_instance):
+        super().on_train_begin(trainer_instance)
+        self.trainer = trainer_instance
+        self.epoch_counter = trainer_instance.start_epoch  # upstream starts at 0 whatever it resumes
+        try:
+            for signum in self.SIGNALS:
+                self.previous_handlers[signum] = signal.signal(signum, self._on_signal)
+        except ValueError:  # not the main thread: signals keep their default behaviour
+            self.previous_handlers = {}
+
+    def on_batch_end(self, logs, loss, batch_id, is_training=True):
+        if not is_training or (batch_id + 1) % self.update_freq:
+            return
+        self.updates += 1
+        due = self.signal is not None or (self.checkpoint_every and self.updates % self.checkpoint_every == 0)
+        if not due:
+            return
+        batches_done = self.position.offset + batch_id + 1
+        if batches_done >= self.position.n_batches():
+            self.pending = True  # the epoch is over: on_epoch_end writes it as a complete epoch
+            return
+        path = self.save_checkpoint(self.LATEST, completed=self.position.epoch - 1, batches_done=batches_done)
+        self._stop_if_signalled(path)
+
+    def on_epoch_end(self, loss, logs, epoch):
+        super().on_epoch_end(loss, logs, epoch)
+        stop_now = self.signal is not None and not self._validates(epoch)
+        if self.pending or stop_now:
+            self.pending = False
+            path = self.save_checkpoint(self.LATEST, completed=epoch)
+            if stop_now:
+                self._stop_if_signalled(path)
+
+    def on_validation_end(self, loss, logs, epoch):
+        if self.signal is not None:
+            self._stop_if_signalled(self.save_checkpoint(self.LATEST, completed=epoch))
+
+    def on_train_end(self):
+        super().on_train_end()
+        for signum, handler in self.previous_handlers.items():
+            signal.signal(signum, handler)
+        self.previous_handlers = {}
+        if self.signal is not None:  # arrived after the last update: act on it as if it came now
+            signal.raise_signal(self.signal)
+
+    # --- files ---------------------------------------------------------------------------------------------
+
+    def save_checkpoint(self, filename, completed=None, batches_done=0):
+        """Writes ``<filename>.tar`` (resuming continues after ``completed`` epochs and ``batches_done`` batches of
+        the next one) and its resume state; returns the path."""
+        completed = self.epoch_counter if completed is None else completed
+        os.makedirs(self.checkpoint_path, exist_ok=True)
+        if len(self.get_checkpoint_files()) > self.max_checkpoints:
+            self.remove_oldest_checkpoint()
+        path = os.path.join(self.checkpoint_path, f"{filename}.tar")
+        atomic_save(self.get_checkpoint()._replace(epoch=completed), path)
+        save_resume_state(self.position.state(completed + 1, batches_done, self.updates), path)
+        return path
+
+    def remove_oldest_checkpoint(self):
+        oldest = os.path.join(self.checkpoint_path, self.natural_sort(self.get_checkpoint_files())[0])
+        for path in (oldest, resume_state_path(oldest)):
+            if os.path.exists(path):
+                os.remove(path)
+
+    # --- signals -------------------------------------------------------------------------------------------
+
+    def _on_signal(self, signum, frame):
+        self.signal = signum
+        signal.signal(signum, self.previous_handlers[signum])  # a second one is not deferred
+
+    def _validates(self, epoch):
+        """Whether the Trainer validates after ``epoch`` (then the checkpoint waits for the validation)."""
+        trainer = self.trainer
+        return trainer.validation_data is not None and trainer.validation_freq > 0 and epoch % trainer.validation_freq == 0
+
+    def _stop_if_signalled(self, path):
+        if self.signal is None:
+            return
+        name = signal.Signals(self.signal).name
+        print(f"{name}: checkpoint written to {path}; resume with: {self.resume_command} --load_from_checkpoint "
+              f"{path}", file=sys.stderr, flush=True)  # fmt: skip
+        sys.exit(128 + self.signal)
+
+
+def checkpoint_files(directory):
+    """The checkpoint files (``*.tar`` and their resume states) in a run directory."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(name for name in os.listdir(directory) if name.endswith((".tar", RESUME_SUFFIX)))
+
+
+class ConsoleLogger(core.ConsoleLogger):
+    """EGG's JSON lines (one per epoch and mode), where validation lines also name the split they score."""
+
+    def __init__(self, print_train_loss=True, validation_split="validation"):
+        super().__init__(print_train_loss=print_train_loss, as_json=True)
+        self.validation_split = validation_split
+
+    def print_line(self, loss, logs, **fields):
+        dump = {"loss": loss, **{key: value.mean().item() for key, value in logs.aux.items()}, **fields}
+        print(json.dumps(dump), flush=True)
+
+    def on_validation_end(self, loss, logs, epoch):
+        self.print_line(loss, logs, mode="test", split=self.validation_split, epoch=epoch)
+
+    def on_epoch_end(self, loss, logs, epoch):
+        if self.print_train_loss:
+            self.print_line(loss, logs, mode="train", epoch=epoch)
 
 
 class ProgressBar(core.Callback):
-    """A tqdm bar over each epoch's training batches (on stderr; silent when stderr is not a terminal)."""
+    """Training progress on stderr: a tqdm bar in a terminal, otherwise (a log file) one line every ``interval`` s."""
 
-    def __init__(self, n_batches):
+    def __init__(self, n_batches, interval=60.0, file=None):
         self.n_batches = n_batches
+        self.interval = interval
+        self.file = file
         self.bar = None
+        self.epoch = None
+        self.started = self.last_line = 0.0
+
+    def _stream(self):
+        return self.file if self.file is not None else sys.stderr
 
     def on_epoch_begin(self, epoch):
-        self.bar = tqdm(total=self.n_batches, desc=f"epoch {epoch}", leave=False, disable=None)
+        self.epoch = epoch
+        self.started = self.last_line = time.monotonic()
+        if self._stream().isatty():
+            self.bar = tqdm(total=self.n_batches, desc=f"epoch {epoch}", leave=False, file=self._stream())
 
     def on_batch_end(self, logs, loss, batch_id, is_training=True):
-        if is_training and self.bar is not None:
+        if not is_training:
+            return
+        acc = logs.aux["acc"].mean().item() if "acc" in logs.aux else float("nan")
+        if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(acc=f"{logs.aux['acc'].mean().item():.3f}", refresh=False)
+            self.bar.set_postfix(acc=f"{acc:.3f}", refresh=False)
+            return
+        now = time.monotonic()
+        if now - self.last_line >= self.interval:
+            self.last_line = now
+            rate = (batch_id + 1) / max(now - self.started, 1e-9)
+            print(f"epoch {self.epoch}: batch {batch_id + 1}/{self.n_batches}, acc {acc:.3f}, {rate:.2f} batches/s",
+                  file=self._stream(), flush=True)  # fmt: skip
 
     def on_epoch_end(self, loss, logs, epoch):
         if self.bar is not None:

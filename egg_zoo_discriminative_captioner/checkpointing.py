@@ -1,11 +1,33 @@
-"""Writing files so that an interrupted run never leaves a half-written one behind."""
+"""Writing files so that an interrupted run never leaves a half-written one behind, and the state a resume needs.
+
+Every file is written to a temporary name beside its destination and renamed over it once complete, with the
+permissions the user's umask gives a new file (``tempfile`` alone would leave it readable by its owner only).
+
+A checkpoint is EGG's ``<name>.tar`` (a ``Checkpoint`` NamedTuple, loadable by either core) plus a *resume state*
+``<name>.resume.pt`` beside it: the data sampler's seed and position and the random number generators' states.
+EGG's ``Checkpoint`` has fixed fields, so the extra state lives in its own file; it records a fingerprint of the
+``.tar`` it belongs to, so a resume state is never applied to another checkpoint.
+"""
 
 import contextlib
+import hashlib
 import os
+import random
 import shutil
 import tempfile
 
+import numpy as np
 import torch
+
+from .errors import UsageError
+
+RESUME_SUFFIX = ".resume.pt"
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -17,6 +39,7 @@ def atomic_path(path):
     os.close(handle)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -44,9 +67,84 @@ def atomic_directory(path):
     staging = tempfile.mkdtemp(prefix="partial-", dir=parent)
     try:
         yield staging
+        os.chmod(staging, 0o777 & ~_umask())
         if os.path.exists(path):
             shutil.rmtree(path)
         os.replace(staging, path)
     finally:
         if os.path.exists(staging):
             shutil.rmtree(staging)
+
+
+# --- resume state ----------------------------------------------------------------------------------------------
+
+
+def rng_states():
+    """The states of every global random number generator a run draws from (plain types, ``weights_only``-safe)."""
+    version, internal, gauss = random.getstate()
+    numpy = np.random.get_state()
+    return {
+        "python": [version, list(internal), gauss],
+        "numpy": [numpy[0], numpy[1].tolist(), *numpy[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_states(states):
+    """Restores what ``rng_states`` returned (CUDA states only where this process sees the same devices)."""
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def resume_state_path(checkpoint_path):
+    """``run/3.tar`` -> ``run/3.resume.pt``."""
+    path = str(checkpoint_path)
+    return (path[: -len(".tar")] if path.endswith(".tar") else path) + RESUME_SUFFIX
+
+
+def fingerprint(path, tail=1 << 16):
+    """Size and hash of the last bytes of a checkpoint: a torch zip file ends with the CRCs of all its records."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        f.seek(max(0, size - tail))
+        return f"{size}:{hashlib.sha256(f.read()).hexdigest()}"
+
+
+def save_resume_state(state, checkpoint_path):
+    """Writes ``state`` beside the (already written) checkpoint, tied to it by its fingerprint."""
+    atomic_save({**state, "checkpoint": fingerprint(checkpoint_path)}, resume_state_path(checkpoint_path))
+
+
+def load_resume_state(checkpoint_path):
+    """The resume state written with ``checkpoint_path``; None when there is none (e.g. an EGG-written file)."""
+    path = resume_state_path(checkpoint_path)
+    if not os.path.isfile(path):
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated or foreign files raise several types
+        raise UsageError(f"cannot read the resume state {path}: {error}") from error
+    if state.get("checkpoint") != fingerprint(checkpoint_path):
+        raise UsageError(f"{path} belongs to another version of {checkpoint_path} (it was replaced after a crash?)")
+    return state
+
+
+def read_checkpoint(path):
+    """The ``Checkpoint`` in ``path``, read lazily (memory-mapped), so a truncated file is found in seconds."""
+    if not os.path.isfile(path):
+        raise UsageError(f"checkpoint not found: {path} (--load_from_checkpoint)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        epoch = checkpoint.epoch
+    except Exception as error:  # truncated files, foreign formats and unknown classes raise several types
+        reason = " ".join(str(error).split())[:300]
+        raise UsageError(f"cannot resume from {path}: not a readable EGG checkpoint ({reason})") from error
+    if not isinstance(epoch, int) or epoch < 0:
+        raise UsageError(f"cannot resume from {path}: its epoch is {epoch!r}")
+    return checkpoint

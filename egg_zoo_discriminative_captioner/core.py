@@ -29,8 +29,14 @@ except ImportError as error:  # EGG absent, or present without its import-time d
 
     USING_EGG = False
 
+from .egg_compat.callbacks import Checkpoint as CompatCheckpoint  # noqa: E402
+
 # torch >= 2.6 loads with weights_only=True, which refuses EGG's Checkpoint NamedTuple unless it is allowed.
-torch.serialization.add_safe_globals([Checkpoint])
+# Both cores' classes are allowed, so a checkpoint written on either core loads on the other; without EGG, a file
+# that names egg.core's class is read into the bundled one (same fields), where torch can map names (>= 2.5).
+torch.serialization.add_safe_globals([Checkpoint, CompatCheckpoint])
+if not USING_EGG and tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 5):
+    torch.serialization.add_safe_globals([(CompatCheckpoint, "egg.core.callbacks.Checkpoint")])
 
 logging.getLogger(__name__).debug("EGG core: %s", "facebookresearch EGG" if USING_EGG else "bundled egg_compat")
 

@@ -1,39 +1,105 @@
 """DiscriTune finetuning: ``python -m egg.zoo.discriminative_captioner.train [--dataset synthetic] [options]``.
 
-Options -> data set and models -> encoded splits -> game -> optimizer -> callbacks -> EGG Trainer.  Validation
-runs before the first update (logged as epoch 0) and after every epoch, with beam-search captions and P@1 among
-``--eval_candidates`` images; the finetuned captioner is evaluated on the test split at the end.
+Options -> checks of paths and checkpoints -> data set and models -> encoded splits -> game -> optimizer ->
+callbacks -> EGG Trainer.  Validation runs before the first update (logged as epoch 0) and after every epoch,
+with beam-search captions and P@1 among ``--eval_candidates`` images; the finetuned captioner is evaluated on the
+test split at the end.  A run resumes exactly from any of its checkpoints, including the mid-epoch ones of
+``--checkpoint_every`` and the one written on SIGTERM / SIGINT.
 """
 
 import json
 import os
 import pickle
+import shlex
+import sys
+import tempfile
 
-from .callbacks import AtomicCheckpointSaver, EpochSetter, InitialValidation, ProgressBar
-from .checkpointing import atomic_write_text
+from .callbacks import CheckpointWriter, ConsoleLogger, EpochSetter, InitialValidation, ProgressBar, checkpoint_files
+from .checkpointing import atomic_write_text, load_resume_state, read_checkpoint
 from .core import core
-from .data import check_batch_size, retrieval_loader, training_loader
+from .data import retrieval_loader, training_loader
 from .errors import UsageError, run_command
 from .experiment import build_experiment, encode_split
 from .games import build_game, build_optimizer
 from .opts import get_opts
 
 PROG = "python -m egg.zoo.discriminative_captioner.train"
+RUN_FILES = ("opts.json", "clipcap.pt", "blip")  # besides checkpoint files: what a finished run leaves
 
 
-def check_opts(opts):
-    """Rejects impossible option combinations before anything heavy is loaded."""
-    check_batch_size(opts.batch_size)
-    if opts.load_from_checkpoint is not None and not os.path.isfile(opts.load_from_checkpoint):
-        raise UsageError(f"checkpoint not found: {opts.load_from_checkpoint} (--load_from_checkpoint)")
-    if opts.max_len < 1:
-        raise UsageError(f"--max_len must be at least 1 token, got {opts.max_len}")
+def newest_checkpoint(directory):
+    """The newest ``*.tar`` in ``directory`` whose resume state (if any) matches it; None when there is none."""
+    paths = [os.path.join(directory, name) for name in checkpoint_files(directory) if name.endswith(".tar")]
+    for path in sorted(paths, key=os.path.getmtime, reverse=True):
+        try:
+            load_resume_state(path)
+            return path
+        except UsageError:  # a resume state left from another version of the file: try an older checkpoint
+            continue
+    return None
+
+
+def check_writable(directory):
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise UsageError(f"cannot write to --checkpoint_dir {directory}: {error.strerror or error}") from None
+
+
+def resumes_in_place(opts):
+    """Whether the run continues the run of its --checkpoint_dir (--preemptable, or a checkpoint from there)."""
+    if opts.preemptable:
+        return True
+    if opts.load_from_checkpoint is None or not os.path.isdir(opts.checkpoint_dir):
+        return False
+    return os.path.samefile(os.path.dirname(os.path.abspath(opts.load_from_checkpoint)), opts.checkpoint_dir)
+
+
+def check_run_directory(opts):
+    """A run writes into --checkpoint_dir only if it is empty, holds the run being resumed, or --overwrite."""
+    directory = opts.checkpoint_dir
+    if not os.path.isdir(directory):
+        return
+    existing = checkpoint_files(directory) + [name for name in RUN_FILES if os.path.exists(os.path.join(directory, name))]
+    if existing and not resumes_in_place(opts) and not opts.overwrite:
+        raise UsageError(
+            f"--checkpoint_dir {directory} holds another run ({', '.join(existing[:4])}"
+            f"{', ...' if len(existing) > 4 else ''}): resume it with --load_from_checkpoint {directory}/<file>.tar, "
+            "choose another --checkpoint_dir, or pass --overwrite to replace it"
+        )
+
+
+def prepare_run(opts):
+    """Checks paths and checkpoint files in seconds, before anything heavy; returns the resume state or None."""
     opts.checkpoint_dir = opts.checkpoint_dir or None  # --checkpoint_dir "" switches the game file's one off
+    if opts.preemptable:
+        if opts.checkpoint_dir is None:
+            raise UsageError("--preemptable resumes from the newest checkpoint in --checkpoint_dir: set one")
+        if opts.load_from_checkpoint is None:
+            opts.load_from_checkpoint = newest_checkpoint(opts.checkpoint_dir)
+    if opts.checkpoint_dir is not None:
+        check_run_directory(opts)
+        check_writable(opts.checkpoint_dir)
+    if opts.load_from_checkpoint is None:
+        return None
+
+    path = opts.load_from_checkpoint
+    completed = read_checkpoint(path).epoch
+    resume = load_resume_state(path)
+    if opts.n_epochs <= completed:
+        raise UsageError(f"{path} has trained {completed} epochs: nothing left to do with --n_epochs {opts.n_epochs}")
+    if resume is None:
+        print(f"# {path} has no resume state (not written by this game?): resuming after epoch {completed} with "
+              "this launch's random state", file=sys.stderr)  # fmt: skip
+    return resume
 
 
 def save_options(opts, directory):
     """Writes the run's resolved options next to its checkpoints."""
     values = {key: value for key, value in vars(opts).items() if key not in ("distributed_context", "optimizer")}
+    values["optimizer"] = opts.optimizer
     atomic_write_text(json.dumps(values, indent=2, sort_keys=True, default=str), os.path.join(directory, "opts.json"))
 
 
@@ -47,16 +113,17 @@ def build_trainer(opts, game, optimizer, train_loader, validation_loader, callba
             validation_data=validation_loader,
             callbacks=callbacks,
         )
-    except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError) as error:
+    except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as error:
         if opts.load_from_checkpoint is None:
             raise
-        raise UsageError(f"cannot resume from {opts.load_from_checkpoint}: {error}") from error
+        reason = " ".join(str(error).split())[:300]
+        raise UsageError(f"cannot resume from {opts.load_from_checkpoint}: {reason}") from error
 
 
 def main(params):
     """Finetunes a captioner with DiscriTune; returns the test-split metrics of the finetuned captioner."""
     opts = get_opts(params, prog=PROG, description=__doc__.splitlines()[0])
-    check_opts(opts)
+    resume = prepare_run(opts)
     experiment = build_experiment(opts)
     train_set = encode_split(experiment, "train", opts.device)
     validation_set = encode_split(experiment, "validation", opts.device)
@@ -67,16 +134,24 @@ def main(params):
     game = build_game(opts, experiment.captioner, experiment.retriever)
     optimizer = build_optimizer(game)
 
-    callbacks = [
-        InitialValidation(),
-        EpochSetter(train_loader.batch_sampler),
-        core.ConsoleLogger(as_json=True, print_train_loss=True),
-        ProgressBar(len(train_loader)),
-    ]
+    position = EpochSetter(train_loader.batch_sampler)
+    if resume is not None:
+        position.resume_from(resume)
+    callbacks = [] if opts.load_from_checkpoint else [InitialValidation()]  # first: it runs in on_epoch_begin
+    callbacks += [position, ConsoleLogger(), ProgressBar(len(train_loader))]
     if opts.checkpoint_dir:
-        save_options(opts, opts.checkpoint_dir)
-        callbacks.append(AtomicCheckpointSaver(opts.checkpoint_dir, checkpoint_freq=opts.checkpoint_freq))
+        resume_command = "python -m egg.zoo.discriminative_captioner.train " + shlex.join(params)
+        callbacks.append(
+            CheckpointWriter(opts.checkpoint_dir, position, checkpoint_freq=opts.checkpoint_freq,
+                             checkpoint_every=opts.checkpoint_every, update_freq=opts.update_freq,
+                             resume_command=resume_command.strip(), updates=resume["updates"] if resume else 0)
+        )  # fmt: skip
     trainer = build_trainer(opts, game, optimizer, train_loader, validation_loader, callbacks)
+    if opts.checkpoint_dir:
+        if opts.overwrite and not resumes_in_place(opts):  # the other run's checkpoints go now, not earlier
+            for name in checkpoint_files(opts.checkpoint_dir):
+                os.remove(os.path.join(opts.checkpoint_dir, name))
+        save_options(opts, opts.checkpoint_dir)
     trainer.train(n_epochs=opts.n_epochs)
 
     loss, logs = trainer.eval(retrieval_loader(test_set, opts.eval_candidates, seed=opts.eval_seed))

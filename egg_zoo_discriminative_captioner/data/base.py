@@ -108,10 +108,13 @@ def training_loader(dataset, batch_size, seed, num_workers=0, rank=0, world_size
     """Shuffled batches of ``batch_size`` (each image a target, the rest of the batch its distractors).
 
     The order comes from ``loader.batch_sampler`` (an ``EpochBatchSampler``): call its ``set_epoch`` before each
-    epoch (``callbacks.EpochSetter`` does).
+    epoch (``callbacks.EpochSetter`` does).  The loader has a generator of its own, so starting an epoch draws
+    nothing from the global random state (which a resumed run restores at the epoch's first remaining batch).
     """
     sampler = EpochBatchSampler(len(dataset), batch_size, seed, rank=rank, world_size=world_size)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_game_batch, num_workers=num_workers)
+    generator = torch.Generator().manual_seed(seed)  # seeds workers only; the order is the sampler's
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_game_batch, num_workers=num_workers,
+                      generator=generator)  # fmt: skip
 
 
 def retrieval_loader(dataset, candidates, seed):

@@ -44,6 +44,14 @@ class EpochBatchSampler(Sampler):
         """Selects the epoch whose order the next iteration yields."""
         self.epoch = epoch
 
+    def state_dict(self):
+        """What a resumed run needs to replay this sampler's epochs: its seed and how it cuts them."""
+        return {"seed": self.seed, "n_items": self.n_items, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state):
+        """Takes the seed of the run being resumed (a relaunch may have drawn another ``--random_seed``)."""
+        self.seed = state["seed"]
+
     def global_batches(self, epoch) -> List[List[int]]:
         """The epoch's global batches of image indices; subclasses change how batches are composed."""
         order = torch.randperm(self.n_items, generator=epoch_generator(self.seed, epoch)).tolist()

@@ -1,12 +1,14 @@
 """A small EGG-compatible core, used only when facebookresearch EGG (``egg.core``) is not importable.
 
 It offers the subset of ``egg.core`` the plugin uses, with upstream's names, signatures, console output and
-checkpoint file names, for single-process runs.  Distributed training, ``--preemptable`` and ``--tensorboard``
-need the real EGG.  ``core.py`` picks between the two; the plugin reaches either one only through it.
+checkpoint file names, for single-process runs, plus the upstream callbacks a researcher is likely to add
+(``InteractionSaver``, ``EarlyStopperAccuracy``).  Distributed training and ``--tensorboard`` need the real EGG.
+``core.py`` picks between the two; the plugin reaches either one only through it.
 """
 
 from .batch import Batch
-from .callbacks import Callback, CheckpointSaver, ConsoleLogger
+from .callbacks import Callback, CheckpointSaver, ConsoleLogger, InteractionSaver
+from .early_stopping import EarlyStopperAccuracy
 from .interaction import Interaction, LoggingStrategy
 from .trainers import Trainer
 from .util import build_optimizer, close, get_opts, init, move_to
@@ -23,5 +25,7 @@ __all__ = [
     "Callback",
     "ConsoleLogger",
     "CheckpointSaver",
+    "InteractionSaver",
+    "EarlyStopperAccuracy",
     "Batch",
 ]

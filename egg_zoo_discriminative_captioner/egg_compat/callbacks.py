@@ -158,3 +158,45 @@ class CheckpointSaver(Callback):
         """Delete the first checkpoint file in natural order."""
         oldest = self.natural_sort(self.get_checkpoint_files())[0]
         os.remove(self.checkpoint_path / oldest)
+
+
+class InteractionSaver(Callback):
+    """Save the epoch's logs of the listed epochs to ``<checkpoint_dir>/interactions/<mode>/epoch_<e>/``.
+
+    As upstream: ``train_epochs`` and ``test_epochs`` list 1-based epochs (validation logs are saved under
+    ``validation``), the file is ``interaction_gpu<rank>`` (a pickled Interaction), and without a
+    ``checkpoint_dir`` the files go to ``./interactions``.
+    """
+
+    def __init__(
+        self,
+        train_epochs: Optional[List[int]] = None,
+        test_epochs: Optional[List[int]] = None,
+        checkpoint_dir: str = "",
+        aggregated_interaction: bool = True,
+    ):
+        self.train_epochs = list(train_epochs) if isinstance(train_epochs, list) else []
+        self.test_epochs = list(test_epochs) if isinstance(test_epochs, list) else []
+        if any(epoch <= 0 for epoch in self.train_epochs + self.test_epochs):
+            raise ValueError("InteractionSaver: epochs are 1-based")
+        self.checkpoint_dir = pathlib.Path(checkpoint_dir) / "interactions" if checkpoint_dir else pathlib.Path(
+            "./interactions"
+        )
+        self.aggregated_interaction = aggregated_interaction
+
+    @staticmethod
+    def dump_interactions(logs: Interaction, mode: str, epoch: int, rank: int, dump_dir: str = "./interactions"):
+        """Write ``logs`` to ``<dump_dir>/<mode>/epoch_<epoch>/interaction_gpu<rank>``."""
+        directory = pathlib.Path(dump_dir) / mode / f"epoch_{epoch}"
+        directory.mkdir(exist_ok=True, parents=True)
+        torch.save(logs, directory / f"interaction_gpu{rank}")
+
+    def on_validation_end(self, loss: float, logs: Interaction, epoch: int):
+        """Save the validation logs of a listed epoch."""
+        if epoch in self.test_epochs:
+            self.dump_interactions(logs, "validation", epoch, self.trainer.distributed_context.rank, self.checkpoint_dir)
+
+    def on_epoch_end(self, loss: float, logs: Interaction, epoch: int):
+        """Save the training logs of a listed epoch."""
+        if epoch in self.train_epochs:
+            self.dump_interactions(logs, "train", epoch, self.trainer.distributed_context.rank, self.checkpoint_dir)

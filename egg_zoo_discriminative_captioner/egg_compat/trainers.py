@@ -1,7 +1,9 @@
 """The single-process training loop, compatible with ``egg.core.Trainer``."""
 
 import contextlib
+import os
 import pathlib
+import uuid
 import warnings
 from typing import Iterable, List, Optional, Tuple
 
@@ -11,6 +13,18 @@ from .batch import Batch
 from .callbacks import Callback, Checkpoint, CheckpointSaver
 from .interaction import Interaction
 from .util import get_opts, move_to
+
+
+def preemptive_checkpoint_dir(checkpoint_root) -> pathlib.Path:
+    """``<checkpoint_root>/<SLURM job id>_<task id>`` (array job and task when set), created: upstream's layout."""
+    job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    if job is None or task is None:
+        job = os.environ.get("SLURM_JOB_ID", uuid.uuid4())
+        task = os.environ.get("SLURM_PROCID", 0)
+    directory = pathlib.Path(checkpoint_root) / f"{job}_{task}"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
 
 
 class Trainer:
@@ -60,7 +74,13 @@ class Trainer:
 
         # As upstream, checkpoint_path exists only when no CheckpointSaver was passed (None without a directory).
         if not any(isinstance(callback, CheckpointSaver) for callback in self.callbacks):
-            self.checkpoint_path = None if opts.checkpoint_dir is None else pathlib.Path(opts.checkpoint_dir)
+            if opts.preemptable:
+                if not opts.checkpoint_dir:
+                    raise ValueError("--preemptable needs --checkpoint_dir")
+                self.checkpoint_path = preemptive_checkpoint_dir(opts.checkpoint_dir)
+                self.load_from_latest(self.checkpoint_path)
+            else:
+                self.checkpoint_path = None if opts.checkpoint_dir is None else pathlib.Path(opts.checkpoint_dir)
             if self.checkpoint_path:
                 self.callbacks.append(
                     CheckpointSaver(checkpoint_path=self.checkpoint_path, checkpoint_freq=opts.checkpoint_freq)
@@ -194,6 +214,12 @@ class Trainer:
                 )
             self.optimizer_scheduler.load_state_dict(checkpoint.optimizer_scheduler_state_dict)
         self.start_epoch = checkpoint.epoch
+
+    def load_from_latest(self, path):
+        """Load the newest ``*.tar`` in ``path`` (by change time, as upstream), if there is one."""
+        files = sorted(pathlib.Path(path).glob("*.tar"), key=lambda file: file.stat().st_ctime)
+        if files:
+            self.load_from_checkpoint(files[-1])
 
     def load_from_checkpoint(self, path):
         """Load a checkpoint file written by CheckpointSaver and restore the trainer from it."""

@@ -45,7 +45,7 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
         "--preemptable",
         default=False,
         action="store_true",
-        help=f"Always resume from the newest checkpoint ({_NEEDS_EGG})",
+        help="Resume from the newest checkpoint of <checkpoint_dir>/<SLURM job>_<task> (with the automatic saver)",
     )
     parser.add_argument(
         "--checkpoint_freq", type=int, default=0, help="Save a checkpoint every k epochs; 0: only final.tar"
@@ -81,8 +81,6 @@ def _distributed_requested() -> bool:
 
 def _reject_unsupported(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> None:
     """Exit with a one-line usage error for the features only upstream EGG provides."""
-    if opts.preemptable:
-        parser.error(f"--preemptable {_NEEDS_EGG}")
     if opts.tensorboard:
         parser.error(f"--tensorboard {_NEEDS_EGG}")
     if _distributed_requested():
