@@ -32,6 +32,8 @@ class CaptionerSender(nn.Module):
         """A ``Rollout``; ``decoding`` overrides the mode's default ("sample", "greedy" or "beam")."""
         if decoding is None:
             decoding = ("greedy" if self.greedy_rollouts else "sample") if self.training else "beam"
+        if decoding not in DECODINGS:
+            raise ValueError(f"unknown decoding {decoding!r}: one of {', '.join(DECODINGS)}")
         if decoding == "beam":
             return self.captioner.generate(sender_input, num_beams=self.num_beams)
         return self.captioner.rollout(sender_input, greedy=decoding == "greedy")

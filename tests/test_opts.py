@@ -60,3 +60,75 @@ def test_a_data_sets_own_models_fill_unset_options_model_by_model():
     assert (opts.language_model, opts.captioner_clip_model, opts.clip_model) == ("gpt2", "ViT-B/32", "world.pt")
     opts = apply_model_defaults(get_opts(["--clip_backend", "transformers", "--clip_model", "x"]), World())
     assert opts.clip_model == "x" and opts.clipcap_checkpoint == "cap.pt"
+
+
+def test_a_game_file_that_omits_a_key_gets_the_paper_settings_not_eggs(tmp_path):
+    opts = get_opts(["--game", game_file(tmp_path, {"dataset": "synthetic"})])
+    assert (opts.max_len, opts.lr, opts.optimizer, opts.batch_size, opts.n_epochs) == (40, 1e-7, "adam", 100, 2)
+    assert opts.num_beams == 5
+
+
+def test_a_flag_a_game_file_sets_can_be_switched_off(tmp_path):
+    game = game_file(tmp_path, {"greedy_rollouts": True, "standardize_advantage": True, "fp16": True})
+    opts = get_opts(["--game", game])
+    assert opts.greedy_rollouts and opts.standardize_advantage and opts.fp16
+    opts = get_opts(["--game", game, "--no-greedy_rollouts", "--no-standardize_advantage", "--no-fp16"])
+    assert not (opts.greedy_rollouts or opts.standardize_advantage or opts.fp16)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"reward": "logprobs"}, "'logprobs' is not one of"),
+        ({"n_epochs": "two"}, "invalid value 'two'"),
+        ({"greedy_rollouts": "yes"}, "must be true or false"),
+    ],
+)
+def test_game_file_values_are_checked_like_the_command_line(tmp_path, values, message):
+    with pytest.raises(UsageError, match=message):
+        get_opts(["--game", game_file(tmp_path, values)])
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        (["--n_epochs", "-1"], "--n_epochs must be at least 1"),
+        (["--reward_temperature", "0"], "--reward_temperature must be positive"),
+        (["--optimizer", "foo"], "--optimizer 'foo' is not one of adam, sgd, adagrad"),
+        (["--update_freq", "0"], "--update_freq must be at least 1"),
+        (["--lr", "0"], "--lr must be positive"),
+        (["--checkpoint_every", "-5"], "--checkpoint_every must be at least 0"),
+        (["--greedy_rollouts", "--baseline", "greedy"], "advantage of exactly zero"),
+    ],
+)
+def test_impossible_options_are_one_line_usage_errors(params, message):
+    with pytest.raises(UsageError, match=message):
+        get_opts(params)
+
+
+def help_text(capsys, **kwargs):
+    with pytest.raises(SystemExit) as exit_info:
+        get_opts(["--help"], **kwargs)
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_shows_each_value_once_with_its_source_and_groups_eggs_options(capsys):
+    text = help_text(capsys)
+    flat = " ".join(text.split())
+    assert "--max_len MAX_LEN maximum caption length in tokens" in flat
+    assert "(default: 40, from the game file synthetic.json)" in flat
+    assert "(default: adam, from the paper's settings)" in flat
+    options = [chunk for chunk in flat.split(" --") if chunk]
+    assert all(chunk.count("(default:") <= 1 for chunk in options), [c for c in options if c.count("(default:") > 1]
+    assert "--vocab_size" not in text  # EGG's, unused by this game
+    egg_group = text.split("EGG (common options")[1]
+    assert "--n_epochs" in egg_group and "--lr" in egg_group and "--reward " not in egg_group
+
+
+def test_evaluate_help_leaves_out_training_options(capsys):
+    text = help_text(capsys, training=False)
+    for option in ("--lr", "--n_epochs", "--baseline", "--kl_coeff", "--checkpoint_every", "--greedy_rollouts"):
+        assert option not in text
+    for option in ("--load_from_checkpoint", "--max_len", "--num_beams", "--clip_model"):
+        assert option in text

@@ -193,6 +193,7 @@ class ClipCapCaptioner(ConditionalCaptioner):
         period_id = tokenizer.convert_tokens_to_ids(".")
         if self.eos_id is None or period_id is None or period_id == tokenizer.unk_token_id:
             raise UsageError("the ClipCap tokenizer needs an end-of-text token and a '.' token")
+        self.period_id = period_id
         self.stop_ids = [self.eos_id, period_id]
 
     @property
@@ -235,11 +236,18 @@ class ClipCapCaptioner(ConditionalCaptioner):
     def _logits(self, prefix, tokens):
         return self.model(prefix, tokens)
 
+    def reference_tokens(self, captions):
+        """Token ids of reference captions, each ending with the stop token the captioner stops on.
+
+        That is the single '.' token, appended as an id: GPT-2's BPE encodes the text " ." as another token,
+        which would never stop a caption.
+        """
+        texts = [c.strip().rstrip(".").rstrip() for c in captions]
+        return [(ids + [self.period_id])[: self.max_len] for ids in self.tokenizer(texts)["input_ids"]]
+
     def mle_loss(self, features, captions):
-        """Mean token cross-entropy of reference ``captions`` (ClipCap's training objective); '.' is appended."""
-        texts = [c.strip() if c.strip().endswith(".") else c.strip() + " ." for c in captions]
-        rows = [ids[: self.max_len] for ids in self.tokenizer(texts)["input_ids"]]
-        tokens, labels = pad_batch(rows, self.eos_id)  # [B, T] each
+        """Mean token cross-entropy of reference ``captions`` (ClipCap's training objective)."""
+        tokens, labels = pad_batch(self.reference_tokens(captions), self.eos_id)  # [B, T] each
         device = features.device
         logits = self._logits(self.condition(features), tokens.to(device))  # [B, T, V]
         return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.to(device).flatten())

@@ -1,0 +1,84 @@
+"""Exact resume: a run interrupted by SIGTERM in the middle of an epoch and resumed ends where a straight run ends.
+
+Both runs go through the command line in subprocesses, on the bundled core and, when ``EGG_SOURCE`` names an
+EGG checkout, on facebookresearch EGG (the plugin placed inside EGG's ``egg/zoo/``, as installing it there does).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from .test_layout import EGG_SOURCES, egg_tree
+
+TRAIN = [sys.executable, "-m", "egg.zoo.discriminative_captioner.train"]
+
+
+def final_line(stdout):
+    lines = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    assert lines[-1]["mode"] == "final", stdout[-2000:]
+    return lines[-1]
+
+
+def run(args, env, cwd):
+    done = subprocess.run(TRAIN + args, env=env, cwd=cwd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def interrupt_mid_epoch(args, run_dir, env, cwd):
+    """Starts a run that checkpoints every update, sends SIGTERM once its first checkpoint exists."""
+    process = subprocess.Popen(TRAIN + args + ["--checkpoint_every", "1"], env=env, cwd=cwd,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 900
+    while not os.path.exists(run_dir / "latest.resume.pt"):
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=900)
+    return process.returncode, stdout, stderr
+
+
+def captioner_state(run_dir):
+    return torch.load(run_dir / "clipcap.pt", map_location="cpu", weights_only=True)
+
+
+@pytest.mark.parametrize("egg_source", EGG_SOURCES)
+def test_a_run_interrupted_mid_epoch_and_resumed_matches_a_straight_run(egg_source, tiny_run_args, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if egg_source:
+        env["PYTHONPATH"] = str(egg_tree(tmp_path / "site", egg_source))
+    args = tiny_run_args + ["--n_epochs", "2", "--random_seed", "3"]
+    straight_dir, interrupted_dir = tmp_path / "straight", tmp_path / "interrupted"
+    straight = run(args + ["--checkpoint_dir", str(straight_dir)], env, tmp_path)
+
+    code, _, stderr = interrupt_mid_epoch(args + ["--checkpoint_dir", str(interrupted_dir)], interrupted_dir,
+                                          env, tmp_path)  # fmt: skip
+    assert code == 128 + signal.SIGTERM, stderr[-3000:]
+    message = stderr.strip().splitlines()[-1]
+    latest = interrupted_dir / "latest.tar"
+    assert message.startswith(f"SIGTERM: checkpoint written to {latest}; resume with: python -m ")
+    assert message.endswith(f"--load_from_checkpoint {latest}")
+    state = torch.load(interrupted_dir / "latest.resume.pt", weights_only=True)
+    assert state["epoch"] == 1 and 0 < state["batches_done"] < 12  # in the middle of epoch 1 (12 batches)
+    assert not (interrupted_dir / "final.tar").exists()
+
+    resumed = run(args + ["--checkpoint_dir", str(interrupted_dir), "--load_from_checkpoint", str(latest)], env,
+                  tmp_path)  # fmt: skip
+    lines = [json.loads(line) for line in resumed.stdout.splitlines() if line.startswith("{")]
+    modes = [(line["mode"], line["epoch"]) for line in lines]
+    assert modes == [("train", 1), ("test", 1), ("train", 2), ("test", 2), ("final", 2)]
+
+    expected, actual = captioner_state(straight_dir), captioner_state(interrupted_dir)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key  # bitwise
+    assert final_line(resumed.stdout) == final_line(straight.stdout)
+    train_lines = [line for line in straight.stdout.splitlines() if '"mode": "train", "epoch": 2' in line]
+    assert train_lines and train_lines[0] in resumed.stdout  # the whole of epoch 2 is the same epoch
