@@ -155,7 +155,10 @@ class Parser(OneLineErrors):
                     action in g._group_actions for g in self._action_groups if g.title in TRAINING_GROUPS
                 ):
                     action.help = argparse.SUPPRESS
-        actions = {action.dest: action for action in self._actions if action.option_strings}
+        actions = {}
+        for action in self._actions:  # an option's first action holds its default (not its --no- switch)
+            if action.option_strings:
+                actions.setdefault(action.dest, action)
         for values, source in self.layers:
             for key, value in values.items():
                 actions[key].default = checked_value(actions[key], value, source)
@@ -325,8 +328,8 @@ def add_retriever_options(parser):
     group.add_argument(
         "--clip_model",
         default=None,
-        help="retriever CLIP. openai backend: a name (ViT-B/32, ...) or a local .pt file (default: ViT-B/32); "
-        "transformers backend: a hub id or local directory (default: openai/clip-vit-base-patch32); the "
+        help="retriever CLIP. openai backend: a name (ViT-B/32, ...) or a local .pt file, ViT-B/32 if unset; "
+        "transformers backend: a hub id or local directory, openai/clip-vit-base-patch32 if unset; the "
         "synthetic world brings its own",
     )
     group.add_argument(

@@ -77,3 +77,22 @@ def test_progress_lines_when_stderr_is_not_a_terminal():
     bar.on_epoch_end(0.0, logs, 2)
     lines = stream.getvalue().splitlines()
     assert len(lines) == 3 and lines[-1].startswith("epoch 2: batch 3/3, acc 0.750, ")
+
+
+def test_the_reuse_contracts_hold(clipcap, retriever):
+    generator = torch.Generator().manual_seed(0)
+    embeddings = retriever.encode_images(torch.rand(8, 3, 32, 32, generator=generator))
+    sender_input, labels, receiver_input, aux_input = reuse_example.user_batches(
+        torch.randn(8, 32, generator=generator), embeddings, batch_size=4
+    )[1]
+    assert labels.dtype == torch.int64 and aux_input["image_index"].tolist() == [4, 5, 6, 7]
+    game = reuse_example.build_game(clipcap, retriever).train()
+    rollout = game.sender(sender_input)
+    assert rollout.message.dtype == torch.int64 and rollout.message.shape[0] == 4
+    assert rollout.log_prob.dtype == torch.float32 and rollout.log_prob.shape == (4,) and rollout.log_prob.requires_grad
+    assert rollout.entropy.shape == rollout.length.shape == (4,) and rollout.length.dtype == torch.float32
+    assert isinstance(rollout.text, list) and all(isinstance(text, str) for text in rollout.text)
+    scores = game.receiver(rollout.text, receiver_input)
+    assert scores.shape == (4, 4) and scores.dtype == torch.float32
+    loss, interaction = game(sender_input, labels, receiver_input, aux_input)
+    assert loss.dim() == 0 and interaction.aux["acc"].shape == interaction.aux["reward"].shape == (4,)

@@ -39,7 +39,8 @@ def test_help_lists_every_model_option_with_its_default(capsys):
     for option in ("--clip_model", "--clipcap_checkpoint", "--language_model", "--reward", "--baseline",
                    "--standardize_advantage", "--retriever_precision", "--lr", "--n_epochs"):  # fmt: skip
         assert option in text
-    assert "(default: logprob)" in text and "running-mean baseline irrelevant" in text
+    assert "(default: logprob, from the game file synthetic.json)" in text
+    assert "running-mean baseline irrelevant" in text
 
 
 class World:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from egg.zoo.discriminative_captioner import evaluate, train
-from egg.zoo.discriminative_captioner.core import core
+from egg.zoo.discriminative_captioner.core import Checkpoint, core
 from egg.zoo.discriminative_captioner.errors import UsageError
 from egg.zoo.discriminative_captioner.games import build_game, build_optimizer
 from egg.zoo.discriminative_captioner.opts import get_opts
@@ -25,10 +25,16 @@ def test_one_epoch_logs_epoch_zero_then_each_epoch_and_saves_checkpoints(tiny_ru
     lines = json_lines(capsys.readouterr().out)
     modes = [(line["mode"], line.get("epoch")) for line in lines]
     assert modes == [("test", 0), ("train", 1), ("test", 1), ("final", 1)]
+    assert [line.get("split") for line in lines] == ["validation", None, "validation", "test"]
     for line in lines:
         assert {"loss", "acc", "reward", "mode", "epoch"} <= set(line)
     assert 0 <= results["acc"] <= 1
-    assert sorted(os.listdir(run)) == ["1.tar", "clipcap.pt", "final.tar", "opts.json"]
+    assert sorted(os.listdir(run)) == ["1.resume.pt", "1.tar", "clipcap.pt", "final.resume.pt", "final.tar", "opts.json"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert {name: os.stat(run / name).st_mode & 0o777 for name in os.listdir(run)} == dict.fromkeys(
+        os.listdir(run), 0o666 & ~mask
+    )  # created as open() would, not private as tempfile makes them
     saved = json.loads((run / "opts.json").read_text())
     assert saved["n_epochs"] == 1 and saved["dataset"] == "synthetic" and saved["kl_coeff"] == 0.2
 
@@ -82,24 +88,65 @@ def test_evaluate_reports_captioner_and_reference_retrieval(tiny_run_args, tmp_p
     assert json.loads((tmp_path / "report.json").read_text())["split"] == "test"
 
 
+@pytest.fixture
+def no_heavy_work(monkeypatch):
+    """Makes loading the data set and models fail: what a test runs must be refused before it."""
+
+    def refuse(opts):
+        raise AssertionError("heavy work started")
+
+    monkeypatch.setattr(train, "build_experiment", refuse)
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
         (["--batch_size", "1"], "leaves no distractors"),
         (["--load_from_checkpoint", "/nonexistent/final.tar"], "checkpoint not found"),
         (["--game", "no_such_experiment"], "no game file"),
+        (["--checkpoint_dir", "/proc/forbidden"], "cannot write to --checkpoint_dir /proc/forbidden"),
+        (["--preemptable"], "--preemptable resumes from the newest checkpoint in --checkpoint_dir"),
+        (["--n_epochs", "-1"], "--n_epochs must be at least 1"),
     ],
 )
-def test_bad_options_raise_usage_errors(tiny_run_args, extra, message):
+def test_bad_options_raise_usage_errors_before_heavy_work(tiny_run_args, no_heavy_work, extra, message):
     with pytest.raises(UsageError, match=message):
         train.main(tiny_run_args + extra)
 
 
-def test_a_corrupted_checkpoint_is_a_usage_error(tiny_run_args, tmp_path):
-    broken = tmp_path / "broken.tar"
-    broken.write_bytes(b"not a checkpoint")
-    with pytest.raises(UsageError, match="cannot resume"):
-        train.main(tiny_run_args + ["--load_from_checkpoint", str(broken)])
+def previous_run(directory):
+    """A finished run's files (its final.tar truncated: nothing reads it whole)."""
+    directory.mkdir()
+    (directory / "opts.json").write_text('{"previous": true}')
+    (directory / "final.tar").write_bytes(b"PK\x03\x04 truncated")
+    (directory / "clipcap.pt").write_bytes(b"weights")
+    return directory
+
+
+def test_a_run_never_replaces_another_runs_results(tiny_run_args, tmp_path, no_heavy_work):
+    run = previous_run(tmp_path / "run")
+    with pytest.raises(UsageError, match="holds another run .*--overwrite"):
+        train.main(tiny_run_args + ["--checkpoint_dir", str(run)])
+    with pytest.raises(UsageError, match="cannot resume from .*final.tar: not a readable EGG checkpoint"):
+        train.main(tiny_run_args + ["--checkpoint_dir", str(run), "--load_from_checkpoint", str(run / "final.tar")])
+    assert (run / "opts.json").read_text() == '{"previous": true}' and (run / "clipcap.pt").read_bytes() == b"weights"
+    with pytest.raises(AssertionError, match="heavy work started"):  # told to: it goes ahead
+        train.main(tiny_run_args + ["--checkpoint_dir", str(run), "--overwrite"])
+
+
+def test_resuming_needs_epochs_left(tiny_run_args, tmp_path, no_heavy_work):
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save(Checkpoint(epoch=2, model_state_dict={}, optimizer_state_dict={}, optimizer_scheduler_state_dict=None),
+               run / "2.tar")  # fmt: skip
+    with pytest.raises(UsageError, match="has trained 2 epochs: nothing left to do with --n_epochs 2"):
+        train.main(tiny_run_args + ["--load_from_checkpoint", str(run / "2.tar"), "--n_epochs", "2"])
+
+
+def test_validation_freq_zero_also_skips_the_epoch_zero_validation(tiny_run_args, capsys):
+    train.main(tiny_run_args + ["--validation_freq", "0"])
+    modes = [line["mode"] for line in json_lines(capsys.readouterr().out)]
+    assert modes == ["train", "final"]
 
 
 def run_cli(*args):
