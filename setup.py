@@ -2,10 +2,25 @@
 
 The source lives in ``egg_zoo_discriminative_captioner/`` and is mapped into the ``egg.zoo`` namespace.  When
 facebookresearch EGG is installed, the package lands inside EGG's own ``egg/zoo/``; without EGG, ``egg`` and
-``egg.zoo`` are namespace packages and the plugin runs on its bundled EGG-compatible core.
+``egg.zoo`` are namespace packages and the plugin runs on its bundled EGG-compatible core.  Next to an EGG
+checkout installed in editable mode (whose regular ``egg.zoo`` package does not look in site-packages), a ``.pth``
+file and ``egg_zoo_discriminative_captioner_finder`` make the plugin importable all the same.
 """
 
+import os
+
 from setuptools import setup
+from setuptools.command.build_py import build_py
+
+PTH = "egg_zoo_discriminative_captioner.pth"  # imports the finder below at start-up
+
+
+class BuildWithPth(build_py):
+    """Puts the .pth file at the top of the wheel, i.e. in site-packages, next to the finder module."""
+
+    def run(self):
+        super().run()
+        self.copy_file(PTH, os.path.join(self.build_lib, PTH))
 
 PACKAGE = "egg.zoo.discriminative_captioner"
 SOURCE = "egg_zoo_discriminative_captioner"
@@ -19,6 +34,8 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",  # transformers 5 needs it
+    py_modules=["egg_zoo_discriminative_captioner_finder"],
+    cmdclass={"build_py": BuildWithPth},
     packages=[PACKAGE, f"{PACKAGE}.game_files"] + [f"{PACKAGE}.{sub}" for sub in SUBPACKAGES],
     package_dir={
         PACKAGE: SOURCE,
