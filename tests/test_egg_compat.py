@@ -138,12 +138,50 @@ def test_init_seeds_and_selects_optimizer():
     assert optimizer.defaults["lr"] == 0.5
 
 
-@pytest.mark.parametrize("flag", ["--preemptable", "--tensorboard"])
-def test_init_rejects_features_that_need_egg(flag, capsys):
+def test_init_rejects_tensorboard_which_needs_egg(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        init(flag)
+        init("--tensorboard")
     assert exit_info.value.code == 2
     assert "needs facebookresearch EGG" in capsys.readouterr().err
+
+
+def test_preemptable_resumes_from_the_newest_checkpoint_of_the_slurm_job(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    for key in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(key, raising=False)
+    init("--checkpoint_dir", str(tmp_path), "--checkpoint_freq", "1", "--preemptable")
+    first = make_trainer()
+    assert first.checkpoint_path == tmp_path / "42_0" and first.start_epoch == 0  # upstream's directory
+    first.train(n_epochs=2)
+    requeued = make_trainer(game=RegressionGame())
+    assert requeued.start_epoch == 2
+    assert torch.equal(requeued.game.linear.weight, first.game.linear.weight)
+
+
+def test_a_checkpoint_written_by_facebookresearch_egg_loads_on_the_bundled_core(tmp_path, monkeypatch):
+    import sys
+    import types
+    from typing import NamedTuple, Optional
+
+    import egg.zoo.discriminative_captioner.core  # noqa: F401  (registers the classes, as the plugin does)
+
+    class UpstreamCheckpoint(NamedTuple):  # egg.core.callbacks.Checkpoint's fields
+        epoch: int
+        model_state_dict: dict
+        optimizer_state_dict: dict
+        optimizer_scheduler_state_dict: Optional[dict]
+
+    module = types.ModuleType("egg.core.callbacks")
+    UpstreamCheckpoint.__module__, UpstreamCheckpoint.__qualname__ = "egg.core.callbacks", "Checkpoint"
+    module.Checkpoint = UpstreamCheckpoint
+    monkeypatch.setitem(sys.modules, "egg.core.callbacks", module)
+    torch.save(UpstreamCheckpoint(3, {"w": torch.ones(2)}, {}, None), tmp_path / "egg.tar")
+    monkeypatch.delitem(sys.modules, "egg.core.callbacks")
+    if getattr(egg.zoo.discriminative_captioner.core, "USING_EGG", False):
+        pytest.skip("facebookresearch EGG is installed: its own class loads it")
+    loaded = torch.load(tmp_path / "egg.tar", weights_only=True)
+    assert isinstance(loaded, Checkpoint) and loaded.epoch == 3 and torch.equal(loaded.model_state_dict["w"], torch.ones(2))
 
 
 def test_init_rejects_distributed_launch(monkeypatch, capsys):
