@@ -156,7 +156,8 @@ class DiscriminativeGame(nn.Module):
                 aux["kl"] = kl
             if isinstance(self.baseline, GreedyBaseline):
                 self.baseline.cost = self._greedy_cost(sender_input, labels, receiver_input, aux_input)
-            baseline = self.baseline.predict(cost_value)
+            # A copy: upstream EGG's MeanBaseline updates the tensor it returned in place, in update() below.
+            baseline = torch.as_tensor(self.baseline.predict(cost_value), device=cost.device).detach().clone()
             advantage = cost_value - baseline  # [B]
             if self.standardize_advantage:
                 advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from egg.zoo.discriminative_captioner.callbacks import ProgressBar
-from egg.zoo.discriminative_captioner.core import core
+from egg.zoo.discriminative_captioner.core import MeanBaseline, core
 
 from . import reuse_example
 from .test_layout import EGG_SOURCES, egg_tree
@@ -96,3 +96,24 @@ def test_the_reuse_contracts_hold(clipcap, retriever):
     assert scores.shape == (4, 4) and scores.dtype == torch.float32
     loss, interaction = game(sender_input, labels, receiver_input, aux_input)
     assert loss.dim() == 0 and interaction.aux["acc"].shape == interaction.aux["reward"].shape == (4,)
+
+
+class InPlaceMeanBaseline(MeanBaseline):
+    """facebookresearch EGG's MeanBaseline, which updates the tensor its predict() returned, in place."""
+
+    def update(self, loss):
+        self.n_points += 1
+        self.mean_baseline += (loss.detach().mean().item() - self.mean_baseline) / self.n_points
+
+
+@pytest.mark.parametrize("baseline_type", [MeanBaseline, InPlaceMeanBaseline], ids=["bundled", "upstream"])
+def test_the_logged_baseline_is_the_one_subtracted_on_both_cores(clipcap, retriever, baseline_type):
+    game = reuse_example.build_game(clipcap, retriever)
+    game.baseline = baseline_type()
+    game.train()
+    embeddings = retriever.encode_images(torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    batches = reuse_example.user_batches(torch.randn(8, 32), embeddings, batch_size=4)
+    _, first = game(*batches[0])
+    _, second = game(*batches[1])
+    assert first.aux["baseline"].tolist() == [0.0]  # nothing seen before the first batch
+    assert second.aux["baseline"].item() == pytest.approx(first.aux["reward"].neg().mean().item(), rel=1e-5)
