@@ -25,7 +25,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from egg.zoo.discriminative_captioner.archs import CaptionerSender, DiscriminativeGame, RetrieverReceiver  # noqa: E402
 from egg.zoo.discriminative_captioner.callbacks import CheckpointWriter, EpochSetter  # noqa: E402
-from egg.zoo.discriminative_captioner.captioners.clipcap import ClipCapCaptioner, ClipCapConfig, ClipCapModel  # noqa: E402
+from egg.zoo.discriminative_captioner.captioners.clipcap import (  # noqa: E402
+    ClipCapCaptioner,
+    ClipCapConfig,
+    ClipCapModel,
+)
 from egg.zoo.discriminative_captioner.clip_models import clip, clip_transform  # noqa: E402
 from egg.zoo.discriminative_captioner.data.samplers import EpochBatchSampler  # noqa: E402
 from egg.zoo.discriminative_captioner.losses import DiscriminationLoss  # noqa: E402

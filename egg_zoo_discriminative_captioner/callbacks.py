@@ -125,7 +125,6 @@ class CheckpointWriter(core.CheckpointSaver):
 
     def on_train_begin(self, trainer_instance):
         super().on_train_begin(trainer_instance)
-        self.trainer = trainer_instance
         self.epoch_counter = trainer_instance.start_epoch  # upstream starts at 0 whatever it resumes
         try:
             for signum in self.SIGNALS:
@@ -197,7 +196,9 @@ class CheckpointWriter(core.CheckpointSaver):
     def _validates(self, epoch):
         """Whether the Trainer validates after ``epoch`` (then the checkpoint waits for the validation)."""
         trainer = self.trainer
-        return trainer.validation_data is not None and trainer.validation_freq > 0 and epoch % trainer.validation_freq == 0
+        if trainer.validation_data is None or trainer.validation_freq <= 0:
+            return False
+        return epoch % trainer.validation_freq == 0
 
     def _stop_if_signalled(self, path):
         if self.signal is None:

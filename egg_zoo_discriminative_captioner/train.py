@@ -62,7 +62,8 @@ def check_run_directory(opts):
     directory = opts.checkpoint_dir
     if not os.path.isdir(directory):
         return
-    existing = checkpoint_files(directory) + [name for name in RUN_FILES if os.path.exists(os.path.join(directory, name))]
+    finished = [name for name in RUN_FILES if os.path.exists(os.path.join(directory, name))]
+    existing = checkpoint_files(directory) + finished
     if existing and not resumes_in_place(opts) and not opts.overwrite:
         raise UsageError(
             f"--checkpoint_dir {directory} holds another run ({', '.join(existing[:4])}"

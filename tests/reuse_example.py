@@ -96,8 +96,8 @@ def main(interactions_dir, n_epochs=3):
 
     core.init(params=["--no_cuda", "--random_seed", "0", "--lr", "1e-4"])  # core.init comes first
     tokenizer = word_tokenizer()
-    captioner = ClipCapCaptioner(ClipCapModel(ClipCapConfig(prefix_length=3, prefix_size=32),
-                                              tiny_gpt2(len(tokenizer))), tokenizer, image_encoder=None, max_len=6)  # fmt: skip
+    model = ClipCapModel(ClipCapConfig(prefix_length=3, prefix_size=32), tiny_gpt2(len(tokenizer)))
+    captioner = ClipCapCaptioner(model, tokenizer, image_encoder=None, max_len=6)
     retriever = ClipRetriever(tiny_clip(), clip_transform(32))
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(16, 32, generator=generator)  # the user's own data

@@ -35,8 +35,8 @@ def egg_checkout(root, egg_source):
 @pytest.mark.parametrize("egg_source", EGG_SOURCES)
 def test_the_installed_plugin_imports_next_to_an_editable_egg(egg_source, tmp_path):
     site = tmp_path / "site-packages"
-    install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                              "--target", str(site), str(REPOSITORY)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site)]
+    install = subprocess.run(pip + [str(REPOSITORY)], capture_output=True, text=True, timeout=600)
     assert install.returncode == 0, install.stderr[-2000:]
     assert (site / "egg_zoo_discriminative_captioner.pth").exists()
     checkout = egg_checkout(tmp_path / "EGG", egg_source)
@@ -44,7 +44,8 @@ def test_the_installed_plugin_imports_next_to_an_editable_egg(egg_source, tmp_pa
     # processed as a site directory; this development environment's own editable finder for the plugin is removed.
     check = ("import sys, site; sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in "
              f"getattr(f, '__module__', '')]; site.addsitedir({str(site)!r}); "
-             "import egg.zoo, egg.zoo.discriminative_captioner.core as c; print(c.USING_EGG, egg.zoo.__file__, c.__file__)")  # fmt: skip
+             "import egg.zoo, egg.zoo.discriminative_captioner.core as c; "
+             "print(c.USING_EGG, egg.zoo.__file__, c.__file__)")  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(checkout), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-c", check], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -181,7 +181,8 @@ def test_a_checkpoint_written_by_facebookresearch_egg_loads_on_the_bundled_core(
     if getattr(egg.zoo.discriminative_captioner.core, "USING_EGG", False):
         pytest.skip("facebookresearch EGG is installed: its own class loads it")
     loaded = torch.load(tmp_path / "egg.tar", weights_only=True)
-    assert isinstance(loaded, Checkpoint) and loaded.epoch == 3 and torch.equal(loaded.model_state_dict["w"], torch.ones(2))
+    assert isinstance(loaded, Checkpoint) and loaded.epoch == 3
+    assert torch.equal(loaded.model_state_dict["w"], torch.ones(2))
 
 
 def test_init_rejects_distributed_launch(monkeypatch, capsys):

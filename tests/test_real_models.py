@@ -178,6 +178,7 @@ def test_help_lists_every_model_option_with_its_default(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for option, default in [("--blip_model", "Salesforce/blip-image-captioning-base"), ("--clip_backend", "openai"),
                             ("--mapping_type", "auto"), ("--blip_prompt", "a picture of"),
-                            ("--retriever_precision", "fp32"), ("--language_model", "None")]:  # fmt: skip
+                            ("--retriever_precision", "fp32"),
+                            ("--language_model", "gpt2, or the synthetic world's")]:  # fmt: skip
         assert option in text and f"(default: {default})" in text, option
     assert os.environ.get("HF_HUB_OFFLINE") == "1"

@@ -29,7 +29,9 @@ def test_one_epoch_logs_epoch_zero_then_each_epoch_and_saves_checkpoints(tiny_ru
     for line in lines:
         assert {"loss", "acc", "reward", "mode", "epoch"} <= set(line)
     assert 0 <= results["acc"] <= 1
-    assert sorted(os.listdir(run)) == ["1.resume.pt", "1.tar", "clipcap.pt", "final.resume.pt", "final.tar", "opts.json"]
+    assert sorted(os.listdir(run)) == [
+        "1.resume.pt", "1.tar", "clipcap.pt", "final.resume.pt", "final.tar", "opts.json"
+    ]  # fmt: skip
     mask = os.umask(0)
     os.umask(mask)
     assert {name: os.stat(run / name).st_mode & 0o777 for name in os.listdir(run)} == dict.fromkeys(

@@ -194,7 +194,8 @@ class InteractionSaver(Callback):
     def on_validation_end(self, loss: float, logs: Interaction, epoch: int):
         """Save the validation logs of a listed epoch."""
         if epoch in self.test_epochs:
-            self.dump_interactions(logs, "validation", epoch, self.trainer.distributed_context.rank, self.checkpoint_dir)
+            rank = self.trainer.distributed_context.rank
+            self.dump_interactions(logs, "validation", epoch, rank, self.checkpoint_dir)
 
     def on_epoch_end(self, loss: float, logs: Interaction, epoch: int):
         """Save the training logs of a listed epoch."""
