@@ -126,6 +126,7 @@ class DiscriminativeGame(nn.Module):
         self.loss = loss
         self.baseline = baseline_type()
         self.entropy_coeff = entropy_coeff
+        sender.captioner.entropy_grad = bool(entropy_coeff)
         self.standardize_advantage = standardize_advantage
         if kl_coeff and reference is None:
             raise ValueError("a KL penalty (kl_coeff > 0) needs the pretrained captioner as reference")
@@ -159,7 +160,7 @@ class DiscriminativeGame(nn.Module):
             if self.standardize_advantage:
                 advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
             policy_loss = (advantage * rollout.log_prob).mean()
-            entropy_loss = -self.entropy_coeff * rollout.entropy.mean()
+            entropy_loss = -self.entropy_coeff * rollout.entropy.mean() if self.entropy_coeff else 0.0
             self.baseline.update(cost_value)
         else:
             baseline = torch.zeros(1, device=cost.device)

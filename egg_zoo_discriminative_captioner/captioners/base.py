@@ -51,14 +51,15 @@ def pad_batch(rows, pad_id):
     return tokens, labels
 
 
-def sequence_log_prob(logits, tokens, mask):
+def sequence_log_prob(logits, tokens, mask, entropy_grad=True):
     """Summed log-probability and mean entropy of ``tokens`` under ``logits``, over ``mask``.
 
     ``logits`` [B, T, V] predict ``tokens`` [B, T]; ``mask`` [B, T] marks generated positions.
     """
     log_probs = torch.log_softmax(logits.float(), dim=-1)  # [B, T, V]
     token_log_prob = log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # [B, T]
-    entropy = -(log_probs.exp() * log_probs).sum(-1)  # [B, T]
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        entropy = -(log_probs.exp() * log_probs).sum(-1)  # [B, T]
     mask = mask.to(log_probs.dtype)
     lengths = mask.sum(1).clamp(min=1)  # [B]
     return (token_log_prob * mask).sum(1), (entropy * mask).sum(1) / lengths
@@ -111,7 +112,8 @@ class ConditionalCaptioner(nn.Module):
         return [text.strip() for text in self.tokenizer.batch_decode(kept, skip_special_tokens=True)]
 
     def _score(self, condition, tokens):
-        return sequence_log_prob(self._logits(condition, tokens), tokens, caption_mask(tokens, self.stop_ids))
+        return sequence_log_prob(self._logits(condition, tokens), tokens, caption_mask(tokens, self.stop_ids),
+                                 getattr(self, "entropy_grad", True))
 
     def _finish(self, tokens, log_prob, entropy):
         mask = caption_mask(tokens, self.stop_ids)  # [B, T]
