@@ -151,11 +151,15 @@ class ClipCapModel(nn.Module):
             features = features / features.norm(dim=-1, keepdim=True)
         return self.clip_project(features).view(-1, self.config.prefix_length, self.embedding_size)
 
-    def forward(self, prefix, tokens):
-        """Logits ``[B, T, V]`` predicting each of ``tokens`` ``[B, T]`` from the prefix and the tokens before it."""
+    def hidden(self, prefix, tokens):
+        """GPT-2's last hidden states ``[B, T, E]`` at the positions predicting each of ``tokens`` ``[B, T]``."""
         embeddings = torch.cat([prefix, self.gpt.get_input_embeddings()(tokens)], dim=1)  # [B, P + T, E]
-        logits = self.gpt(inputs_embeds=embeddings).logits  # [B, P + T, V]
-        return logits[:, prefix.shape[1] - 1 : -1]  # [B, T, V]: position P - 1 predicts the first token
+        states = self.gpt.transformer(inputs_embeds=embeddings).last_hidden_state  # [B, P + T, E]
+        return states[:, prefix.shape[1] - 1 : -1]  # [B, T, E]: position P - 1 predicts the first token
+
+    def forward(self, prefix, tokens):
+        """Logits ``[B, T, V]`` predicting each of ``tokens`` ``[B, T]`` (only there: not at the prefix)."""
+        return self.gpt.lm_head(self.hidden(prefix, tokens))
 
 
 class ClipImageEncoder(FrozenModule):
