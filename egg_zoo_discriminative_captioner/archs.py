@@ -126,7 +126,6 @@ class DiscriminativeGame(nn.Module):
         self.loss = loss
         self.baseline = baseline_type()
         self.entropy_coeff = entropy_coeff
-        sender.captioner.entropy_grad = bool(entropy_coeff)
         self.standardize_advantage = standardize_advantage
         if kl_coeff and reference is None:
             raise ValueError("a KL penalty (kl_coeff > 0) needs the pretrained captioner as reference")

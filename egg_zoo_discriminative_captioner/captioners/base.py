@@ -5,6 +5,8 @@ from typing import List, NamedTuple
 import torch
 from torch import nn
 
+from .fused import head_token_log_probs
+
 
 class Rollout(NamedTuple):
     """Captions for a batch of images, as the game's Sender returns them.
@@ -51,15 +53,15 @@ def pad_batch(rows, pad_id):
     return tokens, labels
 
 
-def sequence_log_prob(logits, tokens, mask, entropy_grad=True):
+def sequence_log_prob(logits, tokens, mask):
     """Summed log-probability and mean entropy of ``tokens`` under ``logits``, over ``mask``.
 
-    ``logits`` [B, T, V] predict ``tokens`` [B, T]; ``mask`` [B, T] marks generated positions.
+    ``logits`` [B, T, V] predict ``tokens`` [B, T]; ``mask`` [B, T] marks generated positions.  The captioners
+    score with ``fused.head_token_log_probs`` instead, which computes the same without ``[B, T, V]`` temporaries.
     """
     log_probs = torch.log_softmax(logits.float(), dim=-1)  # [B, T, V]
     token_log_prob = log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # [B, T]
-    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-        entropy = -(log_probs.exp() * log_probs).sum(-1)  # [B, T]
+    entropy = -(log_probs.exp() * log_probs).sum(-1)  # [B, T]
     mask = mask.to(log_probs.dtype)
     lengths = mask.sum(1).clamp(min=1)  # [B]
     return (token_log_prob * mask).sum(1), (entropy * mask).sum(1) / lengths
@@ -73,8 +75,9 @@ class ConditionalCaptioner(nn.Module):
 
     A subclass sets ``tokenizer``, ``stop_ids`` and ``max_len`` and defines ``condition(sender_input)`` (the
     image representation the language model reads, with gradients where it trains), ``_decode_tokens(condition,
-    **decoding) -> [B, max_len]`` (``transformers`` generation, padded after the stop token) and
-    ``_logits(condition, tokens) -> [B, T, V]`` (teacher-forced, each position predicting its token).
+    **decoding) -> [B, max_len]`` (``transformers`` generation, padded after the stop token), ``_hidden(condition,
+    tokens) -> [B, T, E]`` (teacher-forced last hidden states, each position predicting its token) and
+    ``lm_head`` (the ``nn.Linear`` from hidden states to the vocabulary).
 
     Rollouts are sampled without gradients and then scored in one teacher-forced pass with gradients, so the
     REINFORCE log-probability is that of the captions actually emitted.  Dropout is switched off for the same
@@ -111,9 +114,14 @@ class ConditionalCaptioner(nn.Module):
         kept = [row[keep].tolist() for row, keep in zip(tokens, mask)]
         return [text.strip() for text in self.tokenizer.batch_decode(kept, skip_special_tokens=True)]
 
+    def _logits(self, condition, tokens):
+        return self.lm_head(self._hidden(condition, tokens))  # [B, T, V]
+
     def _score(self, condition, tokens):
-        return sequence_log_prob(self._logits(condition, tokens), tokens, caption_mask(tokens, self.stop_ids),
-                                 getattr(self, "entropy_grad", True))
+        mask = caption_mask(tokens, self.stop_ids)  # [B, T]
+        token_log_prob, entropy = head_token_log_probs(self._hidden(condition, tokens), self.lm_head, tokens)
+        mask = mask.float()
+        return (token_log_prob * mask).sum(1), (entropy * mask).sum(1) / mask.sum(1).clamp(min=1)  # [B] each
 
     def _finish(self, tokens, log_prob, entropy):
         mask = caption_mask(tokens, self.stop_ids)  # [B, T]

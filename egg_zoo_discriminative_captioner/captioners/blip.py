@@ -117,16 +117,22 @@ class BlipCaptioner(ConditionalCaptioner):
         """The vision encoder's output ``[B, N, D]`` the text decoder cross-attends to."""
         return self.vision(pixels)
 
-    def _logits(self, image_embeds, tokens):
-        """Logits ``[B, T, V]`` predicting ``tokens`` [B, T] after the prompt."""
+    @property
+    def lm_head(self):
+        return self.text_decoder.cls.predictions.decoder
+
+    def _hidden(self, image_embeds, tokens):
+        """The LM head's inputs ``[B, T, E]`` at the positions predicting ``tokens`` [B, T] after the prompt."""
         prompt = self._prompt(tokens.shape[0])
         ones = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=image_embeds.device)
-        logits = self.text_decoder(
+        states = self.text_decoder.bert(
             input_ids=torch.cat([prompt, tokens], dim=1),
             encoder_hidden_states=image_embeds,
             encoder_attention_mask=ones,
-        ).logits  # [B, P + T, V]
-        return logits[:, prompt.shape[1] - 1 : -1]
+            is_decoder=True,
+            use_cache=False,
+        ).last_hidden_state  # [B, P + T, E]
+        return self.text_decoder.cls.predictions.transform(states[:, prompt.shape[1] - 1 : -1])
 
     def _decode_tokens(self, image_embeds, **decoding):
         batch_size = image_embeds.shape[0]

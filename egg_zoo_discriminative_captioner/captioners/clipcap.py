@@ -154,7 +154,7 @@ class ClipCapModel(nn.Module):
     def hidden(self, prefix, tokens):
         """GPT-2's last hidden states ``[B, T, E]`` at the positions predicting each of ``tokens`` ``[B, T]``."""
         embeddings = torch.cat([prefix, self.gpt.get_input_embeddings()(tokens)], dim=1)  # [B, P + T, E]
-        states = self.gpt.transformer(inputs_embeds=embeddings).last_hidden_state  # [B, P + T, E]
+        states = self.gpt.transformer(inputs_embeds=embeddings, use_cache=False).last_hidden_state  # [B, P + T, E]
         return states[:, prefix.shape[1] - 1 : -1]  # [B, T, E]: position P - 1 predicts the first token
 
     def forward(self, prefix, tokens):
@@ -236,8 +236,12 @@ class ClipCapCaptioner(ConditionalCaptioner):
         )  # [B, T <= max_len], new tokens only
         return pad_to(tokens, self.max_len, self.eos_id)
 
-    def _logits(self, prefix, tokens):
-        return self.model(prefix, tokens)
+    @property
+    def lm_head(self):
+        return self.model.gpt.lm_head
+
+    def _hidden(self, prefix, tokens):
+        return self.model.hidden(prefix, tokens)
 
     def mle_loss(self, features, captions):
         """Mean token cross-entropy of reference ``captions`` (ClipCap's training objective); '.' is appended."""
