@@ -28,12 +28,17 @@ class CaptionerSender(nn.Module):
         self.greedy_rollouts = greedy_rollouts
         self.num_beams = num_beams
 
-    def forward(self, sender_input, aux_input=None, decoding=None):
-        """A ``Rollout``; ``decoding`` overrides the mode's default ("sample", "greedy" or "beam")."""
+    def forward(self, sender_input, aux_input=None, decoding=None, score=True):
+        """A ``Rollout``; ``decoding`` overrides the mode's default ("sample", "greedy" or "beam").
+
+        With ``score=False`` greedy captions are decoded without the scoring pass (zero ``log_prob``).
+        """
         if decoding is None:
             decoding = ("greedy" if self.greedy_rollouts else "sample") if self.training else "beam"
         if decoding == "beam":
             return self.captioner.generate(sender_input, num_beams=self.num_beams)
+        if decoding == "greedy" and not score:
+            return self.captioner.generate(sender_input, num_beams=1)
         return self.captioner.rollout(sender_input, greedy=decoding == "greedy")
 
     def get_extra_state(self):
@@ -183,7 +188,7 @@ class DiscriminativeGame(nn.Module):
 
     @torch.no_grad()
     def _greedy_cost(self, sender_input, labels, receiver_input, aux_input):
-        greedy = self.sender(sender_input, aux_input, decoding="greedy")
+        greedy = self.sender(sender_input, aux_input, decoding="greedy", score=False)
         scores = self.receiver(greedy.text, receiver_input, aux_input)
         return self.loss(sender_input, greedy.message, receiver_input, scores, labels, aux_input)[0]
 

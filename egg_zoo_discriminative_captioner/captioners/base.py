@@ -100,7 +100,7 @@ class ConditionalCaptioner(nn.Module):
 
     @torch.no_grad()
     def generate(self, sender_input, num_beams=5):
-        """Beam-search captions (length-normalised scores)."""
+        """Beam-search captions (length-normalised scores); greedy captions with ``num_beams=1``."""
         tokens = self._decode_tokens(self.condition(sender_input), do_sample=False, num_beams=num_beams)
         zeros = torch.zeros(tokens.shape[0], device=tokens.device)
         return self._finish(tokens, zeros, zeros)
@@ -119,6 +119,8 @@ class ConditionalCaptioner(nn.Module):
 
     def _score(self, condition, tokens):
         mask = caption_mask(tokens, self.stop_ids)  # [B, T]
+        width = int(mask.sum(1).max())  # the batch's longest caption: the positions after it are all padding
+        tokens, mask = tokens[:, :width], mask[:, :width]  # [B, width]
         token_log_prob, entropy = head_token_log_probs(self._hidden(condition, tokens), self.lm_head, tokens)
         mask = mask.float()
         return (token_log_prob * mask).sum(1), (entropy * mask).sum(1) / mask.sum(1).clamp(min=1)  # [B] each
