@@ -17,6 +17,7 @@ from .errors import UsageError, run_command
 from .experiment import build_experiment, encode_split
 from .games import build_game, build_optimizer
 from .opts import get_opts
+from .precision import training_precision
 
 PROG = "python -m egg.zoo.discriminative_captioner.train"
 
@@ -28,6 +29,7 @@ def check_opts(opts):
         raise UsageError(f"checkpoint not found: {opts.load_from_checkpoint} (--load_from_checkpoint)")
     if opts.max_len < 1:
         raise UsageError(f"--max_len must be at least 1 token, got {opts.max_len}")
+    training_precision(opts)  # an impossible precision fails here, before the models load
     opts.checkpoint_dir = opts.checkpoint_dir or None  # --checkpoint_dir "" switches the game file's one off
 
 

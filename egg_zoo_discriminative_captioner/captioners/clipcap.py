@@ -15,7 +15,7 @@ from transformers import GenerationConfig
 from ..checkpointing import atomic_save
 from ..errors import UsageError
 from ..frozen import FrozenModule
-from .base import ConditionalCaptioner, pad_batch, pad_to
+from .base import ConditionalCaptioner, generate_with, pad_batch, pad_to
 
 MAPPING_TYPES = ("mlp", "transformer")
 
@@ -226,15 +226,16 @@ class ClipCapCaptioner(ConditionalCaptioner):
         """The prefix embeddings ``[B, P, E]`` GPT-2 reads before the caption."""
         return self.model.prefix(features)
 
-    def _decode_tokens(self, prefix, **decoding):
+    def _generate(self, prefix, sample=False, **settings):
+        """``generate``'s output after the prefix (new tokens only, ``[B, T <= max_len]``)."""
         generation = GenerationConfig(
-            max_new_tokens=self.max_len, eos_token_id=self.stop_ids, pad_token_id=self.eos_id, **decoding
+            max_new_tokens=self.max_len, eos_token_id=self.stop_ids, pad_token_id=self.eos_id, **settings
         )
         attention_mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
-        tokens = self.model.gpt.generate(
-            inputs_embeds=prefix, attention_mask=attention_mask, generation_config=generation
-        )  # [B, T <= max_len], new tokens only
-        return pad_to(tokens, self.max_len, self.eos_id)
+        return generate_with(self.model.gpt, generation, sample, inputs_embeds=prefix, attention_mask=attention_mask)
+
+    def _decode_tokens(self, prefix, **decoding):
+        return pad_to(self._generate(prefix, **decoding), self.max_len, self.eos_id)
 
     @property
     def lm_head(self):
