@@ -15,6 +15,7 @@ from torch import nn
 from .core import MeanBaseline, core
 from .errors import UsageError
 from .frozen import FrozenModule
+from .precision import autocast, full_precision
 
 DECODINGS = ("sample", "greedy", "beam")
 
@@ -28,14 +29,19 @@ class CaptionerSender(nn.Module):
         self.greedy_rollouts = greedy_rollouts
         self.num_beams = num_beams
 
-    def forward(self, sender_input, aux_input=None, decoding=None):
-        """A ``Rollout``; ``decoding`` overrides the mode's default ("sample", "greedy" or "beam")."""
+    def forward(self, sender_input, aux_input=None, decoding=None, score=True):
+        """A ``Rollout``; ``decoding`` overrides the mode's default ("sample", "greedy" or "beam").
+
+        With ``score=False`` greedy captions are decoded without the scoring pass (zero ``log_prob``).
+        """
         if decoding is None:
             decoding = ("greedy" if self.greedy_rollouts else "sample") if self.training else "beam"
         if decoding not in DECODINGS:
             raise ValueError(f"unknown decoding {decoding!r}: one of {', '.join(DECODINGS)}")
         if decoding == "beam":
             return self.captioner.generate(sender_input, num_beams=self.num_beams)
+        if decoding == "greedy" and not score:
+            return self.captioner.generate(sender_input, num_beams=1)
         return self.captioner.rollout(sender_input, greedy=decoding == "greedy")
 
     def get_extra_state(self):
@@ -60,23 +66,30 @@ class RetrieverReceiver(nn.Module):
         self.retriever = retriever
 
     def forward(self, message, receiver_input, aux_input=None):
-        images = receiver_input if receiver_input.dim() == 2 else self.retriever.encode_images(receiver_input)
-        texts = self.retriever.encode_texts(message)  # [B, D]
-        return texts @ images.float().T  # [B, N]
+        with full_precision(receiver_input.device.type):  # also under EGG's --fp16, which autocasts the game
+            images = receiver_input if receiver_input.dim() == 2 else self.retriever.encode_images(receiver_input)
+            texts = self.retriever.encode_texts(message).float()  # [B, D]
+            return texts @ images.float().T  # [B, N]
 
 
 class FrozenReference(FrozenModule):
-    """A frozen copy of the pretrained captioner, scoring the policy's captions for the KL penalty."""
+    """A frozen copy of the pretrained captioner, scoring the policy's captions for the KL penalty (in fp32).
+
+    Only the trainable part is copied: frozen parts (ClipCap's CLIP, BLIP's frozen vision encoder) are shared
+    with the policy, so the reference reuses the image features the policy computed for the same batch.
+    """
 
     def __init__(self, captioner):
         super().__init__()
-        self.captioner = copy.deepcopy(captioner)
+        shared = {id(module): module for module in captioner.modules() if isinstance(module, FrozenModule)}
+        self.captioner = copy.deepcopy(captioner, memo=shared)
         self.freeze()
 
     @torch.no_grad()
     def forward(self, sender_input, tokens):
         """Summed log-probability ``[B]`` of caption ``tokens`` under the pretrained captioner."""
-        return self.captioner.score(sender_input, tokens)[0]
+        with full_precision(tokens.device.type):
+            return self.captioner.score(sender_input, tokens)[0]
 
 
 class GreedyBaseline:
@@ -105,6 +118,10 @@ class DiscriminativeGame(nn.Module):
     running-mean baseline makes no difference.  As in EGG, the returned loss also adds ``cost.mean()``, which
     carries no gradient here (the retriever is frozen) and makes the logged loss the mean negative reward.
 
+    ``precision`` ("fp32", "bf16" or "fp16") is the captioner's: its passes run under autocast in it, while the
+    retriever, the reward and the KL reference run in fp32 with autocast switched off (also when EGG's Trainer
+    autocasts the whole game under ``--fp16``).
+
     Checkpoints (``state_dict``) hold everything except ``FrozenModule`` parts, which are rebuilt from their
     own source; they do hold the baseline's running statistics.
     """
@@ -121,6 +138,7 @@ class DiscriminativeGame(nn.Module):
         kl_coeff=0.0,
         train_logging_strategy=None,
         test_logging_strategy=None,
+        precision="fp32",
     ):
         super().__init__()
         self.sender = sender
@@ -133,6 +151,7 @@ class DiscriminativeGame(nn.Module):
             raise ValueError("a KL penalty (kl_coeff > 0) needs the pretrained captioner as reference")
         self.reference = reference
         self.kl_coeff = kl_coeff
+        self.precision = precision
         # Image games keep logs small: the Trainer holds every batch's Interaction for a whole epoch.
         self.train_logging_strategy = train_logging_strategy or core.LoggingStrategy.minimal()
         self.test_logging_strategy = test_logging_strategy or core.LoggingStrategy.minimal()
@@ -140,9 +159,8 @@ class DiscriminativeGame(nn.Module):
         self.register_load_state_dict_pre_hook(_keep_frozen_parts)
 
     def forward(self, sender_input, labels, receiver_input=None, aux_input=None):
-        rollout = self.sender(sender_input, aux_input)
-        scores = self.receiver(rollout.text, receiver_input, aux_input)  # [B, N]
-        cost, aux = self.loss(sender_input, rollout.message, receiver_input, scores, labels, aux_input)
+        rollout = self._send(sender_input, labels, aux_input)
+        cost, aux, scores = self._cost(sender_input, rollout, labels, receiver_input, aux_input)
         if cost.shape != labels.shape:
             raise ValueError(
                 f"the loss must return one cost per sample, shape {tuple(labels.shape)}; got {tuple(cost.shape)}"
@@ -162,7 +180,7 @@ class DiscriminativeGame(nn.Module):
             if self.standardize_advantage:
                 advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
             policy_loss = (advantage * rollout.log_prob).mean()
-            entropy_loss = -self.entropy_coeff * rollout.entropy.mean()
+            entropy_loss = -self.entropy_coeff * rollout.entropy.mean() if self.entropy_coeff else 0.0
             self.baseline.update(cost_value)
         else:
             baseline = torch.zeros(1, device=cost.device)
@@ -184,11 +202,21 @@ class DiscriminativeGame(nn.Module):
         )
         return policy_loss + entropy_loss + cost.mean(), interaction
 
+    def _send(self, sender_input, labels, aux_input, **decoding):
+        with autocast(self.precision, labels.device.type):
+            return self.sender(sender_input, aux_input, **decoding)
+
+    def _cost(self, sender_input, rollout, labels, receiver_input, aux_input):
+        """Per-sample cost ``[B]``, the loss's aux and the receiver's scores ``[B, N]``, in fp32."""
+        with full_precision(labels.device.type):
+            scores = self.receiver(rollout.text, receiver_input, aux_input)  # [B, N]
+            cost, aux = self.loss(sender_input, rollout.message, receiver_input, scores, labels, aux_input)
+        return cost, aux, scores
+
     @torch.no_grad()
     def _greedy_cost(self, sender_input, labels, receiver_input, aux_input):
-        greedy = self.sender(sender_input, aux_input, decoding="greedy")
-        scores = self.receiver(greedy.text, receiver_input, aux_input)
-        return self.loss(sender_input, greedy.message, receiver_input, scores, labels, aux_input)[0]
+        greedy = self._send(sender_input, labels, aux_input, decoding="greedy", score=False)
+        return self._cost(sender_input, greedy, labels, receiver_input, aux_input)[0]
 
     def get_extra_state(self):
         state = {key: value for key, value in vars(self.baseline).items() if key != "cost"}

@@ -3,12 +3,14 @@
 from .archs import CaptionerSender, DiscriminativeGame, FrozenReference, GreedyBaseline, RetrieverReceiver
 from .core import MeanBaseline, NoBaseline
 from .losses import DiscriminationLoss
+from .precision import training_precision
 
 BASELINE_TYPES = {"mean": MeanBaseline, "none": NoBaseline, "greedy": GreedyBaseline}
 
 
 def build_game(opts, captioner, retriever):
-    """The game of ``opts``: rewards at ``--reward_temperature`` (the retriever's own when unset)."""
+    """The game of ``opts``: rewards at ``--reward_temperature`` (the retriever's own when unset), the captioner
+    in ``--precision`` (or EGG's ``--fp16``)."""
     temperature = opts.reward_temperature if opts.reward_temperature is not None else retriever.temperature
     return DiscriminativeGame(
         sender=CaptionerSender(captioner, greedy_rollouts=opts.greedy_rollouts, num_beams=opts.num_beams),
@@ -19,6 +21,7 @@ def build_game(opts, captioner, retriever):
         standardize_advantage=opts.standardize_advantage,
         reference=FrozenReference(captioner) if opts.kl_coeff > 0 else None,
         kl_coeff=opts.kl_coeff,
+        precision=training_precision(opts),
     )
 
 

@@ -373,6 +373,13 @@ def add_game_options(parser):
         default=0.0,
         help="weight of a KL penalty towards the pretrained captioner (keeps the language fluent; 0 = off)",
     )
+    group.add_argument(
+        "--precision",
+        choices=sorted(PRECISIONS),
+        default="fp32",
+        help="the captioner's training precision (autocast; fp16 needs CUDA and is EGG's --fp16, with a "
+        "GradScaler); the retriever, the reward and the KL reference stay in fp32",
+    )
 
 
 def find_game(name):

@@ -22,6 +22,7 @@ from .errors import UsageError, run_command
 from .experiment import build_experiment, encode_split
 from .games import build_game, build_optimizer
 from .opts import get_opts
+from .precision import training_precision
 
 PROG = "python -m egg.zoo.discriminative_captioner.train"
 RUN_FILES = ("opts.json", "clipcap.pt", "blip")  # besides checkpoint files: what a finished run leaves
@@ -74,6 +75,7 @@ def check_run_directory(opts):
 
 def prepare_run(opts):
     """Checks paths and checkpoint files in seconds, before anything heavy; returns the resume state or None."""
+    training_precision(opts)  # an impossible precision fails here, before the models load
     opts.checkpoint_dir = opts.checkpoint_dir or None  # --checkpoint_dir "" switches the game file's one off
     if opts.preemptable:
         if opts.checkpoint_dir is None:

@@ -1,9 +1,13 @@
 """What every captioner offers the game, and the token bookkeeping they share."""
 
+import contextlib
 from typing import List, NamedTuple
 
 import torch
 from torch import nn
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+from .fused import head_token_log_probs
 
 
 class Rollout(NamedTuple):
@@ -54,7 +58,8 @@ def pad_batch(rows, pad_id):
 def sequence_log_prob(logits, tokens, mask):
     """Summed log-probability and mean entropy of ``tokens`` under ``logits``, over ``mask``.
 
-    ``logits`` [B, T, V] predict ``tokens`` [B, T]; ``mask`` [B, T] marks generated positions.
+    ``logits`` [B, T, V] predict ``tokens`` [B, T]; ``mask`` [B, T] marks generated positions.  The captioners
+    score with ``fused.head_token_log_probs`` instead, which computes the same without ``[B, T, V]`` temporaries.
     """
     log_probs = torch.log_softmax(logits.float(), dim=-1)  # [B, T, V]
     token_log_prob = log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # [B, T]
@@ -64,7 +69,44 @@ def sequence_log_prob(logits, tokens, mask):
     return (token_log_prob * mask).sum(1), (entropy * mask).sum(1) / lengths
 
 
-SAMPLING = dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0)  # the policy itself: no truncation
+class PolicySampler(LogitsProcessor):
+    """Draws each next token from the softmax of the scores it receives, and makes greedy decoding pick it.
+
+    ``torch.multinomial`` draws an exponential variate per vocabulary entry, most of a sampling step at GPT-2's
+    vocabulary on a CPU; inverse-CDF sampling needs one uniform per row.  The drawn token's score becomes +inf
+    and every other score is left as it came, so ``output_scores`` shows what the draw was made from.
+    """
+
+    def __call__(self, input_ids, scores):
+        weights = (scores.float() - scores.float().amax(dim=1, keepdim=True)).exp_()  # [B, V]
+        cdf = weights.cumsum_(dim=1)  # [B, V]
+        draws = torch.rand(scores.shape[0], 1, device=scores.device) * cdf[:, -1:]  # [B, 1]
+        tokens = torch.searchsorted(cdf, draws, right=True).clamp_(max=scores.shape[1] - 1)  # [B, 1]
+        return scores.scatter(1, tokens, float("inf"))
+
+
+@contextlib.contextmanager
+def own_generation_config(model):
+    """Sets the model's ``generation_config`` aside while decoding, so only the settings given apply.
+
+    transformers fills every unset generation field from it: a checkpoint whose config sets
+    ``repetition_penalty``, ``no_repeat_ngram_size``, ``min_length``, ``bad_words_ids``, ``suppress_tokens``,
+    forced tokens or sampling warpers would otherwise make rollouts sample from a processed distribution while
+    the scoring pass uses the raw one (off-policy REINFORCE).
+    """
+    saved = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
+def generate_with(model, generation_config, sample=False, **inputs):
+    """``model.generate(**inputs)`` under ``generation_config`` alone; ``sample``: draw from the raw policy."""
+    processors = LogitsProcessorList([PolicySampler()] if sample else [])
+    with own_generation_config(model):
+        return model.generate(**inputs, generation_config=generation_config, logits_processor=processors)
 
 
 class ConditionalCaptioner(nn.Module):
@@ -72,8 +114,10 @@ class ConditionalCaptioner(nn.Module):
 
     A subclass sets ``tokenizer``, ``stop_ids`` and ``max_len`` and defines ``condition(sender_input)`` (the
     image representation the language model reads, with gradients where it trains), ``_decode_tokens(condition,
-    **decoding) -> [B, max_len]`` (``transformers`` generation, padded after the stop token) and
-    ``_logits(condition, tokens) -> [B, T, V]`` (teacher-forced, each position predicting its token).
+    **decoding) -> [B, max_len]`` (``transformers`` generation, padded after the stop token), ``_hidden(condition,
+    tokens) -> [B, T, E]`` (teacher-forced last hidden states, each position predicting its token) and
+    ``lm_head`` (the ``nn.Linear`` from hidden states to the vocabulary).  ``_decode_tokens`` decodes through
+    ``generate_with``: ``sample=True`` draws from the policy, other settings are ``GenerationConfig`` fields.
 
     Rollouts are sampled without gradients and then scored in one teacher-forced pass with gradients, so the
     REINFORCE log-probability is that of the captions actually emitted.  Dropout is switched off for the same
@@ -90,14 +134,14 @@ class ConditionalCaptioner(nn.Module):
         """Captions sampled from the policy (or its greedy argmax) with their summed log-probabilities."""
         condition = self.condition(sender_input)
         with torch.no_grad():
-            tokens = self._decode_tokens(condition.detach(), **(dict(do_sample=False) if greedy else SAMPLING))
+            tokens = self._decode_tokens(condition.detach(), sample=not greedy)
         log_prob, entropy = self._score(condition, tokens)
         return self._finish(tokens, log_prob, entropy)
 
     @torch.no_grad()
     def generate(self, sender_input, num_beams=5):
-        """Beam-search captions (length-normalised scores)."""
-        tokens = self._decode_tokens(self.condition(sender_input), do_sample=False, num_beams=num_beams)
+        """Beam-search captions (length-normalised scores); greedy captions with ``num_beams=1``."""
+        tokens = self._decode_tokens(self.condition(sender_input), num_beams=num_beams)
         zeros = torch.zeros(tokens.shape[0], device=tokens.device)
         return self._finish(tokens, zeros, zeros)
 
@@ -106,12 +150,21 @@ class ConditionalCaptioner(nn.Module):
         return self._score(self.condition(sender_input), tokens)
 
     def decode(self, tokens, mask):
-        """Caption strings of ``tokens`` [B, T], keeping the positions in ``mask``."""
-        kept = [row[keep].tolist() for row, keep in zip(tokens, mask)]
+        """Caption strings of ``tokens`` [B, T], keeping the positions in ``mask`` (a ``caption_mask``)."""
+        lengths = mask.sum(1).tolist()  # one transfer each, not one per row: the mask is a prefix of each row
+        kept = [row[:length] for row, length in zip(tokens.tolist(), lengths)]
         return [text.strip() for text in self.tokenizer.batch_decode(kept, skip_special_tokens=True)]
 
+    def _logits(self, condition, tokens):
+        return self.lm_head(self._hidden(condition, tokens))  # [B, T, V]
+
     def _score(self, condition, tokens):
-        return sequence_log_prob(self._logits(condition, tokens), tokens, caption_mask(tokens, self.stop_ids))
+        mask = caption_mask(tokens, self.stop_ids)  # [B, T]
+        width = int(mask.sum(1).max())  # the batch's longest caption: the positions after it are all padding
+        tokens, mask = tokens[:, :width], mask[:, :width]  # [B, width]
+        token_log_prob, entropy = head_token_log_probs(self._hidden(condition, tokens), self.lm_head, tokens)
+        mask = mask.float()
+        return (token_log_prob * mask).sum(1), (entropy * mask).sum(1) / mask.sum(1).clamp(min=1)  # [B] each
 
     def _finish(self, tokens, log_prob, entropy):
         mask = caption_mask(tokens, self.stop_ids)  # [B, T]

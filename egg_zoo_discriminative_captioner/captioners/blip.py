@@ -17,7 +17,7 @@ from ..checkpointing import atomic_directory
 from ..errors import missing_weights
 from ..frozen import FrozenModule
 from ..pretrained import from_pretrained_strict
-from .base import ConditionalCaptioner, pad_batch, pad_to
+from .base import ConditionalCaptioner, generate_with, pad_batch, pad_to
 
 DEFAULT_PROMPT = "a picture of"
 
@@ -36,16 +36,25 @@ class BlipCaptionerConfig:
 
 
 class FrozenVision(FrozenModule):
-    """BLIP's vision encoder, frozen."""
+    """BLIP's vision encoder, frozen.
+
+    It keeps its last batch's output: the KL reference (which shares this module) and the greedy baseline read
+    the same pixels as the rollout and reuse the features instead of rerunning the encoder.
+    """
 
     def __init__(self, vision_model):
         super().__init__()
         self.vision_model = vision_model
+        self.last = None  # (pixels, their version, features)
         self.freeze()
 
     @torch.no_grad()
     def forward(self, pixels):
-        return self.vision_model(pixel_values=pixels).last_hidden_state
+        if self.last is not None and self.last[0] is pixels and self.last[1] == pixels._version:
+            return self.last[2]
+        features = self.vision_model(pixel_values=pixels).last_hidden_state  # [B, N, D]
+        self.last = (pixels, pixels._version, features)
+        return features
 
 
 class TrainableVision(nn.Module):
@@ -114,32 +123,44 @@ class BlipCaptioner(ConditionalCaptioner):
         return self.prompt_ids.unsqueeze(0).expand(batch_size, -1)  # [B, P]
 
     def condition(self, pixels):
-        """The vision encoder's output ``[B, N, D]`` the text decoder cross-attends to."""
-        return self.vision(pixels)
+        """The vision encoder's output ``[B, N, D]`` the text decoder cross-attends to (fp32 outside autocast)."""
+        features = self.vision(pixels)
+        return features if torch.is_autocast_enabled(features.device.type) else features.float()
 
-    def _logits(self, image_embeds, tokens):
-        """Logits ``[B, T, V]`` predicting ``tokens`` [B, T] after the prompt."""
+    @property
+    def lm_head(self):
+        return self.text_decoder.cls.predictions.decoder
+
+    def _hidden(self, image_embeds, tokens):
+        """The LM head's inputs ``[B, T, E]`` at the positions predicting ``tokens`` [B, T] after the prompt."""
         prompt = self._prompt(tokens.shape[0])
         ones = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=image_embeds.device)
-        logits = self.text_decoder(
+        states = self.text_decoder.bert(
             input_ids=torch.cat([prompt, tokens], dim=1),
             encoder_hidden_states=image_embeds,
             encoder_attention_mask=ones,
-        ).logits  # [B, P + T, V]
-        return logits[:, prompt.shape[1] - 1 : -1]
+            is_decoder=True,
+            use_cache=False,
+        ).last_hidden_state  # [B, P + T, E]
+        return self.text_decoder.cls.predictions.transform(states[:, prompt.shape[1] - 1 : -1])
 
-    def _decode_tokens(self, image_embeds, **decoding):
-        batch_size = image_embeds.shape[0]
+    def _generate(self, image_embeds, sample=False, **settings):
+        """``generate``'s output: sequences ``[B, P + T]``, the prompt then the caption."""
         generation = GenerationConfig(
-            max_new_tokens=self.max_len, eos_token_id=self.sep_id, pad_token_id=self.pad_id, **decoding
+            max_new_tokens=self.max_len, eos_token_id=self.sep_id, pad_token_id=self.pad_id, **settings
         )
         ones = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=image_embeds.device)
-        sequences = self.text_decoder.generate(
-            input_ids=self._prompt(batch_size),
+        return generate_with(
+            self.text_decoder,
+            generation,
+            sample,
+            input_ids=self._prompt(image_embeds.shape[0]),
             encoder_hidden_states=image_embeds,
             encoder_attention_mask=ones,
-            generation_config=generation,
-        )  # [B, P + T]: the prompt, then the caption (decoded without the prompt)
+        )
+
+    def _decode_tokens(self, image_embeds, **decoding):
+        sequences = self._generate(image_embeds, **decoding)  # [B, P + T]
         return pad_to(sequences[:, self.prompt_ids.shape[0] :], self.max_len, self.pad_id)
 
     def mle_loss(self, pixels, captions):

@@ -15,7 +15,7 @@ from transformers import GenerationConfig
 from ..checkpointing import atomic_save
 from ..errors import UsageError
 from ..frozen import FrozenModule
-from .base import ConditionalCaptioner, pad_batch, pad_to
+from .base import ConditionalCaptioner, generate_with, pad_batch, pad_to
 
 MAPPING_TYPES = ("mlp", "transformer")
 
@@ -151,11 +151,15 @@ class ClipCapModel(nn.Module):
             features = features / features.norm(dim=-1, keepdim=True)
         return self.clip_project(features).view(-1, self.config.prefix_length, self.embedding_size)
 
-    def forward(self, prefix, tokens):
-        """Logits ``[B, T, V]`` predicting each of ``tokens`` ``[B, T]`` from the prefix and the tokens before it."""
+    def hidden(self, prefix, tokens):
+        """GPT-2's last hidden states ``[B, T, E]`` at the positions predicting each of ``tokens`` ``[B, T]``."""
         embeddings = torch.cat([prefix, self.gpt.get_input_embeddings()(tokens)], dim=1)  # [B, P + T, E]
-        logits = self.gpt(inputs_embeds=embeddings).logits  # [B, P + T, V]
-        return logits[:, prefix.shape[1] - 1 : -1]  # [B, T, V]: position P - 1 predicts the first token
+        states = self.gpt.transformer(inputs_embeds=embeddings, use_cache=False).last_hidden_state  # [B, P + T, E]
+        return states[:, prefix.shape[1] - 1 : -1]  # [B, T, E]: position P - 1 predicts the first token
+
+    def forward(self, prefix, tokens):
+        """Logits ``[B, T, V]`` predicting each of ``tokens`` ``[B, T]`` (only there: not at the prefix)."""
+        return self.gpt.lm_head(self.hidden(prefix, tokens))
 
 
 class ClipImageEncoder(FrozenModule):
@@ -223,18 +227,23 @@ class ClipCapCaptioner(ConditionalCaptioner):
         """The prefix embeddings ``[B, P, E]`` GPT-2 reads before the caption."""
         return self.model.prefix(features)
 
-    def _decode_tokens(self, prefix, **decoding):
+    def _generate(self, prefix, sample=False, **settings):
+        """``generate``'s output after the prefix (new tokens only, ``[B, T <= max_len]``)."""
         generation = GenerationConfig(
-            max_new_tokens=self.max_len, eos_token_id=self.stop_ids, pad_token_id=self.eos_id, **decoding
+            max_new_tokens=self.max_len, eos_token_id=self.stop_ids, pad_token_id=self.eos_id, **settings
         )
         attention_mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
-        tokens = self.model.gpt.generate(
-            inputs_embeds=prefix, attention_mask=attention_mask, generation_config=generation
-        )  # [B, T <= max_len], new tokens only
-        return pad_to(tokens, self.max_len, self.eos_id)
+        return generate_with(self.model.gpt, generation, sample, inputs_embeds=prefix, attention_mask=attention_mask)
 
-    def _logits(self, prefix, tokens):
-        return self.model(prefix, tokens)
+    def _decode_tokens(self, prefix, **decoding):
+        return pad_to(self._generate(prefix, **decoding), self.max_len, self.eos_id)
+
+    @property
+    def lm_head(self):
+        return self.model.gpt.lm_head
+
+    def _hidden(self, prefix, tokens):
+        return self.model.hidden(prefix, tokens)
 
     def reference_tokens(self, captions):
         """Token ids of reference captions, each ending with the stop token the captioner stops on.

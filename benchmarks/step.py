@@ -1,0 +1,283 @@
+"""Speed and memory of one DiscriTune update against naive per-image REINFORCE steps, in one process.
+
+    python benchmarks/step.py --size gpt2-small --batch_size 100 --max_len 40 --threads 1
+
+A ClipCap captioner (MLP mapper, prefix 10, random weights, GPT-2's vocabulary of 50257) is finetuned against a
+small frozen CLIP retriever.  The stop token is made unreachable, so every caption in every step is exactly
+``--max_len`` tokens long and all steps do the same work.  Measured in the same run:
+
+- the plugin's step (the game's forward, backward and an Adam update, as EGG's Trainer runs it): seconds per
+  step, steps per second and peak resident memory;
+- two naive reference steps written here, as research code for the method does it: each image decoded on its
+  own token by token *with gradients* (the whole prefix re-run at every token, or a KV cache), its REINFORCE
+  loss back-propagated per image, one Adam update per batch.  They run on ``--naive_images`` images and are
+  scaled to the batch (the output says so);
+- caption-generation throughput for evaluation (beam search, 5 beams, captions per second);
+- memory growth across ``--growth_steps`` plugin steps (resident memory and live tensors, after warm-up);
+- model-FLOPs utilisation: the step's analytic matmul FLOPs over its time, divided by the throughput of a large
+  fp32 matmul measured in the same run.
+
+Times are CPU seconds of the main thread (with ``--threads 1``, what the step takes on an unloaded machine; a
+shared machine's load does not count), wall-clock seconds alongside.  The last line reads ``speedup vs naive: N.Nx (kv-cache)``, the plugin step against the KV-cache reference.
+"""
+
+import argparse
+import contextlib
+import ctypes
+import gc
+import resource
+import threading
+import time
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from egg.zoo.discriminative_captioner.archs import CaptionerSender, DiscriminativeGame, RetrieverReceiver
+from egg.zoo.discriminative_captioner.captioners.clipcap import ClipCapCaptioner, ClipCapConfig, ClipCapModel
+from egg.zoo.discriminative_captioner.clip_models import clip, clip_transform
+from egg.zoo.discriminative_captioner.core import MeanBaseline
+from egg.zoo.discriminative_captioner.losses import DiscriminationLoss
+from egg.zoo.discriminative_captioner.precision import PRECISIONS
+from egg.zoo.discriminative_captioner.retrievers.clip import ClipRetriever
+
+SIZES = {  # GPT-2 layers, width, heads
+    "tiny": (2, 64, 2),
+    "small4": (4, 256, 4),
+    "gpt2-small": (12, 768, 12),
+}
+GPT2_VOCAB = 50257
+PREFIX_LENGTH, PREFIX_SIZE = 10, 512  # ClipCap-ConCap's MLP mapper over ViT-B/32 features
+GiB = 2**30
+
+
+def resident_bytes():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+def process_peak_bytes():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def trimmed_resident_bytes():
+    """Resident memory after a full collection and returning freed heap pages to the system."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return resident_bytes()
+
+
+class PeakMemory:
+    """Highest resident memory while the block runs, sampled every millisecond by a thread."""
+
+    def __enter__(self):
+        trimmed_resident_bytes()
+        self.peak, self.running = resident_bytes(), True
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+        return self
+
+    def _poll(self):
+        while self.running:
+            self.peak = max(self.peak, resident_bytes())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+        self.peak = max(self.peak, resident_bytes())
+
+
+def word_tokenizer(vocab_size):
+    """A word-level tokenizer as large as GPT-2's vocabulary, with its end-of-text token last, like GPT-2's."""
+    vocabulary = {".": 0, **{f"w{i}": i for i in range(1, vocab_size - 1)}, "<|endoftext|>": vocab_size - 1}
+    backend = Tokenizer(models.WordLevel(vocab=vocabulary, unk_token="<|endoftext|>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    eos = "<|endoftext|>"
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=eos, eos_token=eos, unk_token=eos, pad_token=eos)
+
+
+def build_captioner(size, max_len):
+    layers, width, heads = SIZES[size]
+    torch.manual_seed(0)
+    gpt = GPT2LMHeadModel(GPT2Config(vocab_size=GPT2_VOCAB, n_positions=128, n_embd=width, n_layer=layers,
+                                     n_head=heads, bos_token_id=GPT2_VOCAB - 1, eos_token_id=GPT2_VOCAB - 1))  # fmt: skip
+    model = ClipCapModel(ClipCapConfig(prefix_length=PREFIX_LENGTH, prefix_size=PREFIX_SIZE), gpt)
+    captioner = ClipCapCaptioner(model, word_tokenizer(GPT2_VOCAB), image_encoder=None, max_len=max_len)
+    captioner.stop_ids = [GPT2_VOCAB]  # an id outside the vocabulary: never sampled, every caption is max_len long
+    return captioner
+
+
+def build_retriever():
+    torch.manual_seed(1)
+    model = clip.model.CLIP(embed_dim=64, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=16,
+                            context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1,
+                            transformer_layers=1)  # fmt: skip
+    return ClipRetriever(model.eval(), clip_transform(32))
+
+
+def step_flops(size, batch_size, max_len):
+    """Analytic matmul FLOPs of one step: sampling (KV cache), the scoring pass and its backward (2x forward)."""
+    layers, width, _ = SIZES[size]
+    per_token = 2 * 12 * layers * width**2  # attention projections (4 E^2) and MLP (8 E^2) per layer
+    attention = lambda context: 2 * 2 * layers * width * context  # noqa: E731 (scores and weighted values)
+    head = 2 * width * GPT2_VOCAB
+    hidden = width * PREFIX_LENGTH // 2
+    mapper = 2 * (PREFIX_SIZE * hidden + hidden * width * PREFIX_LENGTH)
+    total_len = PREFIX_LENGTH + max_len
+    sample = PREFIX_LENGTH * per_token + sum(per_token + attention(PREFIX_LENGTH + t) + head for t in range(max_len))
+    score = total_len * per_token + sum(attention(t + 1) for t in range(total_len)) + max_len * head
+    return batch_size * (mapper + sample + 3 * (score + mapper))
+
+
+def matmul_throughput(n=2048, repeats=5):
+    """FLOP/s of a large fp32 matmul (the best of ``repeats``)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    return 2 * n**3 / timed(lambda: a @ b, repeats)[0]
+
+
+def make_batch(batch_size, seed=2):
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(batch_size, PREFIX_SIZE, generator=generator)
+    images = torch.nn.functional.normalize(torch.randn(batch_size, 64, generator=generator), dim=-1)
+    return features, images, torch.arange(batch_size)
+
+
+def plugin_step(game, optimizer, batch):
+    features, images, labels = batch
+    loss, _ = game(features, labels, images)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def naive_step(captioner, retriever, optimizer, batch, images_used, kv_cache):
+    """REINFORCE as per-image research code does it: decode each caption token by token with gradients and
+    back-propagate it (the Adam update, once per batch, is timed apart)."""
+    features, images, labels = batch
+    gpt, model = captioner.model.gpt, captioner.model
+    for i in range(images_used):
+        prefix = model.prefix(features[i : i + 1])  # [1, P, E]
+        tokens, log_prob, past = [], 0.0, None
+        out = gpt(inputs_embeds=prefix, use_cache=kv_cache)
+        for t in range(captioner.max_len):
+            log_probs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # [1, V]
+            token = torch.multinomial(log_probs.detach().exp(), 1)  # [1, 1]
+            log_prob = log_prob + log_probs.gather(1, token).sum()
+            tokens.append(token)
+            if t == captioner.max_len - 1:
+                break
+            if kv_cache:
+                past = out.past_key_values
+                out = gpt(input_ids=token, past_key_values=past, use_cache=True)
+            else:
+                embeddings = torch.cat([prefix, gpt.get_input_embeddings()(torch.cat(tokens, dim=1))], dim=1)
+                out = gpt(inputs_embeds=embeddings)
+        caption = captioner.tokenizer.decode(torch.cat(tokens, dim=1)[0].tolist())
+        scores = retriever.encode_texts([caption]) @ images.T  # [1, N]
+        reward = torch.log_softmax(scores / retriever.temperature, dim=1)[0, labels[i]]
+        (-(reward * log_prob)).backward()
+
+
+def timed(function, repeats):
+    """The best of ``repeats`` runs in CPU seconds of this thread (with one thread, the time of an unloaded
+    machine: other processes on a shared machine do not count), and the matching wall-clock seconds."""
+    best = (float("inf"), float("inf"))
+    for _ in range(repeats):
+        cpu, wall = time.thread_time(), time.perf_counter()
+        function()
+        best = min(best, (time.thread_time() - cpu, time.perf_counter() - wall))
+    return best
+
+
+def live_tensors():
+    return sum(1 for obj in gc.get_objects() if torch.is_tensor(obj))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="small4", help="GPT-2 size (random weights)")
+    parser.add_argument("--batch_size", type=int, default=100)
+    parser.add_argument("--max_len", type=int, default=40, help="rollout length (every caption has this length)")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32")
+    parser.add_argument("--steps", type=int, default=2, help="timed plugin steps after one warm-up step")
+    parser.add_argument("--naive_images", type=int, default=2, help="images the naive steps decode (scaled up)")
+    parser.add_argument("--beam_captions", type=int, default=20, help="captions decoded to time beam search")
+    parser.add_argument("--growth_steps", type=int, default=50, help="plugin steps of the memory-growth check")
+    parser.add_argument("--entropy_coeff", type=float, default=0.0)
+    parser.add_argument("--kl_coeff", type=float, default=0.0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    B, T = args.batch_size, args.max_len
+
+    captioner, retriever = build_captioner(args.size, T), build_retriever()
+    reference = None
+    if args.kl_coeff:
+        from egg.zoo.discriminative_captioner.archs import FrozenReference
+
+        reference = FrozenReference(captioner)
+    game = DiscriminativeGame(CaptionerSender(captioner), RetrieverReceiver(retriever),
+                              DiscriminationLoss(temperature=retriever.temperature), baseline_type=MeanBaseline,
+                              entropy_coeff=args.entropy_coeff, reference=reference, kl_coeff=args.kl_coeff,
+                              **({"precision": args.precision} if args.precision != "fp32" else {}))  # fmt: skip
+    optimizer = torch.optim.Adam(captioner.trainable_parameters(), lr=1e-7)
+    batch = make_batch(B)
+    layers, width, _ = SIZES[args.size]
+    print(f"GPT-2 {layers} layers x {width} wide, vocabulary {GPT2_VOCAB}, ClipCap MLP prefix {PREFIX_LENGTH}; "
+          f"batch {B}, {T}-token rollouts; {args.precision}, {torch.get_num_threads()} thread(s)", flush=True)  # fmt: skip
+
+    peak_flops = matmul_throughput()
+    print(f"fp32 matmul (2048^3): {peak_flops / 1e9:.1f} GFLOP/s", flush=True)
+
+    game.train()
+    plugin_step(game, optimizer, batch)  # warm-up
+    with PeakMemory() as plugin_memory:
+        plugin_seconds, plugin_wall = timed(lambda: plugin_step(game, optimizer, batch), args.steps)
+    process_peak = process_peak_bytes()
+    flops = step_flops(args.size, B, T)
+    mfu = flops / plugin_seconds / peak_flops
+    print(f"plugin step: {plugin_seconds:.2f} s CPU ({1 / plugin_seconds:.3f} steps/s; wall {plugin_wall:.2f} s), peak resident "
+          f"{plugin_memory.peak / GiB:.2f} GiB; process peak so far {process_peak / GiB:.2f} GiB", flush=True)  # fmt: skip
+    print(f"model FLOPs: {flops / 1e12:.3f} TFLOP per step, {flops / plugin_seconds / 1e9:.1f} GFLOP/s, "
+          f"MFU {100 * mfu:.1f}%", flush=True)  # fmt: skip
+
+    naive = {}
+    n = min(args.naive_images, B)
+    for name, kv_cache in (("no cache", False), ("kv-cache", True)) if n else ():
+        with PeakMemory() as memory:
+            seconds = timed(lambda: naive_step(captioner, retriever, optimizer, batch, n, kv_cache), 1)[0]
+            update = timed(lambda: (optimizer.step(), optimizer.zero_grad(set_to_none=True)), 1)[0]
+        naive[name] = seconds * B / n + update
+        print(f"naive per-image step ({name}): {seconds:.2f} s for {n} images, scaled to the batch plus one update "
+              f"{naive[name]:.2f} s ({1 / naive[name]:.4f} steps/s), peak resident {memory.peak / GiB:.2f} GiB, "
+              f"plugin {naive[name] / plugin_seconds:.1f}x faster", flush=True)  # fmt: skip
+
+    captions = min(args.beam_captions, B)
+    if captions:
+        game.eval()
+        with torch.no_grad():
+            seconds = timed(lambda: captioner.generate(batch[0][:captions], num_beams=5), 1)[0]
+        print(f"evaluation decoding (beam 5): {captions / seconds:.1f} captions/s ({captions} captions)", flush=True)
+        game.train()
+
+    warmup = min(5, args.growth_steps)
+    for _ in range(warmup):
+        plugin_step(game, optimizer, batch)
+    resident_before, tensors_before = trimmed_resident_bytes(), live_tensors()
+    for _ in range(args.growth_steps - warmup):
+        plugin_step(game, optimizer, batch)
+    resident_after, tensors_after = trimmed_resident_bytes(), live_tensors()
+    print(f"memory growth over steps {warmup}..{args.growth_steps}: "
+          f"{(resident_after - resident_before) / 2**20:+.1f} MiB resident, "
+          f"{tensors_after - tensors_before:+d} live tensors", flush=True)  # fmt: skip
+    print(f"process peak: {process_peak_bytes() / GiB:.2f} GiB")
+    if naive:
+        print(f"speedup vs naive: {naive['kv-cache'] / plugin_seconds:.1f}x (kv-cache)")
+
+
+if __name__ == "__main__":
+    main()
