@@ -14,7 +14,8 @@ from .checkpointing import atomic_write_text
 from .core import core
 from .data import check_batch_size, retrieval_loader, training_loader
 from .errors import UsageError, run_command
-from .experiment import build_experiment, encode_split
+from .data.hard_distractors import hard_distractor_loader
+from .experiment import build_experiment, encode_split, write_data_counts
 from .games import build_game, build_optimizer
 from .opts import get_opts
 
@@ -26,6 +27,8 @@ def check_opts(opts):
     check_batch_size(opts.batch_size)
     if opts.load_from_checkpoint is not None and not os.path.isfile(opts.load_from_checkpoint):
         raise UsageError(f"checkpoint not found: {opts.load_from_checkpoint} (--load_from_checkpoint)")
+    if opts.hard_distractors and not 1 <= opts.hard_distractors < opts.batch_size:
+        raise UsageError(f"--hard_distractors {opts.hard_distractors} must be between 1 and --batch_size - 1")
     if opts.max_len < 1:
         raise UsageError(f"--max_len must be at least 1 token, got {opts.max_len}")
     opts.checkpoint_dir = opts.checkpoint_dir or None  # --checkpoint_dir "" switches the game file's one off
@@ -62,7 +65,11 @@ def main(params):
     validation_set = encode_split(experiment, "validation", opts.device)
     test_set = encode_split(experiment, "test", opts.device)
 
-    train_loader = training_loader(train_set, opts.batch_size, seed=opts.random_seed, num_workers=opts.num_workers)
+    if opts.hard_distractors:
+        train_loader = hard_distractor_loader(train_set, opts.hard_distractors, opts.batch_size,
+                                              seed=opts.random_seed, num_workers=opts.num_workers)  # fmt: skip
+    else:
+        train_loader = training_loader(train_set, opts.batch_size, seed=opts.random_seed, num_workers=opts.num_workers)
     validation_loader = retrieval_loader(validation_set, opts.eval_candidates, seed=opts.eval_seed)
     game = build_game(opts, experiment.captioner, experiment.retriever)
     optimizer = build_optimizer(game)
@@ -75,6 +82,7 @@ def main(params):
     ]
     if opts.checkpoint_dir:
         save_options(opts, opts.checkpoint_dir)
+        write_data_counts(opts.checkpoint_dir, [train_set, validation_set, test_set])
         callbacks.append(AtomicCheckpointSaver(opts.checkpoint_dir, checkpoint_freq=opts.checkpoint_freq))
     trainer = build_trainer(opts, game, optimizer, train_loader, validation_loader, callbacks)
     trainer.train(n_epochs=opts.n_epochs)

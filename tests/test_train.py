@@ -28,7 +28,7 @@ def test_one_epoch_logs_epoch_zero_then_each_epoch_and_saves_checkpoints(tiny_ru
     for line in lines:
         assert {"loss", "acc", "reward", "mode", "epoch"} <= set(line)
     assert 0 <= results["acc"] <= 1
-    assert sorted(os.listdir(run)) == ["1.tar", "clipcap.pt", "final.tar", "opts.json"]
+    assert sorted(os.listdir(run)) == ["1.tar", "clipcap.pt", "data_counts.json", "final.tar", "opts.json"]
     saved = json.loads((run / "opts.json").read_text())
     assert saved["n_epochs"] == 1 and saved["dataset"] == "synthetic" and saved["kl_coeff"] == 0.2
 
@@ -113,7 +113,7 @@ def test_command_line_errors_are_one_line_with_a_nonzero_exit(tiny_run_args, wor
     assert unknown.returncode != 0
     assert unknown.stderr.strip().count("\n") == 0 and "invalid choice: 'imagenet'" in unknown.stderr
 
-    directory = next(os.scandir(world_cache)).path
+    directory = next(entry.path for entry in os.scandir(world_cache) if entry.name.startswith("synthetic-"))
     with open(os.path.join(directory, "captioner.pt"), "r+b") as f:
         f.write(b"garbage")
     try:
