@@ -285,3 +285,33 @@ def test_a_dataset_with_nothing_readable_is_an_error(tiny_files, tmp_path):
     (root / "dataset_flickr30k.json").write_text(json.dumps({"images": images}))
     with pytest.raises(UsageError, match="no readable image"):
         train.main(["--dataset", "flickr"] + tiny_model_args(tiny_files, str(root), str(tmp_path / "f")))
+
+
+# --- data scripts ---------------------------------------------------------------------------------------------
+
+SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data_scripts")
+
+
+@pytest.mark.parametrize("script", ["download.py", "download_conceptual.py", "check_data.py"])
+def test_each_data_script_has_help(script):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, os.path.join(SCRIPTS, script), "--help"], capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert result.returncode == 0 and "usage:" in result.stdout
+
+
+@pytest.mark.parametrize("name", ["conceptual", "imagecode", "coco"])
+def test_check_data_reports_present_missing_and_unreadable_counts(name, data_roots, capsys):
+    import runpy
+
+    check_data = runpy.run_path(os.path.join(SCRIPTS, "check_data.py"))
+    with pytest.raises(SystemExit) as status:
+        check_data["main"]([name, "--data_root", data_roots[name]])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert status.value.code == 0 and len(rows) == 3
+    for row in rows:
+        listed, missing, unreadable = EXPECTED[name][row[1]]
+        assert row[0] == name and [int(x) for x in row[2:]] == [listed, listed - missing - unreadable, missing,
+                                                                 unreadable]  # fmt: skip

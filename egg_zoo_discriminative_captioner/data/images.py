@@ -111,3 +111,30 @@ def read_member_text(member: TarMember):
     with open(member.shard, "rb") as f:
         f.seek(member.offset)
         return f.read(member.size).decode("utf-8", errors="replace")
+
+
+class _Readability:
+    """``images[i]`` decodes: True or False (for counting broken images in DataLoader workers)."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        try:
+            self.images[index]
+            return True
+        except IMAGE_ERRORS:
+            return False
+
+
+def unreadable_images(images, num_workers=0, desc="decoding"):
+    """Indices of the images that cannot be decoded (decoded in ``num_workers`` DataLoader workers)."""
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    loader = DataLoader(_Readability(images), batch_size=64, num_workers=num_workers, collate_fn=list)
+    flags = [flag for batch in tqdm(loader, desc=desc, leave=False) for flag in batch]
+    return [index for index, flag in enumerate(flags) if not flag]
