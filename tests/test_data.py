@@ -315,3 +315,11 @@ def test_check_data_reports_present_missing_and_unreadable_counts(name, data_roo
         listed, missing, unreadable = EXPECTED[name][row[1]]
         assert row[0] == name and [int(x) for x in row[2:]] == [listed, listed - missing - unreadable, missing,
                                                                  unreadable]  # fmt: skip
+
+
+def test_blip_trains_on_decoded_pixels_in_parallel_workers_without_the_broken_images(data_roots, tiny_files, tmp_path,
+                                                                                      capsys):  # fmt: skip
+    args = ["--dataset", "flickr"] + tiny_model_args(tiny_files, data_roots["flickr"], str(tmp_path / "f"))
+    results = train.main(args + ["--captioner", "blip", "--blip_model", tiny_files["blip"], "--num_workers", "2"])
+    assert f"data flickr train: {GOOD} images used" in capsys.readouterr().out and 0 <= results["acc"] <= 1
+    assert sorted(os.listdir(tmp_path / "f" / os.listdir(tmp_path / "f")[0] / "train")) == ["retriever"]  # no pixels cached
