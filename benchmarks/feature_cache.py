@@ -41,8 +41,8 @@ def write_flickr(root, n_images, size):
         image = np.asarray(Image.fromarray(base).resize((size, size), Image.BICUBIC), dtype=np.int16)
         image = np.clip(image + rng.integers(-20, 20, size=image.shape), 0, 255).astype(np.uint8)
         Image.fromarray(image).save(os.path.join(root, "Images", f"{i}.jpg"), quality=90)
-        entries.append({"filename": f"{i}.jpg", "imgid": i, "split": "train" if i >= 200 else "val" if i >= 100 else "test",
-                        "sentences": [{"raw": f"image {i}"}]})  # fmt: skip
+        split = "train" if i >= 200 else "val" if i >= 100 else "test"
+        entries.append({"filename": f"{i}.jpg", "imgid": i, "split": split, "sentences": [{"raw": f"image {i}"}]})
     with open(os.path.join(root, "dataset_flickr30k.json"), "w") as f:
         json.dump({"images": entries}, f)
 
@@ -87,7 +87,8 @@ def main():
     opts = get_opts(["--dataset", "flickr", "--data_root", os.path.join(root, "flickr"), "--feature_cache_dir",
                      os.path.join(root, "features"), "--clipcap_checkpoint", files["clipcap_mlp"], "--language_model",
                      files["language_model"], "--captioner_clip_model", files["clip"], "--clip_model", files["clip"],
-                     "--batch_size", str(args.batch_size), "--max_len", "8", "--lr", "1e-4", "--checkpoint_dir", ""])  # fmt: skip
+                     "--batch_size", str(args.batch_size), "--max_len", "8", "--lr", "1e-4",
+                     "--checkpoint_dir", ""])  # fmt: skip
     experiment = build_experiment(opts)
 
     started = time.perf_counter()
@@ -106,7 +107,8 @@ def main():
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
     batches = [order[i : i + args.batch_size] for i in range(0, n - args.batch_size + 1, args.batch_size)]
     batches = (batches * (args.steps // len(batches) + 2))[: args.steps + 1]
-    loader = lambda dataset: torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate_game_batch)  # noqa
+    def loader(dataset):
+        return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate_game_batch)
 
     def encode(sender_pixels, receiver_pixels):
         return experiment.captioner.encode_images(sender_pixels), experiment.retriever.encode_images(receiver_pixels)

@@ -37,7 +37,9 @@ def check(dataset_name, data_root=None, num_workers=0):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("datasets", nargs="*", metavar="DATASET", help=f"data sets to check: {', '.join(REAL)} (default: all)")
+    parser.add_argument(
+        "datasets", nargs="*", metavar="DATASET", help=f"data sets to check: {', '.join(REAL)} (default: all)"
+    )
     parser.add_argument("--data_root", default=None, help="directory of the data set (only with one data set)")
     parser.add_argument("--num_workers", type=int, default=0, help="processes decoding images")
     args = parser.parse_args(argv)

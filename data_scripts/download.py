@@ -25,8 +25,8 @@ Conceptual Captions (Sharma et al. 2018), https://ai.google.com/research/Concept
 MS COCO with Karpathy's splits
   1. Images: http://images.cocodataset.org/zips/train2014.zip and val2014.zip, unzipped into
      {root}/train2014/ and {root}/val2014/
-  2. Karpathy's split file dataset_coco.json (in caption_datasets.zip, https://cs.stanford.edu/people/karpathy/deepimagesent/)
-     into {root}/dataset_coco.json""",
+  2. Karpathy's split file dataset_coco.json (in caption_datasets.zip,
+     https://cs.stanford.edu/people/karpathy/deepimagesent/) into {root}/dataset_coco.json""",
     "flickr": """\
 Flickr30k with Karpathy's splits
   1. Images: request them at https://shannon.cs.illinois.edu/DenotationGraph/ (a form), unpack into {root}/Images/
@@ -68,8 +68,9 @@ def instructions(name):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=sorted(INSTRUCTIONS) + ["all"] + sorted(set(DEFAULT_DIRECTORIES) - set(INSTRUCTIONS)),
-                        help="a data set (as --dataset names it, or nocaps / concadia), 'models', or 'all'")  # fmt: skip
+    choices = sorted(INSTRUCTIONS) + ["all"] + sorted(set(DEFAULT_DIRECTORIES) - set(INSTRUCTIONS))
+    parser.add_argument("what", choices=choices, help="a data set (as --dataset names it, or nocaps / concadia), "
+                        "'models', or 'all'")  # fmt: skip
     args = parser.parse_args(argv)
     aliases = {"nocaps_near": "nocaps", "nocaps_out": "nocaps", "concadia_captions": "concadia",
                "concadia_descriptions": "concadia"}  # fmt: skip

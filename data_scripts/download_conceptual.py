@@ -23,6 +23,9 @@ from egg.zoo.discriminative_captioner.data.conceptual import TSV_FILES
 from egg.zoo.discriminative_captioner.data.files import default_data_root
 
 
+TSV_SOURCE = "https://ai.google.com/research/ConceptualCaptions/download"
+
+
 def with_header(tsv, output):
     """A copy of a released TSV with the ``caption<TAB>url`` header img2dataset needs."""
     with open(tsv, encoding="utf-8", newline="") as source, open(output, "w", encoding="utf-8", newline="") as f:
@@ -43,7 +46,9 @@ def img2dataset_command(url_list, output_folder, args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_root", default=default_data_root("conceptual"), help="where the TSVs are (and the shards go)")
+    parser.add_argument(
+        "--data_root", default=default_data_root("conceptual"), help="where the TSVs are (and the shards go)"
+    )
     parser.add_argument("--splits", nargs="+", choices=sorted(TSV_FILES), default=sorted(TSV_FILES))
     parser.add_argument("--processes", type=int, default=16, help="img2dataset --processes_count")
     parser.add_argument("--threads", type=int, default=64, help="img2dataset --thread_count")
@@ -60,7 +65,7 @@ def main(argv=None):
             print(" ".join(command))
             continue
         if not os.path.isfile(tsv):
-            sys.exit(f"error: {tsv} not found: download it from https://ai.google.com/research/ConceptualCaptions/download")
+            sys.exit(f"error: {tsv} not found: download it from {TSV_SOURCE}")
         with_header(tsv, url_list)
         subprocess.run(command, check=True)
 

@@ -62,7 +62,7 @@ def find_released_files(opts):
             what = RELEASED_FILES.get(name, "ClipCap weights")
             raise UsageError(f"{what} file {name} not found in {models_directory()}: download it from "
                              f"{RELEASED_SOURCE} into that directory (or set $DISCRITUNE_MODELS, or pass "
-                             f"--clipcap_checkpoint PATH); python data_scripts/download.py models lists every file")  # fmt: skip
+                             f"--clipcap_checkpoint PATH; see python data_scripts/download.py models)")  # fmt: skip
         opts.clipcap_checkpoint = path
     if opts.captioner == "blip" and not os.path.isdir(opts.blip_model):
         local = os.path.join(models_directory(), opts.blip_model.rstrip("/").split("/")[-1])
@@ -109,8 +109,9 @@ def split_cache(experiment, split, role, encoder, transform, device):
     key = CacheKey.of(split, encoder_models(opts)[role], describe_transform(transform))
     rebuild = opts.rebuild and directory not in experiment.rebuilt
     experiment.rebuilt.add(directory)
-    return build_cache(directory, split, encoder, transform, key, batch_size=opts.feature_batch_size, device=device,
-                       num_workers=opts.num_workers, rebuild=rebuild, desc=f"{role} features: {split.name}")  # fmt: skip
+    return build_cache(directory, split, encoder, transform, key, batch_size=opts.feature_batch_size,
+                       device=device, num_workers=opts.num_workers, rebuild=rebuild,
+                       desc=f"{role} features: {split.name}")  # fmt: skip
 
 
 def split_counts(split, n_used):
@@ -138,7 +139,7 @@ def encode_split(experiment, name, device):
           f"({counts['missing']} missing, {counts['unreadable']} unreadable)", flush=True)  # fmt: skip
     if not readable:
         location = getattr(experiment.dataset, "root", "the data set")
-        raise UsageError(f"{opts.dataset} {name}: no readable image in {location} (check with data_scripts/check_data.py)")
+        raise UsageError(f"{opts.dataset} {name}: no readable image in {location} (see data_scripts/check_data.py)")
     kept = split if len(readable) == len(split) else split.subset(readable)
     if captioner.cache_inputs:
         sender_inputs = CachedRows(caches["captioner"], readable)

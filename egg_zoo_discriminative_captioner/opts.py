@@ -57,7 +57,7 @@ def add_data_options(parser):
     )
     group.add_argument("--cache_dir", default=None, help="cache for built data (default: the user cache directory)")
     group.add_argument(
-        "--rebuild", action="store_true", help="rebuild cached data (the synthetic world, the feature caches) from scratch"
+        "--rebuild", action="store_true", help="rebuild cached data (synthetic world, feature caches) from scratch"
     )
     add_data_location_options(group)
     group.add_argument(

@@ -98,8 +98,8 @@ def write_conceptual_shards(root):
                     if not (shard and i == GOOD // 2 + 2):  # the last one failed to download: no image
                         _add(tar, f"{name}.jpg", image)
                     _add(tar, f"{name}.txt", f"caption of {split} sample {key}".encode())
-                    _add(tar, f"{name}.json", json.dumps({"key": name, "caption": f"caption {key}",
-                                                          "url": f"http://example.com/{key}.jpg"}).encode())  # fmt: skip
+                    meta = {"key": name, "caption": f"caption {key}", "url": f"http://example.com/{key}.jpg"}
+                    _add(tar, f"{name}.json", json.dumps(meta).encode())
                     key += 1
 
 
@@ -128,8 +128,9 @@ def write_concadia(root):
         write_images(os.path.join(root, "images"), names, seed=row)
         for name in names:
             text = lambda kind: {"raw": f"{kind} of {name}", "tokens": [kind, "of", name]}  # noqa: E731
-            entries.append({"article_id": row // 4, "filename": name, "orig_filename": f"File:{name}", "split": split,
-                            "caption": text("caption"), "description": text("description"), "context": text("context")})  # fmt: skip
+            entries.append({"article_id": row // 4, "filename": name, "orig_filename": f"File:{name}",
+                            "split": split, "caption": text("caption"), "description": text("description"),
+                            "context": text("context")})  # fmt: skip
             row += 1
     with open(os.path.join(root, "wiki_split.json"), "w") as f:
         json.dump({"images": entries}, f)

@@ -181,7 +181,8 @@ def test_feature_cache_counts_broken_images_resumes_after_an_interruption_and_de
     subset = ImageSplit("train", split.images, split.references[:-1] + [["x"]], split.ids, split.sources)
     assert cache_status(directory, CacheKey.of(subset, "another-model", "resize 8", 3)) == "ok"  # refs not keyed
     other_ids = ImageSplit("train", split.images, split.references, split.ids[::-1], split.sources)
-    assert cache_status(directory, CacheKey.of(other_ids, "another-model", "resize 8", 3)) == "stale: ids_sha256 differs"
+    other_key = CacheKey.of(other_ids, "another-model", "resize 8", 3)
+    assert cache_status(directory, other_key) == "stale: ids_sha256 differs"
 
 
 # --- hard distractors -----------------------------------------------------------------------------------------
@@ -272,8 +273,9 @@ def test_a_missing_released_checkpoint_stops_before_any_data_is_read(tmp_path, m
     opts = get_opts(["--game", "blip_coco"])
     assert (opts.dataset, opts.captioner, opts.n_epochs, opts.lr, opts.random_seed) == ("coco", "blip", 1, 1e-7, 111)
     opts = get_opts(["--dataset", "coco"])
-    assert (opts.clipcap_checkpoint, opts.n_epochs, opts.batch_size, opts.greedy_rollouts, opts.max_len,
-            opts.num_beams, opts.baseline, opts.reward) == ("coco_weights.pt", 20, 100, True, 40, 5, "mean", "logprob")  # fmt: skip
+    settings = (opts.clipcap_checkpoint, opts.n_epochs, opts.batch_size, opts.greedy_rollouts, opts.max_len,
+                opts.num_beams, opts.baseline, opts.reward)  # fmt: skip
+    assert settings == ("coco_weights.pt", 20, 100, True, 40, 5, "mean", "logprob")
 
 
 def test_a_dataset_with_nothing_readable_is_an_error(tiny_files, tmp_path):
@@ -322,4 +324,5 @@ def test_blip_trains_on_decoded_pixels_in_parallel_workers_without_the_broken_im
     args = ["--dataset", "flickr"] + tiny_model_args(tiny_files, data_roots["flickr"], str(tmp_path / "f"))
     results = train.main(args + ["--captioner", "blip", "--blip_model", tiny_files["blip"], "--num_workers", "2"])
     assert f"data flickr train: {GOOD} images used" in capsys.readouterr().out and 0 <= results["acc"] <= 1
-    assert sorted(os.listdir(tmp_path / "f" / os.listdir(tmp_path / "f")[0] / "train")) == ["retriever"]  # no pixels cached
+    cached = tmp_path / "f" / os.listdir(tmp_path / "f")[0] / "train"
+    assert sorted(os.listdir(cached)) == ["retriever"]  # BLIP's pixels are not cached
