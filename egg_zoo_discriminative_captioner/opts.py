@@ -236,8 +236,9 @@ def add_data_options(parser):
         "--rebuild",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="rebuild cached data (the synthetic world) from scratch",
+        help="rebuild cached data (synthetic world, feature caches) from scratch",
     )
+    add_data_location_options(group)
     group.add_argument(
         "--synthetic_world", choices=("default", "tiny"), default="default", help="size of the synthetic world"
     )
@@ -250,7 +251,38 @@ def add_data_options(parser):
     group.add_argument(
         "--eval_seed", type=int, default=0, help="seed that draws the distractors of validation and test retrieval"
     )
-    group.add_argument("--num_workers", type=int, default=0, help="DataLoader workers for training batches")
+    group.add_argument(
+        "--num_workers",
+        type=int,
+        default=0,
+        help="DataLoader workers for training batches and for decoding images (feature cache builds, BLIP's pixels)",
+    )
+
+
+def add_data_location_options(group):
+    """Where real data sets and their frozen-feature caches live, and how training batches are composed."""
+    group.add_argument(
+        "--data_root",
+        default=None,
+        help="directory of the --dataset (default: $DISCRITUNE_DATA/<data set directory>, with DISCRITUNE_DATA "
+        "defaulting to ~/data: conceptual_captions, coco, flickr30k, nocaps, concadia, imagecode)",
+    )
+    group.add_argument(
+        "--feature_cache_dir",
+        default=None,
+        help="where frozen image features are cached, per data set, split and encoder (default: "
+        "<--cache_dir>/features, e.g. ~/.cache/discriminative_captioner/features)",
+    )
+    group.add_argument(
+        "--feature_batch_size", type=int, default=256, help="images per encoder forward when building a feature cache"
+    )
+    group.add_argument(
+        "--hard_distractors",
+        type=int,
+        default=0,
+        help="training batches made of groups of an image and its k nearest neighbours by CLIP image cosine "
+        "(faiss over the retriever's cached features), the rest random (paper appendix D.2); 0 = random batches",
+    )
 
 
 def add_captioner_options(parser):
@@ -394,6 +426,11 @@ def find_game(name):
     raise UsageError(f"no game file {name!r}: give a JSON path or one of {available}")
 
 
+def has_game(name):
+    """Whether a game file of that name is packaged (data sets used only for evaluation have none)."""
+    return (importlib.resources.files(__package__ + ".game_files") / f"{name}.json").is_file()
+
+
 def read_game(path, known):
     """Option values from a game file, checked against the known option names."""
     try:
@@ -444,13 +481,14 @@ def get_opts(params, prog=None, description=None, extra_options=None, training=T
     preliminary.add_argument("--dataset", choices=sorted(DATASETS), default="synthetic")
     preliminary.add_argument("--game", default=None)
     known, _ = preliminary.parse_known_args(params)
-    game_path = find_game(known.game or known.dataset)
+    game_path = find_game(known.game or known.dataset) if known.game or has_game(known.dataset) else None
     parser = build_parser(prog, description, training)
     if extra_options is not None:
         extra_options(parser)
-    values = read_game(game_path, {action.dest for action in parser._actions} | EGG_OPTIONS)
+    values = read_game(game_path, {action.dest for action in parser._actions} | EGG_OPTIONS) if game_path else {}
     parser.add_defaults(PLUGIN_DEFAULTS, "paper's settings")
-    parser.add_defaults(values, f"game file {known.game or os.path.basename(game_path)}")
+    if game_path:
+        parser.add_defaults(values, f"game file {known.game or os.path.basename(game_path)}")
     opts = core.init(arg_parser=parser, params=list(params))
     opts.game = game_path
     return opts

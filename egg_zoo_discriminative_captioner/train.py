@@ -18,8 +18,9 @@ from .callbacks import CheckpointWriter, ConsoleLogger, EpochSetter, InitialVali
 from .checkpointing import atomic_write_text, load_resume_state, read_checkpoint
 from .core import core
 from .data import retrieval_loader, training_loader
+from .data.hard_distractors import hard_distractor_loader
 from .errors import UsageError, run_command
-from .experiment import build_experiment, encode_split
+from .experiment import build_experiment, encode_split, write_data_counts
 from .games import build_game, build_optimizer
 from .opts import get_opts
 from .precision import training_precision
@@ -76,6 +77,8 @@ def check_run_directory(opts):
 def prepare_run(opts):
     """Checks paths and checkpoint files in seconds, before anything heavy; returns the resume state or None."""
     training_precision(opts)  # an impossible precision fails here, before the models load
+    if opts.hard_distractors and not 1 <= opts.hard_distractors < opts.batch_size:
+        raise UsageError(f"--hard_distractors {opts.hard_distractors} must be between 1 and --batch_size - 1")
     opts.checkpoint_dir = opts.checkpoint_dir or None  # --checkpoint_dir "" switches the game file's one off
     if opts.preemptable:
         if opts.checkpoint_dir is None:
@@ -132,7 +135,11 @@ def main(params):
     validation_set = encode_split(experiment, "validation", opts.device)
     test_set = encode_split(experiment, "test", opts.device)
 
-    train_loader = training_loader(train_set, opts.batch_size, seed=opts.random_seed, num_workers=opts.num_workers)
+    if opts.hard_distractors:
+        train_loader = hard_distractor_loader(train_set, opts.hard_distractors, opts.batch_size,
+                                              seed=opts.random_seed, num_workers=opts.num_workers)  # fmt: skip
+    else:
+        train_loader = training_loader(train_set, opts.batch_size, seed=opts.random_seed, num_workers=opts.num_workers)
     validation_loader = retrieval_loader(validation_set, opts.eval_candidates, seed=opts.eval_seed)
     game = build_game(opts, experiment.captioner, experiment.retriever)
     optimizer = build_optimizer(game)
@@ -155,6 +162,7 @@ def main(params):
             for name in checkpoint_files(opts.checkpoint_dir):
                 os.remove(os.path.join(opts.checkpoint_dir, name))
         save_options(opts, opts.checkpoint_dir)
+        write_data_counts(opts.checkpoint_dir, [train_set, validation_set, test_set])
     trainer.train(n_epochs=opts.n_epochs)
 
     loss, logs = trainer.eval(retrieval_loader(test_set, opts.eval_candidates, seed=opts.eval_seed))

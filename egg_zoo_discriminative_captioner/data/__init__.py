@@ -2,7 +2,9 @@
 
 ``DATASETS`` maps each ``--dataset`` name to the function that loads it (imported only when chosen).  A loaded
 data set offers ``split(name) -> ImageSplit`` for "train", "validation" and "test", and ``model_defaults(opts)``:
-option values for the models that belong with it (only the built-in synthetic world has any).
+option values for the models that belong with it (only the built-in synthetic world has any).  The real data
+sets are read from ``--data_root`` (default: ``$DISCRITUNE_DATA/<directory>``, see ``files.DEFAULT_DIRECTORIES``)
+in their published formats, one reader module each.
 """
 
 import importlib
@@ -18,7 +20,17 @@ from .base import (
     training_loader,
 )
 
-DATASETS = {"synthetic": ("..synthetic", "load_dataset")}
+DATASETS = {
+    "synthetic": ("..synthetic", "load_dataset"),
+    "conceptual": (".conceptual", "load_conceptual"),
+    "coco": (".karpathy", "load_coco"),
+    "flickr": (".karpathy", "load_flickr"),
+    "nocaps_near": (".nocaps", "load_nocaps"),
+    "nocaps_out": (".nocaps", "load_nocaps"),
+    "concadia_captions": (".concadia", "load_concadia"),
+    "concadia_descriptions": (".concadia", "load_concadia"),
+    "imagecode": (".imagecode", "load_imagecode"),
+}
 
 
 def load_dataset(opts):
