@@ -14,7 +14,8 @@ def get_parser():
     build = commands.add_parser("build", help="build a study from a stimuli directory (written by evaluate)")
     build.add_argument("stimuli_dir", help="a directory with stimuli.json and its images")
     build.add_argument("study_dir", help="the new study's directory (must not exist or be empty)")
-    build.add_argument("--sets_per_participant", type=int, default=100, help="sets each participant sees (default: 100)")
+    build.add_argument("--sets_per_participant", type=int, default=100,
+                       help="sets each participant sees (default: 100)")
     ids = build.add_mutually_exclusive_group()
     ids.add_argument("--participants", type=int, default=None,
                      help="number of participants (default: one per list, so every set is seen once per condition)")
@@ -69,7 +70,8 @@ def build(args):
           f"{design['lists']} lists, {n} participants, {len(design['participants'][0]['trials'])} trials for the "
           f"first ({len(design['attention_sets'])} attention sets available)")  # fmt: skip
     if n < design["lists"]:
-        print(f"note: {n} participants cover {n} of the {design['lists']} lists; not every set is seen in every condition")
+        print(f"note: {n} participants cover {n} of the {design['lists']} lists; "
+              "not every set is seen in every condition")
     print(f"participant links: {os.path.join(args.study_dir, 'participants.csv')}")
 
 

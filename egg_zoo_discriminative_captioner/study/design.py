@@ -103,7 +103,8 @@ def _copy_image(source, images_dir, copied):
 
 
 def build_study(stimuli, study_dir, sets_per_participant, participant_ids=None, n_participants=None,
-                conditions=None, attention=None, attention_condition=None, attention_per_participant=5, seed=0):  # fmt: skip
+                conditions=None, attention=None, attention_condition=None, attention_per_participant=5,
+                seed=0):  # fmt: skip
     """Writes ``study_dir``: ``study.json`` (the design), ``images/`` and ``participants.csv``; returns the design.
 
     ``attention`` is a second stimuli directory whose sets serve as attention checks, with the captions of its

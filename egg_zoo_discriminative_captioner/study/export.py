@@ -138,7 +138,7 @@ def plot(summary, path):
     rows = [r for r in summary["conditions"] if r["accuracy"] is not None]
     names = [r["condition"] for r in rows]
     values = np.array([r["accuracy"] for r in rows])
-    errors = np.array([[v - r["ci_low"] for v, r in zip(values, rows)], [r["ci_high"] - v for v, r in zip(values, rows)]])
+    errors = np.array([values - [r["ci_low"] for r in rows], [r["ci_high"] for r in rows] - values])  # [2, C]
     figure, axis = plt.subplots(figsize=(1.6 + 1.3 * len(rows), 3.6), dpi=150)
     bars = axis.bar(names, values, yerr=errors, capsize=6, color="#4c78a8", edgecolor="#2f4b6e")
     axis.axhline(CHANCE, color="#888888", linestyle="--", linewidth=1)

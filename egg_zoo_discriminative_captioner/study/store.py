@@ -42,7 +42,9 @@ def database_path(study_dir):
 
 def connect(path):
     """A connection in WAL mode that commits durably and waits for a busy database instead of failing."""
-    connection = sqlite3.connect(path, timeout=30, isolation_level=None)  # autocommit; transactions are explicit
+    # Autocommit: each statement is its own transaction.  A request's connection is opened and closed in
+    # different worker threads (FastAPI runs a dependency's set-up and clean-up apart), never used by two at once.
+    connection = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
     connection.row_factory = sqlite3.Row
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=FULL")
