@@ -69,6 +69,9 @@ def build(args):
     print(f"study built in {args.study_dir}: {len(design['sets'])} sets x {len(design['conditions'])} conditions, "
           f"{design['lists']} lists, {n} participants, {len(design['participants'][0]['trials'])} trials for the "
           f"first ({len(design['attention_sets'])} attention sets available)")  # fmt: skip
+    if len(design["sets"]) % args.sets_per_participant:
+        print(f"note: the last block has {len(design['sets']) % args.sets_per_participant} sets: its participants "
+              f"see fewer than {args.sets_per_participant}")
     if n < design["lists"]:
         print(f"note: {n} participants cover {n} of the {design['lists']} lists; "
               "not every set is seen in every condition")
