@@ -24,7 +24,7 @@ class BuildWithPth(build_py):
 
 PACKAGE = "egg.zoo.discriminative_captioner"
 SOURCE = "egg_zoo_discriminative_captioner"
-SUBPACKAGES = ["captioners", "retrievers", "data", "evaluation", "synthetic", "egg_compat"]
+SUBPACKAGES = ["captioners", "retrievers", "data", "evaluation", "synthetic", "egg_compat", "study"]
 
 setup(
     name="egg-zoo-discriminative-captioner",
@@ -42,7 +42,7 @@ setup(
         f"{PACKAGE}.game_files": "games",  # the repository's games/ directory
         **{f"{PACKAGE}.{sub}": f"{SOURCE}/{sub}" for sub in SUBPACKAGES},
     },
-    package_data={f"{PACKAGE}.game_files": ["*.json"]},
+    package_data={f"{PACKAGE}.game_files": ["*.json"], f"{PACKAGE}.study": ["templates/*.html", "static/*"]},
     install_requires=[
         "torch>=2.4",  # torch.serialization.add_safe_globals (checkpoints load with weights_only)
         "torchvision",
@@ -58,5 +58,10 @@ setup(
         "tqdm",
         "platformdirs",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        # the human study's web app (python -m egg.zoo.discriminative_captioner.study)
+        "study": ["fastapi", "uvicorn", "jinja2", "matplotlib"],
+        # httpx: FastAPI's TestClient; selenium: the browser test (Debian's chromium and chromium-driver)
+        "test": ["pytest", "fastapi", "uvicorn", "jinja2", "matplotlib", "httpx", "selenium"],
+    },
 )
