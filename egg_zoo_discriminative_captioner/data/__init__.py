@@ -14,11 +14,15 @@ from .base import (
     check_batch_size,
     collate_game_batch,
     encode_images,
+    retrieval_batches,
     retrieval_loader,
     training_loader,
 )
 
-DATASETS = {"synthetic": ("..synthetic", "load_dataset")}
+DATASETS = {
+    "synthetic": ("..synthetic", "load_dataset"),
+    "synthetic_descriptive": ("..synthetic", "load_descriptive_dataset"),
+}
 
 
 def load_dataset(opts):
@@ -36,6 +40,7 @@ __all__ = [
     "collate_game_batch",
     "encode_images",
     "load_dataset",
+    "retrieval_batches",
     "retrieval_loader",
     "training_loader",
 ]
