@@ -7,6 +7,7 @@ reported as unavailable (``None``) with the fix, and the other metrics are still
 """
 
 import os
+import shutil
 
 METRICS = ("bleu4", "meteor", "rouge_l", "cider", "spice")
 
@@ -50,6 +51,9 @@ def caption_metrics(captions, references, spice=True):
         raise ValueError("captions and references must cover the same image ids")
     if any(not refs for refs in references.values()):
         raise ValueError("every image needs at least one reference")
+    if shutil.which("java") is None:
+        error = "Java not found: PTBTokenizer, METEOR and SPICE need it (install a JRE, e.g. OpenJDK 17)"
+        return dict.fromkeys(METRICS) | {"spice_error": error}
     generated, human = tokenize(captions, references)
     results = {
         "bleu4": Bleu(4).compute_score(human, generated)[0][3],
