@@ -7,6 +7,7 @@ tokens), ``--batch_size`` images at a time; they are printed (``path<TAB>caption
 written as JSON lines ``{"image": path, "caption": ...}``.  Unreadable images are reported and skipped.
 """
 
+import copy
 import glob
 import json
 import os
@@ -101,8 +102,9 @@ def main(params):
         raise UsageError("no image files found in " + " ".join(opts.images))
     spec = parse_model(opts.model)
     dataset = load_dataset(opts)  # the data set's own models are the defaults, as in train and evaluate
-    apply_model_defaults(opts, dataset)
-    retriever = build_retriever(opts).to(opts.device) if spec.kind == "checkpoint" else None
+    retriever = None
+    if spec.kind == "checkpoint":  # the game that loads the checkpoint holds a retriever
+        retriever = build_retriever(apply_model_defaults(copy.copy(opts), dataset)).to(opts.device)
     captioner = build_model(opts, spec, dataset, retriever)
     rows, skipped = caption_images(captioner, paths, opts.batch_size, opts.num_beams, opts.device)
     if opts.output:

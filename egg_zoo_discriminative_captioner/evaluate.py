@@ -187,12 +187,11 @@ def check_evaluation_opts(opts):
 
 def evaluate_dataset(opts, name, specs, lemmatizer):
     """Records, captions, hard-set results and lemma tables of every model on one data set."""
-    data_opts = copy.copy(opts)
-    data_opts.dataset = name
-    dataset = load_dataset(data_opts)
-    apply_model_defaults(data_opts, dataset)
-    retriever = build_retriever(data_opts).to(opts.device)
-    captioners = {spec.label: build_model(data_opts, spec, dataset, retriever) for spec in specs}  # fail early
+    base_opts = copy.copy(opts)  # model options still unresolved: each model resolves its own
+    base_opts.dataset = name
+    dataset = load_dataset(base_opts)
+    retriever = build_retriever(apply_model_defaults(copy.copy(base_opts), dataset)).to(opts.device)
+    captioners = {spec.label: build_model(base_opts, spec, dataset, retriever) for spec in specs}  # fail early
     first = next(iter(captioners.values()))
     encoded = encode_split(Experiment(dataset, first, retriever), opts.split, opts.device)
     split, images = encoded.split, torch.as_tensor(encoded.receiver_inputs)

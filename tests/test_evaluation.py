@@ -40,6 +40,19 @@ def test_remainder_fillers_come_from_the_rest_of_the_split():
     assert set(fillers) <= full and not set(fillers) & set(remainder)
 
 
+def test_retrieval_loader_gives_the_game_each_target_once_with_100_candidates():
+    from egg.zoo.discriminative_captioner.data import EncodedSplit, ImageSplit, retrieval_loader
+
+    n = 130
+    dataset = EncodedSplit(ImageSplit("test", [None] * n, [["ref"]] * n), torch.arange(n).float().view(-1, 1), torch.eye(n))
+    batches = list(retrieval_loader(dataset, 100, seed=1))
+    assert torch.cat([aux["image_index"] for *_, aux in batches]).sort().values.tolist() == list(range(n))
+    for (sender, labels, receiver, aux), (targets, fillers) in zip(batches, retrieval_batches(n, 100, seed=1)):
+        assert receiver.shape == (100, n) and labels.tolist() == list(range(len(targets)))
+        assert aux["image_index"].tolist() == targets and sender.view(-1).long().tolist() == targets
+        assert receiver.argmax(dim=1).tolist() == targets + fillers  # target t is candidate t, fillers after
+
+
 def test_p_at_1_on_hand_made_embeddings_scores_every_image():
     # 250 images (not a multiple of 100): orthogonal image embeddings; captions of images 0..99 and of the 50
     # remainder-set images point at their own image, the others at nothing (an all-zero caption ties everywhere).
