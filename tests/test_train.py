@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from egg.zoo.discriminative_captioner import evaluate, train
+from egg.zoo.discriminative_captioner import train
 from egg.zoo.discriminative_captioner.core import Checkpoint, core
 from egg.zoo.discriminative_captioner.errors import UsageError
 from egg.zoo.discriminative_captioner.games import build_game, build_optimizer
@@ -80,14 +80,6 @@ def test_the_optimizer_holds_only_the_captioners_trainable_parameters(tiny_run_a
     assert optimized == {id(p) for p in experiment.captioner.model.parameters()}
     frozen = list(experiment.retriever.parameters()) + list(game.reference.parameters())
     assert not optimized & {id(p) for p in frozen}
-
-
-def test_evaluate_reports_captioner_and_reference_retrieval(tiny_run_args, tmp_path, capsys):
-    report = evaluate.main(tiny_run_args + ["--output", str(tmp_path / "report.json")])
-    assert report["images"] == 200 and report["candidates"] == 100
-    for side in ("captioner", "references"):
-        assert 0 <= report[side]["p_at_1"] <= 1 and 0 <= report[side]["colour_rate"] <= 1
-    assert json.loads((tmp_path / "report.json").read_text())["split"] == "test"
 
 
 @pytest.fixture

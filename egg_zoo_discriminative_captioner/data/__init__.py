@@ -16,6 +16,7 @@ from .base import (
     check_batch_size,
     collate_game_batch,
     encode_images,
+    retrieval_batches,
     retrieval_loader,
     training_loader,
 )
@@ -30,6 +31,7 @@ DATASETS = {
     "concadia_captions": (".concadia", "load_concadia"),
     "concadia_descriptions": (".concadia", "load_concadia"),
     "imagecode": (".imagecode", "load_imagecode"),
+    "synthetic_descriptive": ("..synthetic", "load_descriptive_dataset"),
 }
 
 
@@ -48,6 +50,7 @@ __all__ = [
     "collate_game_batch",
     "encode_images",
     "load_dataset",
+    "retrieval_batches",
     "retrieval_loader",
     "training_loader",
 ]

@@ -139,16 +139,68 @@ def training_loader(dataset, batch_size, seed, num_workers=0, rank=0, world_size
                       generator=generator)  # fmt: skip
 
 
-def retrieval_loader(dataset, candidates, seed):
-    """The paper's retrieval protocol: each target among ``candidates - 1`` random (seeded) distractors.
+def retrieval_batches(n_images, candidates, seed):
+    """The candidate sets of the paper's retrieval protocol: a list of ``(targets, fillers)`` index lists.
 
-    The split is shuffled once with ``seed`` and cut into batches of ``candidates``; a remainder smaller than
-    a full batch is left out, so the logged ``acc`` is exactly P@1 among ``candidates``.
+    The split is shuffled once with ``seed`` and cut into sets of ``candidates`` images, each image the target of
+    its own caption with the other ``candidates - 1`` of its set as distractors.  Every image is scored: when
+    ``n_images`` is not a multiple of ``candidates``, the last ``n_images mod candidates`` images form a set of
+    their own, completed by ``fillers`` drawn (same generator) from the rest of the split; fillers are distractors
+    only, never targets, and no image is ever its own distractor.
     """
     if candidates < 2:
         raise UsageError(f"retrieval needs at least 2 candidates, got {candidates}")
+    if n_images < candidates:
+        raise UsageError(f"a split of {n_images} images has fewer than {candidates} candidates")
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n_images, generator=generator).tolist()
+    full = n_images - n_images % candidates
+    batches = [(order[start : start + candidates], []) for start in range(0, full, candidates)]
+    if full < n_images:
+        remainder, rest = order[full:], order[:full]
+        picks = torch.randperm(len(rest), generator=generator)[: candidates - len(remainder)].tolist()
+        batches.append((remainder, [rest[i] for i in picks]))
+    return batches
+
+
+class _Candidates(Dataset):
+    """``(index, is_target)`` -> the split's item and whether it is a target (fillers are distractors only)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, is_target = key
+        return (*self.dataset[index], is_target)
+
+
+def collate_retrieval_batch(items):
+    """EGG's four-part batch for one candidate set: targets come first, fillers only as candidates.
+
+    ``sender_input`` ``[T, ...]`` and ``labels = arange(T)`` cover the T targets; ``receiver_input`` ``[C, D]`` all
+    C candidates.  Every row of the game's output is thus one scored target, and its mean is P@1.
+    """
+    targets = [item for item in items if item[3]]
+    sender_inputs = torch.stack([item[0] for item in targets])
+    labels = torch.arange(len(targets))  # [T]: target t is candidate t
+    receiver_inputs = torch.stack([item[1] for item in items])  # [C, D]
+    aux_input = {"image_index": torch.tensor([item[2] for item in targets])}
+    return sender_inputs, labels, receiver_inputs, aux_input
+
+
+def retrieval_loader(dataset, candidates, seed):
+    """The paper's retrieval protocol as EGG batches: each target among ``candidates - 1`` seeded distractors.
+
+    The candidate sets are ``retrieval_batches(len(dataset), candidates, seed)``; every image of the split is the
+    target exactly once, so the mean logged ``acc`` is P@1 among ``candidates`` over the whole split.
+    """
     if len(dataset) < candidates:
         raise UsageError(f"split '{dataset.split.name}' has {len(dataset)} images, fewer than {candidates} candidates")
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
-    batches = [order[start : start + candidates] for start in range(0, len(order) - candidates + 1, candidates)]
-    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_game_batch)
+    batches = [
+        [(i, True) for i in targets] + [(i, False) for i in fillers]
+        for targets, fillers in retrieval_batches(len(dataset), candidates, seed)
+    ]
+    return DataLoader(_Candidates(dataset), batch_sampler=batches, collate_fn=collate_retrieval_batch)

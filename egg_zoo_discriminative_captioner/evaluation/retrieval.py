@@ -3,27 +3,62 @@
 import torch
 from tqdm.auto import tqdm
 
-from ..data.base import retrieval_loader
+from ..data.base import retrieval_batches
+
+PROTOCOL = (
+    "text-to-image P@1 among {candidates} candidates: each image is the target of its caption once, its "
+    "distractors the other images of its set; sets cut from one seeded shuffle of the split (--eval_seed {seed}), "
+    "the last N mod {candidates} targets completed with distractors drawn from the rest of the split; "
+    "a hit needs the target's score strictly above every distractor's (a tie is a miss)"
+)
 
 
 @torch.no_grad()
-def generate_captions(captioner, dataset, batch_size=100, num_beams=5, device="cpu"):
-    """Beam-search captions for every image of an ``EncodedSplit``, in split order."""
+def generate_captions(captioner, sender_inputs, batch_size=100, num_beams=5, device="cpu", desc="captioning"):
+    """Beam-search captions for every row of ``sender_inputs`` (tensor or ``TransformedImages``), in order."""
     captions = []
-    inputs = dataset.sender_inputs
-    for start in tqdm(range(0, len(inputs), batch_size), desc=f"captioning {dataset.split.name}", leave=False):
-        captions += captioner.generate(inputs[start : start + batch_size].to(device), num_beams=num_beams).text
+    for start in tqdm(range(0, len(sender_inputs), batch_size), desc=desc, leave=False):
+        captions += captioner.generate(sender_inputs[start : start + batch_size].to(device), num_beams=num_beams).text
     return captions
 
 
 @torch.no_grad()
+def encode_captions(retriever, captions, batch_size=500, device="cpu"):
+    """The retriever's normalised text embeddings ``[N, D]`` (fp32, CPU) of ``captions``."""
+    rows = []
+    for start in range(0, len(captions), batch_size):
+        rows.append(retriever.encode_texts(list(captions[start : start + batch_size])).float().cpu())
+    return torch.cat(rows)
+
+
+def strict_hits(scores, targets):
+    """``scores`` ``[T, C]``, ``targets`` ``[T]`` (a column per row) -> ``[T]`` bool: the target's score is
+    strictly above every other candidate's (the paper's ``>``; a tie is a miss, unlike ``argmax``)."""
+    target_scores = scores.gather(1, targets.view(-1, 1))  # [T, 1]
+    others = scores.scatter(1, targets.view(-1, 1), float("-inf"))  # [T, C]
+    return target_scores.squeeze(1) > others.max(dim=1).values
+
+
+def precision_at_1(text_embeddings, image_embeddings, candidates=100, seed=0):
+    """P@1 of one caption per image: ``text_embeddings`` ``[N, D]`` and ``image_embeddings`` ``[N, D]`` row i is
+    image i's caption and image; candidate sets from ``data.retrieval_batches`` (every image scored once).
+
+    Returns ``(p_at_1, hits [N] bool)``, ``hits`` in split order.
+    """
+    n = len(image_embeddings)
+    if len(text_embeddings) != n:
+        raise ValueError(f"{len(text_embeddings)} captions for {n} images")
+    hits = torch.zeros(n, dtype=torch.bool)
+    for targets, fillers in retrieval_batches(n, candidates, seed):
+        targets_t = torch.tensor(targets)
+        candidate_images = image_embeddings[targets + fillers].float()  # [C, D], targets first
+        scores = text_embeddings[targets_t].float() @ candidate_images.T  # [T, C]
+        hits[targets_t] = strict_hits(scores, torch.arange(len(targets)))
+    return hits.float().mean().item(), hits
+
+
+@torch.no_grad()
 def retrieval_accuracy(retriever, captions, dataset, candidates=100, seed=0, device="cpu"):
-    """P@1 of ``captions`` (one per image of ``dataset``, in split order): each image is the target among the
-    ``candidates`` of its batch, batches drawn as in validation (``data.retrieval_loader``)."""
-    hits = []
-    for _, _, image_embeddings, aux_input in retrieval_loader(dataset, candidates, seed):
-        index = aux_input["image_index"]
-        texts = retriever.encode_texts([captions[i] for i in index.tolist()])  # [B, D]
-        scores = texts @ image_embeddings.to(device).float().T  # [B, B]
-        hits.append(scores.argmax(dim=1).cpu() == torch.arange(len(index)))
-    return torch.cat(hits).float().mean().item()
+    """P@1 of ``captions`` (one per image of the ``EncodedSplit`` ``dataset``, in split order)."""
+    texts = encode_captions(retriever, captions, device=device)
+    return precision_at_1(texts, torch.as_tensor(dataset.receiver_inputs), candidates, seed)[0]

@@ -61,6 +61,17 @@ class WorldConfig:
     references_per_image: int = 1
 
 
+@dataclass(frozen=True)
+class RenderStyle:
+    """Image statistics: colour tint and pixel noise (standard deviations), a lighting gradient across the
+    canvas (peak-to-peak grey levels) and a scale on the objects' colours.  The default is the main world's."""
+
+    tint: float = 8.0
+    noise: float = 6.0
+    gradient: float = 0.0
+    saturation: float = 1.0
+
+
 @dataclass
 class Scenes:
     """Attribute codes of N scenes; object 1 is ``NO_OBJECT`` in one-object scenes."""
@@ -124,8 +135,12 @@ def _shape_mask(shape, dx, dy, r):
     raise ValueError(shape)
 
 
-def render(scenes, image_size, rng):
-    """Draws the scenes as uint8 RGB images ``[N, S, S, 3]`` with textured backgrounds and jittered objects."""
+def render(scenes, image_size, rng, style=None):
+    """Draws the scenes as uint8 RGB images ``[N, S, S, 3]`` with textured backgrounds and jittered objects.
+
+    ``style`` (a ``RenderStyle``) sets the image statistics; the default is the main world's.
+    """
+    style = style or RenderStyle()
     n = len(scenes)
     grid = np.arange(image_size, dtype=np.float32) + 0.5
     ys, xs = np.meshgrid(grid, grid, indexing="ij")  # [S, S]
@@ -133,8 +148,11 @@ def render(scenes, image_size, rng):
     images = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
     for i in range(n):
         base = BACKGROUNDS[BACKGROUND_NAMES[scenes.background[i]]]
-        tint = rng.normal(0, 8, size=3)
-        canvas = base + tint + rng.normal(0, 6, size=(image_size, image_size, 3))
+        tint = rng.normal(0, style.tint, size=3)
+        canvas = base + tint + rng.normal(0, style.noise, size=(image_size, image_size, 3))
+        if style.gradient:  # a light falling across the canvas from a random side
+            ramp = (xs if rng.random() < 0.5 else ys) / image_size - 0.5  # [S, S] in [-0.5, 0.5]
+            canvas += (style.gradient * rng.choice((-1, 1)) * ramp)[..., None]
         if scenes.n_objects[i] == 1:
             centres = [POSITIONS[POSITION_NAMES[scenes.position[i]]]]
         else:
@@ -143,8 +161,8 @@ def render(scenes, image_size, rng):
             cx, cy = (np.array([cx, cy]) + rng.uniform(-1.5, 1.5, size=2)) * scale
             r = SIZES[SIZE_NAMES[scenes.size[i, k]]] * scale * rng.uniform(0.9, 1.1)
             mask = _shape_mask(SHAPES[scenes.shape[i, k]], xs - cx, ys - cy, r)
-            rgb = np.array(COLOURS[COLOUR_NAMES[scenes.colour[i, k]]]) + rng.normal(0, 10, size=3)
-            canvas[mask] = rgb + rng.normal(0, 5, size=(mask.sum(), 3))
+            rgb = np.array(COLOURS[COLOUR_NAMES[scenes.colour[i, k]]]) * style.saturation + rng.normal(0, 10, size=3)
+            canvas[mask] = rgb + rng.normal(0, 5 * style.noise / 6, size=(mask.sum(), 3))
         images[i] = np.clip(canvas, 0, 255).astype(np.uint8)
     return images
 
