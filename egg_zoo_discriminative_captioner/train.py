@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 
+from . import distributed
 from .callbacks import AtomicCheckpointSaver, EpochSetter, InitialValidation, ProgressBar
 from .checkpointing import atomic_write_text
 from .core import core
@@ -55,36 +56,41 @@ def build_trainer(opts, game, optimizer, train_loader, validation_loader, callba
 
 def main(params):
     """Finetunes a captioner with DiscriTune; returns the test-split metrics of the finetuned captioner."""
+    distributed.check_launch(params)
     opts = get_opts(params, prog=PROG, description=__doc__.splitlines()[0])
     check_opts(opts)
-    experiment = build_experiment(opts)
+    data_seed = distributed.setup(opts)  # the same on every rank
+    context = opts.distributed_context
+    rank, world_size = context.rank, context.world_size
+    with distributed.leader_first(opts):  # the leader builds and caches shared data first
+        experiment = build_experiment(opts)
     train_set = encode_split(experiment, "train", opts.device)
     validation_set = encode_split(experiment, "validation", opts.device)
     test_set = encode_split(experiment, "test", opts.device)
 
-    train_loader = training_loader(train_set, opts.batch_size, seed=opts.random_seed, num_workers=opts.num_workers)
-    validation_loader = retrieval_loader(validation_set, opts.eval_candidates, seed=opts.eval_seed)
+    train_loader = training_loader(train_set, opts.batch_size, seed=data_seed, num_workers=opts.num_workers,
+                                   rank=rank, world_size=world_size)  # fmt: skip
+    validation_loader = retrieval_loader(validation_set, opts.eval_candidates, opts.eval_seed, rank, world_size)
     game = build_game(opts, experiment.captioner, experiment.retriever)
     optimizer = build_optimizer(game)
 
-    callbacks = [
-        InitialValidation(),
-        EpochSetter(train_loader.batch_sampler),
-        core.ConsoleLogger(as_json=True, print_train_loss=True),
-        ProgressBar(len(train_loader)),
-    ]
-    if opts.checkpoint_dir:
+    callbacks = [InitialValidation(), EpochSetter(train_loader.batch_sampler)]
+    if context.is_leader:  # the other ranks of a distributed run neither print nor save
+        callbacks += [core.ConsoleLogger(as_json=True, print_train_loss=True), ProgressBar(len(train_loader))]
+    if opts.checkpoint_dir and context.is_leader:
         save_options(opts, opts.checkpoint_dir)
         callbacks.append(AtomicCheckpointSaver(opts.checkpoint_dir, checkpoint_freq=opts.checkpoint_freq))
     trainer = build_trainer(opts, game, optimizer, train_loader, validation_loader, callbacks)
     trainer.train(n_epochs=opts.n_epochs)
 
-    loss, logs = trainer.eval(retrieval_loader(test_set, opts.eval_candidates, seed=opts.eval_seed))
+    loss, logs = trainer.eval(retrieval_loader(test_set, opts.eval_candidates, opts.eval_seed, rank, world_size))
     results = {"loss": loss, **{key: value.mean().item() for key, value in logs.aux.items()}}
-    print(json.dumps({**results, "mode": "final", "split": "test", "epoch": opts.n_epochs}), flush=True)
-    if opts.checkpoint_dir:
+    if context.is_leader:
+        print(json.dumps({**results, "mode": "final", "split": "test", "epoch": opts.n_epochs}), flush=True)
+    if opts.checkpoint_dir and context.is_leader:
         experiment.captioner.save_pretrained(opts.checkpoint_dir)
     core.close()
+    distributed.close()
     return results
 
 

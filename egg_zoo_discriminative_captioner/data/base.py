@@ -4,12 +4,14 @@ A batch is EGG's ``(sender_input, labels, receiver_input, aux_input)``:
 
 - ``sender_input``: the captioner's inputs (for ClipCap, CLIP image features)          ``[B, ...]``
 - ``labels``: the index of each target among the batch's candidates, ``arange(B)``      ``[B]``
+  (in a distributed run, among the global batch's: ``rank * B + arange(B)``)
 - ``receiver_input``: the candidates' retriever image embeddings                       ``[B, D]``
 - ``aux_input``: ``{"image_index": [B]}``, each image's index in its split
 
 Every image of a batch is a target and the other B - 1 are its distractors, as in the paper.
 """
 
+import functools
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
@@ -88,10 +90,13 @@ class EncodedSplit(Dataset):
         return self.sender_inputs[index], self.receiver_inputs[index], index
 
 
-def collate_game_batch(items):
-    """Stacks ``(sender_input, receiver_input, index)`` items into EGG's four-part batch with in-batch targets."""
+def collate_game_batch(items, label_offset=0):
+    """Stacks ``(sender_input, receiver_input, index)`` items into EGG's four-part batch with in-batch targets.
+
+    ``label_offset``: where these items start among the candidates (a rank's share of a global batch).
+    """
     sender_inputs, receiver_inputs, indices = zip(*items)
-    labels = torch.arange(len(items))  # [B]: image i is the target of caption i
+    labels = label_offset + torch.arange(len(items))  # [B]: image i is the target of caption i
     aux_input = {"image_index": torch.tensor(indices)}
     return torch.stack(sender_inputs), labels, torch.stack(receiver_inputs), aux_input
 
@@ -108,22 +113,29 @@ def training_loader(dataset, batch_size, seed, num_workers=0, rank=0, world_size
     """Shuffled batches of ``batch_size`` (each image a target, the rest of the batch its distractors).
 
     The order comes from ``loader.batch_sampler`` (an ``EpochBatchSampler``): call its ``set_epoch`` before each
-    epoch (``callbacks.EpochSetter`` does).
+    epoch (``callbacks.EpochSetter`` does).  With ``world_size`` ranks, ``batch_size`` is the global batch.
     """
     sampler = EpochBatchSampler(len(dataset), batch_size, seed, rank=rank, world_size=world_size)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_game_batch, num_workers=num_workers)
+    collate = functools.partial(collate_game_batch, label_offset=rank * (batch_size // world_size))
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
 
 
-def retrieval_loader(dataset, candidates, seed):
+def retrieval_loader(dataset, candidates, seed, rank=0, world_size=1):
     """The paper's retrieval protocol: each target among ``candidates - 1`` random (seeded) distractors.
 
     The split is shuffled once with ``seed`` and cut into batches of ``candidates``; a remainder smaller than
-    a full batch is left out, so the logged ``acc`` is exactly P@1 among ``candidates``.
+    a full batch is left out, so the logged ``acc`` is exactly P@1 among ``candidates``.  With ``world_size``
+    ranks, each yields its contiguous share of every batch.
     """
+    if candidates % world_size:
+        raise UsageError(f"--eval_candidates {candidates} must be divisible by the number of processes {world_size}")
     if candidates < 2:
         raise UsageError(f"retrieval needs at least 2 candidates, got {candidates}")
     if len(dataset) < candidates:
         raise UsageError(f"split '{dataset.split.name}' has {len(dataset)} images, fewer than {candidates} candidates")
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
     batches = [order[start : start + candidates] for start in range(0, len(order) - candidates + 1, candidates)]
-    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_game_batch)
+    share = candidates // world_size
+    batches = [batch[rank * share : (rank + 1) * share] for batch in batches]  # this rank's part of each
+    collate = functools.partial(collate_game_batch, label_offset=rank * share)
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate)

@@ -1,8 +1,9 @@
 """A small EGG-compatible core, used only when facebookresearch EGG (``egg.core``) is not importable.
 
 It offers the subset of ``egg.core`` the plugin uses, with upstream's names, signatures, console output and
-checkpoint file names, for single-process runs.  Distributed training, ``--preemptable`` and ``--tensorboard``
-need the real EGG.  ``core.py`` picks between the two; the plugin reaches either one only through it.
+checkpoint file names, single-process or data-parallel (torchrun or SLURM, gloo on the CPU, NCCL on GPUs:
+``distributed.py``).  ``--preemptable`` and ``--tensorboard`` need the real EGG.  ``core.py`` picks between the
+two; the plugin reaches either one only through it.
 """
 
 from .batch import Batch
