@@ -9,7 +9,10 @@ agree.  The optimizer is SGD: Adam would turn the float noise of gradients that 
 """
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -154,3 +157,31 @@ def test_batch_sizes_must_split_evenly_across_processes():
     opts = argparse.Namespace(distributed_context=context, batch_size=8, eval_candidates=9, random_seed=0)
     with pytest.raises(UsageError, match="--batch_size 8 must be divisible by the number of processes 3"):
         distributed.setup(opts)
+
+
+@pytest.mark.slow  # two full runs of train (two to seven minutes on a shared 2-core machine)
+def test_torchrun_trains_like_one_process(tiny_run_args, tmp_path):
+    """``train`` under ``torchrun --nproc_per_node 2`` on the CPU: the leader alone prints and saves, and the
+    run equals a single-process run with the same options (greedy rollouts, so both caption alike)."""
+    args = tiny_run_args + ["--greedy_rollouts", "--random_seed", "1"]
+    train = [sys.executable, "-m", "egg.zoo.discriminative_captioner.train", *args, "--checkpoint_dir"]
+    command = train[:1] + ["-m", "torch.distributed.run", "--nproc_per_node", "2"] + train[1:] + [str(tmp_path / "two")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    two = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    single = subprocess.run(train + [str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=600)
+    assert single.returncode == 0, single.stderr[-2000:]
+
+    lines = [[json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")] for run in (two, single)]
+    assert len(lines[0]) == len(lines[1]) == 4  # epoch-0 validation, train, validation, final test: printed once
+    for got, expected in zip(*lines):
+        assert got.keys() == expected.keys()
+        for key, value in expected.items():
+            assert got[key] == (pytest.approx(value, rel=1e-5, abs=1e-6) if isinstance(value, float) else value), key
+    states = [torch.load(tmp_path / run / "final.tar", weights_only=False).model_state_dict for run in ("two", "one")]
+    assert states[0].keys() == states[1].keys()
+    for key, value in states[1].items():
+        if torch.is_tensor(value) and value.is_floating_point():
+            # 12 Adam steps; Adam turns the float noise of gradients that are zero in theory into small steps
+            assert torch.allclose(states[0][key], value, atol=1e-4), key
+    assert sorted(os.listdir(tmp_path / "two")) == sorted(os.listdir(tmp_path / "one"))

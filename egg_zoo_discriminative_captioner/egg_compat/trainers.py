@@ -63,8 +63,10 @@ class Trainer:
             print(f"# Initializing model, trainer, and optimizer from {opts.load_from_checkpoint}")
             self.load_from_checkpoint(opts.load_from_checkpoint)
 
-        # As upstream, checkpoint_path exists only when no CheckpointSaver was passed (None without a directory).
-        if self.distributed_context.is_leader and not any(isinstance(callback, CheckpointSaver) for callback in self.callbacks):
+        # As upstream, checkpoint_path exists only on the leader and only when no CheckpointSaver was passed
+        # (None without a directory).
+        has_saver = any(isinstance(callback, CheckpointSaver) for callback in self.callbacks)
+        if self.distributed_context.is_leader and not has_saver:
             self.checkpoint_path = None if opts.checkpoint_dir is None else pathlib.Path(opts.checkpoint_dir)
             if self.checkpoint_path:
                 self.callbacks.append(

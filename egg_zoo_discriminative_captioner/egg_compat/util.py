@@ -1,7 +1,6 @@
 """Command-line options, seeding and small helpers, compatible with ``egg.core.util``."""
 
 import argparse
-import os
 import random
 import sys
 from typing import Any, Iterable, List, Optional
