@@ -117,6 +117,8 @@ class DiscriminativeGame(nn.Module):
     ``cost - b`` to zero mean and unit variance within the batch; it removes any constant baseline, so with it a
     running-mean baseline makes no difference.  As in EGG, the returned loss also adds ``cost.mean()``, which
     carries no gradient here (the retriever is frozen) and makes the logged loss the mean negative reward.
+    ``whole_batch`` (data-parallel runs, see ``distributed.py``) gathers a per-sample tensor from every rank's
+    share of the global batch, so that the baseline's update and standardised advantages see the global batch.
 
     ``precision`` ("fp32", "bf16" or "fp16") is the captioner's: its passes run under autocast in it, while the
     retriever, the reward and the KL reference run in fp32 with autocast switched off (also when EGG's Trainer
@@ -139,6 +141,7 @@ class DiscriminativeGame(nn.Module):
         train_logging_strategy=None,
         test_logging_strategy=None,
         precision="fp32",
+        whole_batch=None,
     ):
         super().__init__()
         self.sender = sender
@@ -152,6 +155,7 @@ class DiscriminativeGame(nn.Module):
         self.reference = reference
         self.kl_coeff = kl_coeff
         self.precision = precision
+        self.whole_batch = whole_batch or _this_batch
         # Image games keep logs small: the Trainer holds every batch's Interaction for a whole epoch.
         self.train_logging_strategy = train_logging_strategy or core.LoggingStrategy.minimal()
         self.test_logging_strategy = test_logging_strategy or core.LoggingStrategy.minimal()
@@ -178,10 +182,11 @@ class DiscriminativeGame(nn.Module):
             baseline = torch.as_tensor(self.baseline.predict(cost_value), device=cost.device).detach().clone()
             advantage = cost_value - baseline  # [B]
             if self.standardize_advantage:
-                advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
+                whole = self.whole_batch(advantage)  # [B_global]
+                advantage = (advantage - whole.mean()) / (whole.std() + 1e-8)
             policy_loss = (advantage * rollout.log_prob).mean()
             entropy_loss = -self.entropy_coeff * rollout.entropy.mean() if self.entropy_coeff else 0.0
-            self.baseline.update(cost_value)
+            self.baseline.update(self.whole_batch(cost_value))
         else:
             baseline = torch.zeros(1, device=cost.device)
             policy_loss = entropy_loss = torch.zeros((), device=cost.device)
@@ -224,6 +229,11 @@ class DiscriminativeGame(nn.Module):
 
     def set_extra_state(self, state):
         vars(self.baseline).update(state["baseline"])
+
+
+def _this_batch(values):
+    """A single process's batch is the whole batch."""
+    return values
 
 
 def _frozen_prefixes(module, prefix):

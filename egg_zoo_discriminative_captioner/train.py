@@ -14,6 +14,7 @@ import shlex
 import sys
 import tempfile
 
+from . import distributed
 from .callbacks import CheckpointWriter, ConsoleLogger, EpochSetter, InitialValidation, ProgressBar, checkpoint_files
 from .checkpointing import atomic_write_text, load_resume_state, read_checkpoint
 from .core import core
@@ -128,18 +129,23 @@ def build_trainer(opts, game, optimizer, train_loader, validation_loader, callba
 
 def main(params):
     """Finetunes a captioner with DiscriTune; returns the test-split metrics of the finetuned captioner."""
+    distributed.check_launch(params)
     opts = get_opts(params, prog=PROG, description=__doc__.splitlines()[0])
     resume = prepare_run(opts)
-    experiment = build_experiment(opts)
+    data_seed = distributed.setup(opts)  # the same on every rank
+    context = opts.distributed_context
+    rank, world_size = context.rank, context.world_size
+    with distributed.leader_first(opts):  # the leader builds and caches shared data first
+        experiment = build_experiment(opts)
     train_set = encode_split(experiment, "train", opts.device)
     validation_set = encode_split(experiment, "validation", opts.device)
     test_set = encode_split(experiment, "test", opts.device)
 
+    loader_options = dict(seed=data_seed, num_workers=opts.num_workers, rank=rank, world_size=world_size)
     if opts.hard_distractors:
-        train_loader = hard_distractor_loader(train_set, opts.hard_distractors, opts.batch_size,
-                                              seed=opts.random_seed, num_workers=opts.num_workers)  # fmt: skip
+        train_loader = hard_distractor_loader(train_set, opts.hard_distractors, opts.batch_size, **loader_options)
     else:
-        train_loader = training_loader(train_set, opts.batch_size, seed=opts.random_seed, num_workers=opts.num_workers)
+        train_loader = training_loader(train_set, opts.batch_size, **loader_options)
     validation_loader = retrieval_loader(validation_set, opts.eval_candidates, seed=opts.eval_seed)
     game = build_game(opts, experiment.captioner, experiment.retriever)
     optimizer = build_optimizer(game)
@@ -148,8 +154,10 @@ def main(params):
     if resume is not None:
         position.resume_from(resume)
     callbacks = [] if opts.load_from_checkpoint else [InitialValidation()]  # first: it runs in on_epoch_begin
-    callbacks += [position, ConsoleLogger(), ProgressBar(len(train_loader))]
-    if opts.checkpoint_dir:
+    callbacks.append(position)
+    if context.is_leader:  # the other ranks of a distributed run neither print nor save
+        callbacks += [ConsoleLogger(), ProgressBar(len(train_loader))]
+    if opts.checkpoint_dir and context.is_leader:
         resume_command = "python -m egg.zoo.discriminative_captioner.train " + shlex.join(params)
         callbacks.append(
             CheckpointWriter(opts.checkpoint_dir, position, checkpoint_freq=opts.checkpoint_freq,
@@ -157,7 +165,7 @@ def main(params):
                              resume_command=resume_command.strip(), updates=resume["updates"] if resume else 0)
         )  # fmt: skip
     trainer = build_trainer(opts, game, optimizer, train_loader, validation_loader, callbacks)
-    if opts.checkpoint_dir:
+    if opts.checkpoint_dir and context.is_leader:
         if opts.overwrite and not resumes_in_place(opts):  # the other run's checkpoints go now, not earlier
             for name in checkpoint_files(opts.checkpoint_dir):
                 os.remove(os.path.join(opts.checkpoint_dir, name))
@@ -167,10 +175,12 @@ def main(params):
 
     loss, logs = trainer.eval(retrieval_loader(test_set, opts.eval_candidates, seed=opts.eval_seed))
     results = {"loss": loss, **{key: value.mean().item() for key, value in logs.aux.items()}}
-    print(json.dumps({**results, "mode": "final", "split": "test", "epoch": opts.n_epochs}), flush=True)
-    if opts.checkpoint_dir:
+    if context.is_leader:
+        print(json.dumps({**results, "mode": "final", "split": "test", "epoch": opts.n_epochs}), flush=True)
+    if opts.checkpoint_dir and context.is_leader:
         experiment.captioner.save_pretrained(opts.checkpoint_dir)
     core.close()
+    distributed.close()
     return results
 
 

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny models built from configs, and the tiny synthetic world built once per session."""
 
 import os
+import socket
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub lookup must fail fast, never retry for a minute
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -57,3 +58,11 @@ def tiny_run_args(world_cache):
 def tiny_files(tmp_path_factory):
     """Tiny CLIP, GPT-2, ClipCap (both mappers) and BLIP files in their real on-disk formats."""
     return model_files(str(tmp_path_factory.mktemp("models")))
+
+
+@pytest.fixture
+def free_port():
+    """A TCP port that was free a moment ago, for a torch.distributed rendezvous on this machine."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

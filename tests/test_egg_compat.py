@@ -1,12 +1,15 @@
 """Behaviour of the bundled EGG-compatible core (used when facebookresearch EGG is absent)."""
 
 import json
+import os
 
 import pytest
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from egg.zoo.discriminative_captioner import egg_compat
+from egg.zoo.discriminative_captioner.egg_compat import distributed as compat_distributed
 from egg.zoo.discriminative_captioner.egg_compat.baselines import BuiltInBaseline, MeanBaseline, NoBaseline
 from egg.zoo.discriminative_captioner.egg_compat.callbacks import Checkpoint
 
@@ -185,13 +188,46 @@ def test_a_checkpoint_written_by_facebookresearch_egg_loads_on_the_bundled_core(
     assert torch.equal(loaded.model_state_dict["w"], torch.ones(2))
 
 
-def test_init_rejects_distributed_launch(monkeypatch, capsys):
-    torchrun_env = {"MASTER_ADDR": "h", "MASTER_PORT": "1", "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
-    for key, value in torchrun_env.items():
-        monkeypatch.setenv(key, value)
-    with pytest.raises(SystemExit):
-        init()
-    assert "distributed training needs facebookresearch EGG" in capsys.readouterr().err
+def set_environment(monkeypatch, **values):
+    for key, value in values.items():
+        monkeypatch.setenv(key, str(value))
+
+
+def test_init_under_torchrun_joins_a_gloo_process_group_on_the_cpu(monkeypatch, free_port):
+    set_environment(monkeypatch, MASTER_ADDR="127.0.0.1", MASTER_PORT=free_port, WORLD_SIZE=1, RANK=0, LOCAL_RANK=0)
+    try:
+        opts = init()
+        context = opts.distributed_context
+        assert (context.is_distributed, context.rank, context.world_size, context.mode) == (True, 0, 1, "launch")
+        assert dist.get_backend() == "gloo" and dist.get_world_size() == 1
+        assert opts.random_seed == 7  # rank 0 keeps the given seed; rank r would get 7 + r, as upstream
+    finally:
+        dist.destroy_process_group()
+
+
+def test_init_under_slurm_meets_at_the_first_node_on_distributed_port(monkeypatch):
+    set_environment(monkeypatch, SLURM_LOCALID=1, SLURM_PROCID=3, SLURM_NTASKS=4, SLURM_NODEID=1,
+                    SLURM_JOB_NODELIST="node[1-2]")  # fmt: skip
+    for key in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.setenv(key, "")  # recorded, so the values init() writes are removed after the test
+        monkeypatch.delenv(key)
+    calls = []
+    monkeypatch.setattr(compat_distributed, "_slurm_leader_address", lambda: "node1")
+    monkeypatch.setattr(compat_distributed.dist, "init_process_group", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(compat_distributed.dist, "is_initialized", lambda: False)
+    opts = init("--distributed_port", "1234")
+    context = opts.distributed_context
+    assert (context.is_distributed, context.rank, context.local_rank, context.world_size) == (True, 3, 1, 4)
+    assert context.mode == "slurm" and not context.is_leader
+    assert calls == [dict(backend="gloo", init_method="env://", world_size=4, rank=3)]
+    assert (os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"], os.environ["RANK"]) == ("node1", "1234", "3")
+    assert opts.random_seed == 7 + 3
+
+
+def test_a_one_task_slurm_job_stays_single_process(monkeypatch):
+    set_environment(monkeypatch, SLURM_LOCALID=0, SLURM_PROCID=0, SLURM_NTASKS=1, SLURM_NODEID=0,
+                    SLURM_JOB_NODELIST="node1")  # fmt: skip
+    assert not init().distributed_context.is_distributed
 
 
 def test_init_rejects_bad_update_freq_and_optimizer():

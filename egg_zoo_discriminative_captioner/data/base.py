@@ -4,12 +4,14 @@ A batch is EGG's ``(sender_input, labels, receiver_input, aux_input)``:
 
 - ``sender_input``: the captioner's inputs (for ClipCap, CLIP image features)          ``[B, ...]``
 - ``labels``: the index of each target among the batch's candidates, ``arange(B)``      ``[B]``
+  (in a distributed run, among the global batch's: ``rank * B + arange(B)``)
 - ``receiver_input``: the candidates' retriever image embeddings                       ``[B, D]``
 - ``aux_input``: ``{"image_index": [B]}``, each image's index in its split
 
 Every image of a batch is a target and the other B - 1 are its distractors, as in the paper.
 """
 
+import functools
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
@@ -110,10 +112,13 @@ class EncodedSplit(Dataset):
         return self.sender_inputs[index], self.receiver_inputs[index], index
 
 
-def collate_game_batch(items):
-    """Stacks ``(sender_input, receiver_input, index)`` items into EGG's four-part batch with in-batch targets."""
+def collate_game_batch(items, label_offset=0):
+    """Stacks ``(sender_input, receiver_input, index)`` items into EGG's four-part batch with in-batch targets.
+
+    ``label_offset``: where these items start among the candidates (a rank's share of a global batch).
+    """
     sender_inputs, receiver_inputs, indices = zip(*items)
-    labels = torch.arange(len(items))  # [B]: image i is the target of caption i
+    labels = label_offset + torch.arange(len(items))  # [B]: image i is the target of caption i
     aux_input = {"image_index": torch.tensor(indices)}
     return torch.stack(sender_inputs), labels, torch.stack(receiver_inputs), aux_input
 
@@ -132,10 +137,18 @@ def training_loader(dataset, batch_size, seed, num_workers=0, rank=0, world_size
     The order comes from ``loader.batch_sampler`` (an ``EpochBatchSampler``): call its ``set_epoch`` before each
     epoch (``callbacks.EpochSetter`` does).  The loader has a generator of its own, so starting an epoch draws
     nothing from the global random state (which a resumed run restores at the epoch's first remaining batch).
+    With ``world_size`` ranks, ``batch_size`` is the global batch.
     """
     sampler = EpochBatchSampler(len(dataset), batch_size, seed, rank=rank, world_size=world_size)
+    return sampled_loader(dataset, sampler, seed, num_workers)
+
+
+def sampled_loader(dataset, sampler, seed, num_workers=0):
+    """A DataLoader of game batches from an ``EpochBatchSampler``; labels index the sampler's global batch."""
+    offset = sampler.rank * (sampler.batch_size // sampler.world_size)  # this rank's first target in the global batch
+    collate = functools.partial(collate_game_batch, label_offset=offset)
     generator = torch.Generator().manual_seed(seed)  # seeds workers only; the order is the sampler's
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_game_batch, num_workers=num_workers,
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
                       generator=generator)  # fmt: skip
 
 
@@ -148,6 +161,8 @@ def retrieval_batches(n_images, candidates, seed):
     their own, completed by ``fillers`` drawn (same generator) from the rest of the split; fillers are distractors
     only, never targets, and no image is ever its own distractor.
     """
+    if candidates % world_size:
+        raise UsageError(f"--eval_candidates {candidates} must be divisible by the number of processes {world_size}")
     if candidates < 2:
         raise UsageError(f"retrieval needs at least 2 candidates, got {candidates}")
     if n_images < candidates:

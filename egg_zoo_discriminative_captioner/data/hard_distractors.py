@@ -17,12 +17,11 @@ import os
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..checkpointing import atomic_path
 from ..errors import UsageError
-from .base import collate_game_batch
+from .base import sampled_loader
 from .samplers import EpochBatchSampler, epoch_generator
 
 EXACT_LIMIT = 200_000
@@ -115,4 +114,4 @@ def hard_distractor_loader(dataset, k, batch_size, seed, num_workers=0, rank=0, 
     inputs must be the retriever's cached features)."""
     neighbours = cached_neighbours(dataset.receiver_inputs, k)
     sampler = HardDistractorSampler(neighbours, k, batch_size, seed, rank=rank, world_size=world_size)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_game_batch, num_workers=num_workers)
+    return sampled_loader(dataset, sampler, seed, num_workers)

@@ -1,9 +1,10 @@
 """A small EGG-compatible core, used only when facebookresearch EGG (``egg.core``) is not importable.
 
 It offers the subset of ``egg.core`` the plugin uses, with upstream's names, signatures, console output and
-checkpoint file names, for single-process runs, plus the upstream callbacks a researcher is likely to add
-(``InteractionSaver``, ``EarlyStopperAccuracy``).  Distributed training and ``--tensorboard`` need the real EGG.
-``core.py`` picks between the two; the plugin reaches either one only through it.
+checkpoint file names, single-process or data-parallel (torchrun or SLURM, gloo on the CPU, NCCL on GPUs:
+``distributed.py``), plus the upstream callbacks a researcher is likely to add (``InteractionSaver``,
+``EarlyStopperAccuracy``).  ``--tensorboard`` needs the real EGG.  ``core.py`` picks between the two; the plugin
+reaches either one only through it.
 """
 
 from .batch import Batch

@@ -138,9 +138,10 @@ class CheckpointSaver(Callback):
     def get_checkpoint(self) -> Checkpoint:
         """The trainer's current epoch, game, optimizer and scheduler state."""
         scheduler = self.trainer.optimizer_scheduler
+        game = self.trainer.game.module if self.trainer.distributed_context.is_distributed else self.trainer.game
         return Checkpoint(
             epoch=self.epoch_counter,
-            model_state_dict=self.trainer.game.state_dict(),
+            model_state_dict=game.state_dict(),
             optimizer_state_dict=self.trainer.optimizer.state_dict(),
             optimizer_scheduler_state_dict=scheduler.state_dict() if scheduler else None,
         )

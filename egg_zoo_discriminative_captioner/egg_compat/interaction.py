@@ -4,6 +4,9 @@ from dataclasses import dataclass, fields
 from typing import Dict, Iterable, List, Optional
 
 import torch
+import torch.distributed as dist
+
+from .distributed import gather_tensor
 
 # The fields that hold one tensor each, in the order upstream uses to find an interaction's size.
 _SIZED_FIELDS = ("sender_input", "receiver_input", "labels", "message", "receiver_output", "message_length")
@@ -18,6 +21,11 @@ def _cat_or_none(values: List[Optional[torch.Tensor]]) -> Optional[torch.Tensor]
     if not all(present):
         raise RuntimeError(_MIXED_LOGS)
     return torch.cat(values, dim=0)
+
+
+def _gather_or_none(value: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Every rank's ``value`` concatenated along the batch dimension, on the CPU; None stays None."""
+    return None if value is None else gather_tensor(value).cpu()
 
 
 @dataclass
@@ -146,6 +154,21 @@ class Interaction:
     def empty() -> "Interaction":
         """An Interaction with nothing logged."""
         return Interaction(None, None, None, {}, None, None, None, {})
+
+    @staticmethod
+    def gather_distributed_interactions(log: "Interaction") -> "Interaction":
+        """Every rank's ``log`` concatenated in rank order (each rank must log the same shapes)."""
+        if not dist.is_initialized():
+            raise RuntimeError("torch.distributed must be initialized beforehand")
+
+        def _gather(values):
+            return None if values is None else {key: _gather_or_none(value) for key, value in values.items()}
+
+        return Interaction(
+            aux_input=_gather(log.aux_input),
+            aux=_gather(log.aux),
+            **{name: _gather_or_none(getattr(log, name)) for name in _SIZED_FIELDS},
+        )
 
     def __add__(self, other: "Interaction") -> "Interaction":
         """Concatenate two interactions; unlike ``from_iterable``, their dict keys may differ."""

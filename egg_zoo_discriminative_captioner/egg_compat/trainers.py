@@ -11,6 +11,7 @@ import torch
 
 from .batch import Batch
 from .callbacks import Callback, Checkpoint, CheckpointSaver
+from .distributed import gather_tensor
 from .interaction import Interaction
 from .util import get_opts, move_to
 
@@ -33,8 +34,12 @@ class Trainer:
     Validation frequency, update frequency, device, ``--fp16``, ``--checkpoint_dir`` and
     ``--load_from_checkpoint`` come from the options of the last ``init`` call.  ``callbacks=None`` means no
     callbacks (upstream adds no ConsoleLogger either); a CheckpointSaver is appended when ``--checkpoint_dir``
-    is set and none was given.  ``aggregate_interaction_logs`` only matters in distributed runs, which the
-    compat core does not support; it is accepted for signature parity.
+    is set and none was given.
+
+    In a distributed run (torchrun or SLURM, see ``distributed.py``) the game is wrapped in
+    ``DistributedDataParallel``, so gradients are averaged over the ranks; only the leader gets the automatic
+    CheckpointSaver; with ``aggregate_interaction_logs`` every batch's logs are gathered from all ranks, and
+    epoch losses are averaged over the ranks.
     """
 
     def __init__(
@@ -72,8 +77,10 @@ class Trainer:
             print(f"# Initializing model, trainer, and optimizer from {opts.load_from_checkpoint}")
             self.load_from_checkpoint(opts.load_from_checkpoint)
 
-        # As upstream, checkpoint_path exists only when no CheckpointSaver was passed (None without a directory).
-        if not any(isinstance(callback, CheckpointSaver) for callback in self.callbacks):
+        # As upstream, checkpoint_path exists only on the leader and only when no CheckpointSaver was passed
+        # (None without a directory).
+        has_saver = any(isinstance(callback, CheckpointSaver) for callback in self.callbacks)
+        if self.distributed_context.is_leader and not has_saver:
             if opts.preemptable:
                 if not opts.checkpoint_dir:
                     raise ValueError("--preemptable needs --checkpoint_dir")
@@ -87,6 +94,13 @@ class Trainer:
                 )
 
         self.game.to(self.device)
+        if self.distributed_context.is_distributed:
+            # The optimizer keeps the unwrapped parameters, whose gradients DDP averages in place.
+            on_gpu = torch.device(self.device).type == "cuda"
+            device_ids = [self.distributed_context.local_rank] if on_gpu else None
+            self.game = torch.nn.parallel.DistributedDataParallel(
+                self.game, device_ids=device_ids, find_unused_parameters=True
+            )
         # Some optimizers allocate state before the first step, on the device the parameters had then.
         self.optimizer.state = move_to(self.optimizer.state, self.device)
 
@@ -116,14 +130,26 @@ class Trainer:
         with torch.no_grad():
             for batch_id, batch in enumerate(data):
                 loss, interaction = self._run_game(batch)
-                interaction = interaction.to("cpu")
+                interaction = self._gathered(interaction).to("cpu")
                 total_loss += loss
                 for callback in self.callbacks:
                     callback.on_batch_end(interaction, loss, batch_id, is_training=False)
                 interactions.append(interaction)
         if not interactions:
             raise RuntimeError("Trainer.eval: the data yielded no batches")
-        return (total_loss / len(interactions)).item(), Interaction.from_iterable(interactions)
+        return self._mean_over_ranks(total_loss / len(interactions)), Interaction.from_iterable(interactions)
+
+    def _gathered(self, interaction: Interaction) -> Interaction:
+        """The batch's logs from every rank, when distributed and ``aggregate_interaction_logs``."""
+        if self.distributed_context.is_distributed and self.aggregate_interaction_logs:
+            return Interaction.gather_distributed_interactions(interaction)
+        return interaction
+
+    def _mean_over_ranks(self, loss: torch.Tensor) -> float:
+        """A rank's mean loss averaged over the ranks (equal shares), so every rank logs the global mean."""
+        if self.distributed_context.is_distributed:
+            loss = gather_tensor(loss.detach().reshape(1)).mean()
+        return loss.item()
 
     def train_epoch(self) -> Tuple[float, Interaction]:
         """One pass over the training data; returns the mean loss and the concatenated logs."""
@@ -148,7 +174,7 @@ class Trainer:
 
             # As upstream, the epoch loss averages the (update_freq-scaled) losses that were backpropagated.
             total_loss += loss.detach()
-            interaction = interaction.to("cpu")
+            interaction = self._gathered(interaction).to("cpu")
             for callback in self.callbacks:
                 callback.on_batch_end(interaction, loss, batch_id)
             interactions.append(interaction)
@@ -157,7 +183,7 @@ class Trainer:
             raise RuntimeError("Trainer.train_epoch: the training data yielded no batches")
         if self.optimizer_scheduler:
             self.optimizer_scheduler.step()
-        return (total_loss / len(interactions)).item(), Interaction.from_iterable(interactions)
+        return self._mean_over_ranks(total_loss / len(interactions)), Interaction.from_iterable(interactions)
 
     def _optimizer_step(self):
         """Clip (after unscaling under fp16), step and clear the accumulated gradients."""

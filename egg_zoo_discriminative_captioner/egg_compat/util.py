@@ -1,40 +1,21 @@
 """Command-line options, seeding and small helpers, compatible with ``egg.core.util``."""
 
 import argparse
-import os
 import random
 import sys
-from dataclasses import dataclass
 from typing import Any, Iterable, List, Optional
 
 import numpy as np
 import torch
 
+from .distributed import DistributedContext, maybe_init_distributed  # noqa: F401 (upstream names)
+
 _NEEDS_EGG = "needs facebookresearch EGG (pip install from its git repository)"
 _OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}
-# Environment variables that make upstream EGG start torch.distributed (torchrun / SLURM).
-_LAUNCH_KEYS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK")
-_SLURM_KEYS = ("SLURM_LOCALID", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_NODEID", "SLURM_JOB_NODELIST")
 
 # Module state, as in upstream: the Trainer and build_optimizer read what the last init() parsed.
 _common_opts: Optional[argparse.Namespace] = None
 _optimizer_class = None
-
-
-@dataclass(frozen=True)
-class DistributedContext:
-    """Where this process sits in a distributed run; the compat core only ever runs one process."""
-
-    is_distributed: bool = False
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-    mode: str = "none"
-
-    @property
-    def is_leader(self) -> bool:
-        """True on the process that logs and saves checkpoints."""
-        return self.rank == 0
 
 
 def _add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -71,20 +52,10 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fp16", default=False, action="store_true", help="Mixed-precision training (CUDA only)")
 
 
-def _distributed_requested() -> bool:
-    """True when the environment asks for the multi-process run upstream EGG would start."""
-    if all(key in os.environ for key in _LAUNCH_KEYS):
-        return True
-    # Upstream stays single-process for a one-task SLURM job.
-    return all(key in os.environ for key in _SLURM_KEYS) and int(os.environ["SLURM_NTASKS"]) > 1
-
-
 def _reject_unsupported(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> None:
     """Exit with a one-line usage error for the features only upstream EGG provides."""
     if opts.tensorboard:
         parser.error(f"--tensorboard {_NEEDS_EGG}")
-    if _distributed_requested():
-        parser.error(f"distributed training {_NEEDS_EGG}")
 
 
 def _set_seed(seed: int) -> None:
@@ -113,10 +84,12 @@ def init(
     opts.cuda = not opts.no_cuda and torch.cuda.is_available()
     opts.no_cuda = not opts.cuda
     opts.device = torch.device("cuda" if opts.cuda else "cpu")
-    opts.distributed_context = DistributedContext()
+    opts.distributed_context = maybe_init_distributed(opts)
 
     if opts.random_seed is None:
         opts.random_seed = random.randint(0, 2**31)
+    else:  # as upstream: each rank draws its own random numbers (rank 0 keeps the given seed)
+        opts.random_seed += opts.distributed_context.rank
     _set_seed(opts.random_seed)
 
     if opts.optimizer not in _OPTIMIZERS:

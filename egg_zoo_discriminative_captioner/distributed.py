@@ -1,0 +1,136 @@
+"""Data-parallel finetuning over several processes (launched by torchrun or SLURM), on either EGG core.
+
+The core's ``init`` starts the process group and sets ``opts.distributed_context`` (facebookresearch EGG: NCCL,
+so GPUs only; the bundled core: NCCL on GPUs, gloo on the CPU), and its Trainer wraps the game in
+``DistributedDataParallel``.  What the game itself needs is here:
+
+- ``--batch_size`` is the **global** batch.  Each rank captions its contiguous share of every global batch
+  (``data.samplers.EpochBatchSampler``), and the batch's ``labels`` index the targets among the global batch's
+  candidates (``rank * share + arange(share)``).
+- In-batch distractors span the global batch, as on one process: the retriever is frozen, so the candidates'
+  image embeddings are all-gathered without gradient and each rank scores its own captions against all
+  B_global candidates (``GlobalBatchReceiver``).  A caption's reward depends only on its own row of scores, so
+  its text embedding never needs to leave its rank.  Rewards are then exactly the single-process ones.
+- Each rank back-propagates the mean over its share; the shares are equal, so DDP's gradient average is the
+  gradient of the global mean, as on one process.
+- Batch statistics see the global batch: the running-mean baseline is updated with every rank's costs (so all
+  ranks hold the same baseline, equal to the single-process one), and ``--standardize_advantage`` uses the
+  global batch's mean and standard deviation.
+- Evaluation is not split: every rank scores every candidate set whole (``GlobalBatchReceiver`` gathers only in
+  training).  The sets of the retrieval protocol are not all alike (the last one is completed with fillers that
+  are candidates but not targets), so an even split across ranks would need padding; the Trainer's gathered logs
+  hold each rank's identical copy, so P@1 is exactly the single-process value.
+"""
+
+import contextlib
+import dataclasses
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .core import USING_EGG, core
+from .egg_compat.distributed import LAUNCH_KEYS, SLURM_KEYS, gather_tensor
+from .errors import UsageError
+
+
+def launched():
+    """True when torchrun or a multi-task SLURM job started this process (what both cores detect)."""
+    if all(key in os.environ for key in LAUNCH_KEYS):
+        return True
+    return all(key in os.environ for key in SLURM_KEYS) and int(os.environ["SLURM_NTASKS"]) > 1
+
+
+def check_launch(params):
+    """Before the core starts the process group: facebookresearch EGG hard-codes NCCL, which needs GPUs."""
+    if USING_EGG and launched() and (not torch.cuda.is_available() or "--no_cuda" in (params or [])):
+        raise UsageError(
+            "distributed training on facebookresearch EGG needs GPUs (EGG always uses NCCL); "
+            "on the CPU, run without EGG installed: the bundled core uses gloo"
+        )
+
+
+def setup(opts):
+    """Puts this rank on its own GPU (before any model is built) and returns the seed shared by all ranks.
+
+    Each rank draws its own random numbers (EGG adds the rank to ``--random_seed``; a drawn seed differs per
+    rank), but the data order must be the same everywhere: the shared seed is the leader's.
+    """
+    context = opts.distributed_context
+    if not context.is_distributed:
+        return opts.random_seed
+    for option in ("batch_size", "eval_candidates"):  # every rank takes an equal share of each batch
+        if getattr(opts, option) % context.world_size:
+            raise UsageError(
+                f"--{option} {getattr(opts, option)} must be divisible by the number of processes {context.world_size}"
+            )
+    if opts.device.type == "cuda":
+        torch.cuda.set_device(context.local_rank)
+        opts.device = torch.device("cuda", context.local_rank)
+    seed = torch.tensor([opts.random_seed], dtype=torch.long, device=_backend_device())
+    dist.broadcast(seed, src=0)
+    return int(seed.item())
+
+
+def _backend_device():
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def leader_first(opts):
+    """The leader runs the block first (e.g. building a shared cache), the other ranks once it is done."""
+    context = opts.distributed_context
+    if context.is_distributed and not context.is_leader:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if context.is_distributed and context.is_leader:
+            dist.barrier()  # even on failure, so the others go on and fail with the same error
+
+
+def close():
+    """Leaves the process group at the end of a run (a no-op in a single-process run)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_gather(values):
+    """Every rank's ``values`` ``[B_local, ...]`` concatenated in rank order, ``[B_global, ...]``, without
+    gradient; the values themselves in a single-process run."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    return gather_tensor(values)
+
+
+class GlobalBatchReceiver(nn.Module):
+    """Wraps a ``RetrieverReceiver`` so that this rank's captions are scored against the global batch.
+
+    ``receiver_input`` holds this rank's share of the candidates (embeddings ``[B_local, D]`` or pixels);
+    the output is ``[B_local, B_global]`` cosine similarities, candidates in rank order.
+    """
+
+    def __init__(self, receiver):
+        super().__init__()
+        self.receiver = receiver
+
+    def forward(self, message, receiver_input, aux_input=None):
+        if not self.training:  # evaluation: every rank holds whole candidate sets (see the module docstring)
+            return self.receiver(message, receiver_input, aux_input)
+        images = receiver_input
+        if images.dim() != 2:  # pixels: each rank encodes its own share once
+            images = self.receiver.retriever.encode_images(images)  # [B_local, D]
+        return self.receiver(message, all_gather(images), aux_input)  # [B_local, B_global]
+
+
+def data_parallel_game(opts, receiver):
+    """The receiver and the extra game arguments of a distributed run (the receiver alone otherwise).
+
+    The logs keep ``labels``: facebookresearch EGG's gathering of logs needs one sized field to check.
+    """
+    if not opts.distributed_context.is_distributed:
+        return receiver, {}
+    strategy = dataclasses.replace(core.LoggingStrategy.minimal(), store_labels=True)
+    options = dict(whole_batch=all_gather, train_logging_strategy=strategy, test_logging_strategy=strategy)
+    return GlobalBatchReceiver(receiver), options
