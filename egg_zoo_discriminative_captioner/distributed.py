@@ -60,11 +60,10 @@ def setup(opts):
     context = opts.distributed_context
     if not context.is_distributed:
         return opts.random_seed
-    for option in ("batch_size", "eval_candidates"):  # every rank takes an equal share of each batch
-        if getattr(opts, option) % context.world_size:
-            raise UsageError(
-                f"--{option} {getattr(opts, option)} must be divisible by the number of processes {context.world_size}"
-            )
+    if opts.batch_size % context.world_size:  # every rank takes an equal share of each global batch
+        raise UsageError(
+            f"--batch_size {opts.batch_size} must be divisible by the number of processes {context.world_size}"
+        )
     if opts.device.type == "cuda":
         torch.cuda.set_device(context.local_rank)
         opts.device = torch.device("cuda", context.local_rank)

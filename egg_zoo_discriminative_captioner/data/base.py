@@ -161,8 +161,6 @@ def retrieval_batches(n_images, candidates, seed):
     their own, completed by ``fillers`` drawn (same generator) from the rest of the split; fillers are distractors
     only, never targets, and no image is ever its own distractor.
     """
-    if candidates % world_size:
-        raise UsageError(f"--eval_candidates {candidates} must be divisible by the number of processes {world_size}")
     if candidates < 2:
         raise UsageError(f"retrieval needs at least 2 candidates, got {candidates}")
     if n_images < candidates:
