@@ -92,7 +92,8 @@ def caption_images(captioner, paths, batch_size=32, num_beams=5, device="cpu"):
 
 def main(params):
     """Captions the images; returns the rows ``{"image", "caption"}``."""
-    opts = get_opts(params, prog=PROG, description=__doc__.splitlines()[0], extra_options=add_caption_options)
+    opts = get_opts(params, prog=PROG, description=__doc__.splitlines()[0], extra_options=add_caption_options,
+                    training=False)  # fmt: skip
     if opts.batch_size < 1:
         raise UsageError(f"--batch_size must be positive, got {opts.batch_size}")
     paths, missing = expand_images(opts.images)

@@ -288,7 +288,8 @@ def markdown_tables(records, summary):
 
 def main(params):
     """Evaluates captioners on data sets; returns the result records (one per model and data set)."""
-    opts = get_opts(params, prog=PROG, description=__doc__.splitlines()[0], extra_options=add_evaluation_options)
+    opts = get_opts(params, prog=PROG, description=__doc__.splitlines()[0], extra_options=add_evaluation_options,
+                    training=False)  # fmt: skip
     opts.datasets = opts.datasets or [opts.dataset]
     check_evaluation_opts(opts)
     specs = [parse_model(text) for text in (opts.models or [opts.load_from_checkpoint or "pretrained"])]
