@@ -193,7 +193,7 @@ def evaluate_dataset(opts, name, specs, lemmatizer):
     retriever = build_retriever(apply_model_defaults(copy.copy(base_opts), dataset)).to(opts.device)
     captioners = {spec.label: build_model(base_opts, spec, dataset, retriever) for spec in specs}  # fail early
     first = next(iter(captioners.values()))
-    encoded = encode_split(Experiment(dataset, first, retriever), opts.split, opts.device)
+    encoded = encode_split(Experiment(dataset, first, retriever, opts), opts.split, opts.device)
     split, images = encoded.split, torch.as_tensor(encoded.receiver_inputs)
     sets = hard_sets_of(dataset, split, images, opts)
 

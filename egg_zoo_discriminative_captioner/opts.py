@@ -134,7 +134,7 @@ class Parser(OneLineErrors):
             self.prepared = True
             self.prepare()
         opts, rest = super().parse_known_args(args, namespace)
-        check_options(opts)
+        check_options(opts, self.training)
         return opts, rest
 
     def prepare(self):
@@ -186,8 +186,11 @@ def checked_value(action, value, source):
     return value
 
 
-def check_options(opts):
-    """Rejects values no run can use, before anything is loaded: one UsageError naming the option."""
+def check_options(opts, training=True):
+    """Rejects values no run can use, before anything is loaded: one UsageError naming the option.
+
+    ``training=False`` (evaluate, caption): ``--batch_size`` only groups images, so one image is enough.
+    """
     def at_least(name, minimum):
         value = getattr(opts, name, None)
         if value is not None and value < minimum:
@@ -203,7 +206,9 @@ def check_options(opts):
     at_least("num_beams", 1)
     at_least("eval_candidates", 2)
     at_least("num_workers", 0)
-    if opts.batch_size < 2:
+    if not training:
+        at_least("batch_size", 1)
+    elif opts.batch_size < 2:
         raise UsageError(
             f"--batch_size {opts.batch_size} leaves no distractors: a batch of B images gives each target B - 1"
         )

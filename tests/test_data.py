@@ -128,7 +128,7 @@ def test_missing_data_is_a_one_line_error(tmp_path):
 
 
 def test_every_dataset_is_registered():
-    assert set(WRITERS) | {"synthetic"} == set(DATASETS)
+    assert set(WRITERS) | {"synthetic", "synthetic_descriptive"} == set(DATASETS)
 
 
 # --- the feature cache ----------------------------------------------------------------------------------------

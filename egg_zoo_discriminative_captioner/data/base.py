@@ -216,4 +216,5 @@ def retrieval_loader(dataset, candidates, seed):
         [(i, True) for i in targets] + [(i, False) for i in fillers]
         for targets, fillers in retrieval_batches(len(dataset), candidates, seed)
     ]
-    return DataLoader(_Candidates(dataset), batch_sampler=batches, collate_fn=collate_retrieval_batch)
+    return DataLoader(_Candidates(dataset), batch_sampler=batches, collate_fn=collate_retrieval_batch,
+                      generator=torch.Generator())  # validating leaves the global random state alone

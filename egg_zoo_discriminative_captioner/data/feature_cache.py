@@ -154,8 +154,10 @@ def _collate_decoded(items):
 
 
 def _build_shard(split, encoder, transform, start, end, batch_size, device, num_workers, progress):
+    # A generator of its own: a DataLoader without one draws its workers' seed from the global random state, so
+    # a run that builds the cache would then sample other rollouts than one that reads it.
     loader = DataLoader(_DecodedImages(split.images, transform, start, end), batch_size=batch_size,
-                        num_workers=num_workers, collate_fn=_collate_decoded)  # fmt: skip
+                        num_workers=num_workers, collate_fn=_collate_decoded, generator=torch.Generator())  # fmt: skip
     features, unreadable, dim = None, [], None
     for indices, pixels, broken in loader:
         unreadable += broken

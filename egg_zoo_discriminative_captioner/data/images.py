@@ -132,9 +132,11 @@ class _Readability:
 
 def unreadable_images(images, num_workers=0, desc="decoding"):
     """Indices of the images that cannot be decoded (decoded in ``num_workers`` DataLoader workers)."""
+    import torch
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    loader = DataLoader(_Readability(images), batch_size=64, num_workers=num_workers, collate_fn=list)
+    loader = DataLoader(_Readability(images), batch_size=64, num_workers=num_workers, collate_fn=list,
+                        generator=torch.Generator())  # leaves the global random state alone (exact resume)
     flags = [flag for batch in tqdm(loader, desc=desc, leave=False) for flag in batch]
     return [index for index, flag in enumerate(flags) if not flag]
