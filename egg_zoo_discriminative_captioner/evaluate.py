@@ -194,7 +194,7 @@ def evaluate_dataset(opts, name, specs, lemmatizer):
     captioners = {spec.label: build_model(base_opts, spec, dataset, retriever) for spec in specs}  # fail early
     first = next(iter(captioners.values()))
     encoded = encode_split(Experiment(dataset, first, retriever, opts), opts.split, opts.device)
-    split, images = encoded.split, torch.as_tensor(encoded.receiver_inputs)
+    split, images = encoded.split, encoded.receiver_inputs[:]  # [N, D] fp32, from the feature cache
     sets = hard_sets_of(dataset, split, images, opts)
 
     texts = {HUMAN: [refs[0] for refs in split.references]}
