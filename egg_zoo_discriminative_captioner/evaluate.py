@@ -27,6 +27,7 @@ import argparse
 import copy
 import json
 import os
+import types
 from dataclasses import dataclass
 
 import torch
@@ -190,16 +191,19 @@ def evaluate_dataset(opts, name, specs, lemmatizer):
     base_opts = copy.copy(opts)  # model options still unresolved: each model resolves its own
     base_opts.dataset = name
     dataset = load_dataset(base_opts)
-    retriever = build_retriever(apply_model_defaults(copy.copy(base_opts), dataset)).to(opts.device)
+    resolved = apply_model_defaults(copy.copy(base_opts), dataset)  # the retriever's and the feature cache's
+    retriever = build_retriever(resolved).to(opts.device)
     captioners = {spec.label: build_model(base_opts, spec, dataset, retriever) for spec in specs}  # fail early
-    first = next(iter(captioners.values()))
-    encoded = encode_split(Experiment(dataset, first, retriever, opts), opts.split, opts.device)
+    # Only the retriever's embeddings come from the feature cache, which is keyed by the resolved options: each
+    # captioner (a run's own CLIP encoder, a released one) encodes its own inputs below.
+    retrieval_only = types.SimpleNamespace(cache_inputs=False, image_transform=None)
+    encoded = encode_split(Experiment(dataset, retrieval_only, retriever, resolved), opts.split, opts.device)
     split, images = encoded.split, encoded.receiver_inputs[:]  # [N, D] fp32, from the feature cache
     sets = hard_sets_of(dataset, split, images, opts)
 
     texts = {HUMAN: [refs[0] for refs in split.references]}
     for label, captioner in captioners.items():
-        inputs = encoded.sender_inputs if captioner is first else sender_inputs(captioner, split, opts.device)
+        inputs = sender_inputs(captioner, split, opts.device)
         texts[label] = generate_captions(
             captioner, inputs, num_beams=opts.num_beams, device=opts.device, desc=f"captioning {name} ({label})"
         )
