@@ -34,6 +34,7 @@ import torch
 
 from .checkpointing import atomic_write_text
 from .data import DATASETS, encode_images, load_dataset
+from .data.imagecode import image_sets as imagecode_sets
 from .errors import UsageError, run_command
 from .evaluation import analysis, hard, nlg, plots
 from .evaluation.retrieval import PROTOCOL, encode_captions, generate_captions, precision_at_1
@@ -159,11 +160,11 @@ def sender_inputs(captioner, split, device):
     return TransformedImages(split.images, captioner.image_transform)
 
 
-def hard_sets_of(dataset, split, image_embeddings, opts):
-    """``{source: [HardSet]}``: ImageCoDe's own sets where the data set has them, and nearest-neighbour sets."""
+def hard_sets_of(name, split, image_embeddings, opts):
+    """``{source: [HardSet]}``: ImageCoDe's own sets for the data set ``name`` = imagecode, nearest-neighbour sets."""
     sets = {}
-    if hasattr(dataset, "image_sets"):
-        sets["imagecode"] = [hard.HardSet(list(s[0]), int(s[1])) for s in dataset.image_sets(split.name)]
+    if name == "imagecode":
+        sets["imagecode"] = [hard.HardSet(indices, target) for indices, target in imagecode_sets(split)]
     if opts.hard_sets > 0 and len(split) >= 10:
         sets["nearest_neighbours"] = hard.nearest_neighbour_sets(
             image_embeddings, opts.hard_sets, max_cosine=opts.near_duplicate_cosine, seed=opts.eval_seed
@@ -199,9 +200,9 @@ def evaluate_dataset(opts, name, specs, lemmatizer):
     retrieval_only = types.SimpleNamespace(cache_inputs=False, image_transform=None)
     encoded = encode_split(Experiment(dataset, retrieval_only, retriever, resolved), opts.split, opts.device)
     split, images = encoded.split, encoded.receiver_inputs[:]  # [N, D] fp32, from the feature cache
-    sets = hard_sets_of(dataset, split, images, opts)
+    sets = hard_sets_of(name, split, images, opts)
 
-    texts = {HUMAN: [refs[0] for refs in split.references]}
+    texts = {HUMAN: [refs[0] if refs else "" for refs in split.references]}  # ImageCoDe: most images have none
     for label, captioner in captioners.items():
         inputs = sender_inputs(captioner, split, opts.device)
         texts[label] = generate_captions(
@@ -232,7 +233,10 @@ def evaluate_dataset(opts, name, specs, lemmatizer):
                   "candidates": opts.eval_candidates, "p_at_1": p_at_1[spec.label], "p_at_1_references": p_at_1[HUMAN]}  # fmt: skip
         metrics = dict.fromkeys(nlg.METRICS) | {"spice_error": "NLG metrics switched off (--no-nlg)"}
         if opts.nlg:
-            metrics = nlg.caption_metrics(dict(zip(split.ids, captions)), references, spice=opts.spice)
+            described = [i for i, image_id in enumerate(split.ids) if references[image_id]]  # scorable images
+            metrics = nlg.caption_metrics({split.ids[i]: captions[i] for i in described},
+                                          {split.ids[i]: references[split.ids[i]] for i in described},
+                                          spice=opts.spice)  # fmt: skip
         record |= metrics
         for source, result in hard_results.items():
             record[f"p_at_1_{source}"] = result["p_at_1"][spec.label]

@@ -326,3 +326,22 @@ def test_blip_trains_on_decoded_pixels_in_parallel_workers_without_the_broken_im
     assert f"data flickr train: {GOOD} images used" in capsys.readouterr().out and 0 <= results["acc"] <= 1
     cached = tmp_path / "f" / os.listdir(tmp_path / "f")[0] / "train"
     assert sorted(os.listdir(cached)) == ["retriever"]  # BLIP's pixels are not cached
+
+
+def test_imagecode_sets_are_the_complete_sets_with_one_trial_per_description():
+    from egg.zoo.discriminative_captioner.data.imagecode import image_sets
+
+    ids = [f"a/{i}" for i in range(10)] + [f"b/{i}" for i in range(10) if i != 4]  # b lost an unreadable image
+    references = [["the third"] if image_id in ("a/3", "a/7", "b/2") else [] for image_id in ids]
+    split = ImageSplit("test", [None] * len(ids), references, ids=ids)
+    assert image_sets(split) == [(list(range(10)), 3), (list(range(10)), 7)]
+
+
+def test_evaluate_runs_on_the_imagecode_fixture_with_undescribed_images(data_roots, tiny_files, tmp_path):
+    from egg.zoo.discriminative_captioner import evaluate
+
+    args = tiny_model_args(tiny_files, data_roots["imagecode"], str(tmp_path / "features"))
+    evaluate.main(args + ["--dataset", "imagecode", "--models", "pretrained", "--output_dir", str(tmp_path / "ev"),
+                          "--no-spice", "--hard_sets", "0"])  # fmt: skip
+    [record] = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert record["dataset"] == "imagecode" and 0 <= record["p_at_1"] <= 1 and record["bleu4"] is not None

@@ -37,3 +37,19 @@ def load_imagecode(opts):
             references = [descriptions[str(index)].strip()] if str(index) in descriptions else []
             records.append((f"{set_name}/{index}", os.path.join(set_name, name), references))
     return evaluation_only("imagecode", root, lambda: file_split("test", records, os.path.join(root, "image-sets")))
+
+
+def image_sets(split):
+    """ImageCoDe's own retrieval sets in ``split``: ``[(indices, target)]``, one per described image, the 10 images
+    of its set in order and the target's position among them; sets with an unreadable image are left out."""
+    members = {}
+    for position, image_id in enumerate(split.ids):
+        set_name, index = image_id.rsplit("/", 1)
+        members.setdefault(set_name, {})[int(index)] = position
+    sets = []
+    for images in members.values():
+        if len(images) != IMAGES_PER_SET:
+            continue
+        indices = [images[index] for index in range(IMAGES_PER_SET)]
+        sets += [(indices, target) for target, position in enumerate(indices) if split.references[position]]
+    return sets
