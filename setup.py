@@ -57,6 +57,9 @@ setup(
         "numpy",
         "tqdm",
         "platformdirs",
+        "faiss-cpu",  # nearest neighbours for --hard_distractors (faiss-gpu works as well where installed)
+        "pycocoevalcap",  # BLEU, METEOR, ROUGE-L, CIDEr, SPICE in evaluate (needs Java)
+        "matplotlib",  # evaluate's and the study's plots
     ],
     extras_require={
         # the human study's web app (python -m egg.zoo.discriminative_captioner.study)
