@@ -18,7 +18,7 @@ from .captioners import CAPTIONERS
 from .captioners.blip import DEFAULT_PROMPT
 from .captioners.clipcap import MAPPING_TYPES
 from .core import core
-from .data import DATASETS
+from .data import DATASETS, check_batch_size
 from .errors import UsageError
 from .losses import REWARDS
 from .precision import PRECISIONS
@@ -208,10 +208,8 @@ def check_options(opts, training=True):
     at_least("num_workers", 0)
     if not training:
         at_least("batch_size", 1)
-    elif opts.batch_size < 2:
-        raise UsageError(
-            f"--batch_size {opts.batch_size} leaves no distractors: a batch of B images gives each target B - 1"
-        )
+    else:
+        check_batch_size(opts.batch_size)
     if opts.optimizer not in EGG_OPTIMIZERS:
         raise UsageError(f"--optimizer {opts.optimizer!r} is not one of {', '.join(EGG_OPTIMIZERS)}")
     if not opts.lr > 0:

@@ -13,13 +13,13 @@ from .base import (
     EncodedSplit,
     ImageSplit,
     TransformedImages,
-    check_batch_size,
     collate_game_batch,
     encode_images,
     retrieval_batches,
     retrieval_loader,
     training_loader,
 )
+from .samplers import check_batch_size
 
 DATASETS = {
     "synthetic": ("..synthetic", "load_dataset"),

@@ -123,14 +123,6 @@ def collate_game_batch(items, label_offset=0):
     return torch.stack(sender_inputs), labels, torch.stack(receiver_inputs), aux_input
 
 
-def check_batch_size(batch_size):
-    """In-batch distractors need at least two images per batch."""
-    if batch_size < 2:
-        raise UsageError(
-            f"--batch_size {batch_size} leaves no distractors: a batch of B images gives each target B - 1"
-        )
-
-
 def training_loader(dataset, batch_size, seed, num_workers=0, rank=0, world_size=1):
     """Shuffled batches of ``batch_size`` (each image a target, the rest of the batch its distractors).
 

@@ -54,9 +54,7 @@ class TarImages:
 
     def __getitem__(self, index):
         member = self.members[index]
-        with open(member.shard, "rb") as f:
-            f.seek(member.offset)
-            data = f.read(member.size)
+        data = read_member(member)
         if len(data) != member.size:
             raise OSError(f"{member.shard}: image data truncated")
         return decode_image(io.BytesIO(data))
@@ -106,11 +104,16 @@ def read_shard(path):
         return samples, False
 
 
-def read_member_text(member: TarMember):
-    """The UTF-8 text of a tar member (a webdataset ``.txt`` or ``.json`` file)."""
+def read_member(member: TarMember):
+    """The bytes of a tar member, read by seeking to them (fewer when a truncated shard cut it short)."""
     with open(member.shard, "rb") as f:
         f.seek(member.offset)
-        return f.read(member.size).decode("utf-8", errors="replace")
+        return f.read(member.size)
+
+
+def read_member_text(member: TarMember):
+    """The UTF-8 text of a tar member (a webdataset ``.txt`` or ``.json`` file)."""
+    return read_member(member).decode("utf-8", errors="replace")
 
 
 class _Readability:

@@ -20,14 +20,19 @@ def epoch_generator(seed, epoch):
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
+def check_batch_size(batch_size):
+    """In-batch distractors need at least two images per batch."""
+    if batch_size < 2:
+        raise UsageError(
+            f"--batch_size {batch_size} leaves no distractors: a batch of B images gives each target B - 1"
+        )
+
+
 class EpochBatchSampler(Sampler):
     """Shuffled global batches of ``batch_size`` (the last, incomplete one dropped), this rank's share of each."""
 
     def __init__(self, n_items, batch_size, seed, rank=0, world_size=1):
-        if batch_size < 2:
-            raise UsageError(
-                f"--batch_size {batch_size} leaves no distractors: a batch of B images gives each target B - 1"
-            )
+        check_batch_size(batch_size)
         if n_items < batch_size:
             raise UsageError(f"the training split has {n_items} images, fewer than --batch_size {batch_size}")
         if batch_size % world_size:
