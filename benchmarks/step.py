@@ -3,27 +3,34 @@
     python benchmarks/step.py --size gpt2-small --batch_size 100 --max_len 40 --threads 1
 
 A ClipCap captioner (MLP mapper, prefix 10, random weights, GPT-2's vocabulary of 50257) is finetuned against a
-small frozen CLIP retriever.  The stop token is made unreachable, so every caption in every step is exactly
-``--max_len`` tokens long and all steps do the same work.  Measured in the same run:
+frozen CLIP text tower (``--retriever tiny``, or ViT-B/32's with random weights); the candidates come as image
+embeddings, as from the feature cache.  The stop token is made unreachable, so every caption in every step is
+exactly ``--max_len`` tokens long and all steps do the same work.  Measured in the same run:
 
 - the plugin's step (the game's forward, backward and an Adam update, as EGG's Trainer runs it): seconds per
-  step, steps per second and peak resident memory;
+  step, steps per second, peak memory, and the projected time of ``--updates`` updates;
 - two naive reference steps written here, as research code for the method does it: each image decoded on its
   own token by token *with gradients* (the whole prefix re-run at every token, or a KV cache), its REINFORCE
   loss back-propagated per image, one Adam update per batch.  They run on ``--naive_images`` images and are
   scaled to the batch (the output says so);
 - caption-generation throughput for evaluation (beam search, 5 beams, captions per second);
-- memory growth across ``--growth_steps`` plugin steps (resident memory and live tensors, after warm-up);
+- memory growth across ``--growth_steps`` plugin steps (memory in use and live tensors, after warm-up);
 - model-FLOPs utilisation: the step's analytic matmul FLOPs over its time, divided by the throughput of a large
-  fp32 matmul measured in the same run.
+  matmul in the step's precision measured in the same run (the better of a reading before and one after).
 
-Times are CPU seconds of the main thread (with ``--threads 1``, what the step takes on an unloaded machine; a
-shared machine's load does not count), wall-clock seconds alongside.  The last line reads ``speedup vs naive: N.Nx (kv-cache)``, the plugin step against the KV-cache reference.
+On the CPU, times are CPU seconds of the main thread (with ``--threads 1``, what the step takes on an unloaded
+machine: a shared machine's load does not count), wall-clock seconds alongside, and memory is the process's
+resident memory, sampled every millisecond.  With ``--device cuda``, times are wall-clock seconds between
+synchronisations and memory is the CUDA allocator's peak.  The last line reads ``speedup vs naive: N.Nx
+(kv-cache)``, the plugin step against the KV-cache reference.
+
+    python benchmarks/step.py --device cuda --size gpt2-small --retriever vit-b32 --precision bf16 --steps 5
 """
 
 import argparse
 import contextlib
 import ctypes
+import functools
 import gc
 import resource
 import threading
@@ -37,8 +44,9 @@ from egg.zoo.discriminative_captioner.archs import CaptionerSender, Discriminati
 from egg.zoo.discriminative_captioner.captioners.clipcap import ClipCapCaptioner, ClipCapConfig, ClipCapModel
 from egg.zoo.discriminative_captioner.clip_models import clip, clip_transform
 from egg.zoo.discriminative_captioner.core import MeanBaseline
+from egg.zoo.discriminative_captioner.games import fused_adam
 from egg.zoo.discriminative_captioner.losses import DiscriminationLoss
-from egg.zoo.discriminative_captioner.precision import PRECISIONS
+from egg.zoo.discriminative_captioner.precision import PRECISIONS, autocast
 from egg.zoo.discriminative_captioner.retrievers.clip import ClipRetriever
 
 SIZES = {  # GPT-2 layers, width, heads
@@ -69,9 +77,17 @@ def trimmed_resident_bytes():
 
 
 class PeakMemory:
-    """Highest resident memory while the block runs, sampled every millisecond by a thread."""
+    """Highest resident memory while the block runs, sampled every millisecond by a thread; on a GPU, the
+    highest memory the CUDA allocator handed out (``max_memory_allocated``)."""
+
+    def __init__(self, device):
+        self.device = device
 
     def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            return self
         trimmed_resident_bytes()
         self.peak, self.running = resident_bytes(), True
         self.thread = threading.Thread(target=self._poll, daemon=True)
@@ -84,6 +100,10 @@ class PeakMemory:
             time.sleep(0.001)
 
     def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated()
+            return
         self.running = False
         self.thread.join()
         self.peak = max(self.peak, resident_bytes())
@@ -102,20 +122,28 @@ def word_tokenizer(vocab_size):
 def build_captioner(size, max_len):
     layers, width, heads = SIZES[size]
     torch.manual_seed(0)
-    gpt = GPT2LMHeadModel(GPT2Config(vocab_size=GPT2_VOCAB, n_positions=128, n_embd=width, n_layer=layers,
-                                     n_head=heads, bos_token_id=GPT2_VOCAB - 1, eos_token_id=GPT2_VOCAB - 1))  # fmt: skip
+    config = GPT2Config(vocab_size=GPT2_VOCAB, n_positions=128, n_embd=width, n_layer=layers, n_head=heads,
+                        bos_token_id=GPT2_VOCAB - 1, eos_token_id=GPT2_VOCAB - 1)  # fmt: skip
+    gpt = GPT2LMHeadModel(config)
     model = ClipCapModel(ClipCapConfig(prefix_length=PREFIX_LENGTH, prefix_size=PREFIX_SIZE), gpt)
     captioner = ClipCapCaptioner(model, word_tokenizer(GPT2_VOCAB), image_encoder=None, max_len=max_len)
     captioner.stop_ids = [GPT2_VOCAB]  # an id outside the vocabulary: never sampled, every caption is max_len long
     return captioner
 
 
-def build_retriever():
+RETRIEVERS = {  # CLIP sizes: embedding, text width, text heads, text layers, image resolution
+    "tiny": (64, 64, 1, 1, 32),
+    "vit-b32": (512, 512, 8, 12, 224),  # OpenAI CLIP ViT-B/32's text tower (candidates come as embeddings)
+}
+
+
+def build_retriever(size):
+    embed, width, heads, layers, resolution = RETRIEVERS[size]
     torch.manual_seed(1)
-    model = clip.model.CLIP(embed_dim=64, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=16,
-                            context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1,
-                            transformer_layers=1)  # fmt: skip
-    return ClipRetriever(model.eval(), clip_transform(32))
+    model = clip.model.CLIP(embed_dim=embed, image_resolution=resolution, vision_layers=1, vision_width=64,
+                            vision_patch_size=32, context_length=77, vocab_size=49408, transformer_width=width,
+                            transformer_heads=heads, transformer_layers=layers)  # fmt: skip
+    return ClipRetriever(model.eval(), clip_transform(resolution))
 
 
 def step_flops(size, batch_size, max_len):
@@ -132,18 +160,19 @@ def step_flops(size, batch_size, max_len):
     return batch_size * (mapper + sample + 3 * (score + mapper))
 
 
-def matmul_throughput(n=2048, repeats=5):
-    """FLOP/s of a large fp32 matmul (the best of ``repeats``)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_throughput(device, dtype):
+    """FLOP/s of a large matmul in ``dtype`` on ``device`` (the best of five)."""
+    n = 2048 if device.type == "cpu" else 8192
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
-    return 2 * n**3 / timed(lambda: a @ b, repeats)[0]
+    return 2 * n**3 / timed(lambda: a @ b, 5, device)[0]
 
 
-def make_batch(batch_size, seed=2):
+def make_batch(batch_size, embed_dim, device, seed=2):
     generator = torch.Generator().manual_seed(seed)
     features = torch.randn(batch_size, PREFIX_SIZE, generator=generator)
-    images = torch.nn.functional.normalize(torch.randn(batch_size, 64, generator=generator), dim=-1)
-    return features, images, torch.arange(batch_size)
+    images = torch.nn.functional.normalize(torch.randn(batch_size, embed_dim, generator=generator), dim=-1)
+    return features.to(device), images.to(device), torch.arange(batch_size, device=device)
 
 
 def plugin_step(game, optimizer, batch):
@@ -182,15 +211,29 @@ def naive_step(captioner, retriever, optimizer, batch, images_used, kv_cache):
         (-(reward * log_prob)).backward()
 
 
-def timed(function, repeats):
-    """The best of ``repeats`` runs in CPU seconds of this thread (with one thread, the time of an unloaded
-    machine: other processes on a shared machine do not count), and the matching wall-clock seconds."""
+def timed(function, repeats, device):
+    """The best of ``repeats`` runs: on the CPU in CPU seconds of this thread (with one thread, the time of an
+    unloaded machine: other processes on a shared machine do not count), with the matching wall-clock seconds;
+    on a GPU in wall-clock seconds between synchronisations, twice."""
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    clock = time.perf_counter if device.type == "cuda" else time.thread_time
     best = (float("inf"), float("inf"))
     for _ in range(repeats):
-        cpu, wall = time.thread_time(), time.perf_counter()
+        synchronize()
+        start, wall = clock(), time.perf_counter()
         function()
-        best = min(best, (time.thread_time() - cpu, time.perf_counter() - wall))
+        synchronize()
+        best = min(best, (clock() - start, time.perf_counter() - wall))
     return best
+
+
+def allocated_bytes(device):
+    """Memory in use after a full collection: GPU memory the CUDA allocator handed out, or trimmed resident."""
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.synchronize()
+        return torch.cuda.memory_allocated()
+    return trimmed_resident_bytes()
 
 
 def live_tensors():
@@ -200,8 +243,10 @@ def live_tensors():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="small4", help="GPT-2 size (random weights)")
+    parser.add_argument("--retriever", choices=sorted(RETRIEVERS), default="tiny", help="CLIP text tower size")
     parser.add_argument("--batch_size", type=int, default=100)
     parser.add_argument("--max_len", type=int, default=40, help="rollout length (every caption has this length)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32")
     parser.add_argument("--steps", type=int, default=2, help="timed plugin steps after one warm-up step")
@@ -210,11 +255,14 @@ def main():
     parser.add_argument("--growth_steps", type=int, default=50, help="plugin steps of the memory-growth check")
     parser.add_argument("--entropy_coeff", type=float, default=0.0)
     parser.add_argument("--kl_coeff", type=float, default=0.0)
+    parser.add_argument("--updates", type=int, default=56_000, help="updates of the run whose time is projected")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
     B, T = args.batch_size, args.max_len
 
-    captioner, retriever = build_captioner(args.size, T), build_retriever()
+    captioner, retriever = build_captioner(args.size, T).to(device), build_retriever(args.retriever).to(device)
     reference = None
     if args.kl_coeff:
         from egg.zoo.discriminative_captioner.archs import FrozenReference
@@ -223,58 +271,70 @@ def main():
     game = DiscriminativeGame(CaptionerSender(captioner), RetrieverReceiver(retriever),
                               DiscriminationLoss(temperature=retriever.temperature), baseline_type=MeanBaseline,
                               entropy_coeff=args.entropy_coeff, reference=reference, kl_coeff=args.kl_coeff,
-                              **({"precision": args.precision} if args.precision != "fp32" else {}))  # fmt: skip
-    optimizer = torch.optim.Adam(captioner.trainable_parameters(), lr=1e-7)
-    batch = make_batch(B)
+                              precision=args.precision)  # fmt: skip
+    optimizer = fused_adam(captioner.trainable_parameters(), lr=1e-7)  # the plugin's optimizer
+    batch = make_batch(B, RETRIEVERS[args.retriever][0], device)
     layers, width, _ = SIZES[args.size]
+    where = torch.cuda.get_device_name(device) if on_gpu else f"CPU, {torch.get_num_threads()} thread(s)"
     print(f"GPT-2 {layers} layers x {width} wide, vocabulary {GPT2_VOCAB}, ClipCap MLP prefix {PREFIX_LENGTH}; "
-          f"batch {B}, {T}-token rollouts; {args.precision}, {torch.get_num_threads()} thread(s)", flush=True)  # fmt: skip
+          f"{args.retriever} CLIP text tower; batch {B}, {T}-token rollouts; {args.precision}, {where}",
+          flush=True)  # fmt: skip
+    seconds_of = "GPU wall-clock" if on_gpu else "CPU"
+    memory_of = "peak GPU memory allocated" if on_gpu else "peak resident"
 
-    peak_flops = matmul_throughput()
-    print(f"fp32 matmul (2048^3): {peak_flops / 1e9:.1f} GFLOP/s", flush=True)
+    matmul_dtype = torch.float32 if args.precision == "fp32" else PRECISIONS[args.precision]
+    peak_flops = matmul_throughput(device, matmul_dtype)
+    print(f"{str(matmul_dtype).split('.')[1]} matmul: {peak_flops / 1e12:.3f} TFLOP/s", flush=True)
 
     game.train()
     plugin_step(game, optimizer, batch)  # warm-up
-    with PeakMemory() as plugin_memory:
-        plugin_seconds, plugin_wall = timed(lambda: plugin_step(game, optimizer, batch), args.steps)
-    process_peak = process_peak_bytes()
+    with PeakMemory(device) as plugin_memory:
+        plugin_seconds, plugin_wall = timed(lambda: plugin_step(game, optimizer, batch), args.steps, device)
+    # The machine's best matmul speed, before or after the step: on a shared machine the lower reading is the
+    # one taken under more load, and the higher one makes the utilisation below the conservative figure.
+    peak_flops = max(peak_flops, matmul_throughput(device, matmul_dtype))
     flops = step_flops(args.size, B, T)
     mfu = flops / plugin_seconds / peak_flops
-    print(f"plugin step: {plugin_seconds:.2f} s CPU ({1 / plugin_seconds:.3f} steps/s; wall {plugin_wall:.2f} s), peak resident "
-          f"{plugin_memory.peak / GiB:.2f} GiB; process peak so far {process_peak / GiB:.2f} GiB", flush=True)  # fmt: skip
-    print(f"model FLOPs: {flops / 1e12:.3f} TFLOP per step, {flops / plugin_seconds / 1e9:.1f} GFLOP/s, "
-          f"MFU {100 * mfu:.1f}%", flush=True)  # fmt: skip
+    print(f"plugin step: {plugin_seconds:.3f} s {seconds_of} ({1 / plugin_seconds:.3f} steps/s; "
+          f"wall {plugin_wall:.3f} s), "
+          f"{memory_of} {plugin_memory.peak / GiB:.2f} GiB; process peak resident so far "
+          f"{process_peak_bytes() / GiB:.2f} GiB", flush=True)  # fmt: skip
+    print(f"model FLOPs: {flops / 1e12:.3f} TFLOP per step, {flops / plugin_seconds / 1e12:.3f} TFLOP/s, "
+          f"MFU {100 * mfu:.1f}% (of the best matmul, before or after the step: {peak_flops / 1e12:.3f} TFLOP/s)",
+          flush=True)  # fmt: skip
+    print(f"projected {args.updates} updates: {args.updates * plugin_seconds / 3600:.1f} h", flush=True)
 
     naive = {}
     n = min(args.naive_images, B)
     for name, kv_cache in (("no cache", False), ("kv-cache", True)) if n else ():
-        with PeakMemory() as memory:
-            seconds = timed(lambda: naive_step(captioner, retriever, optimizer, batch, n, kv_cache), 1)[0]
-            update = timed(lambda: (optimizer.step(), optimizer.zero_grad(set_to_none=True)), 1)[0]
+        with PeakMemory(device) as memory:
+            step = functools.partial(naive_step, captioner, retriever, optimizer, batch, n, kv_cache)
+            seconds = timed(step, 1, device)[0]
+            update = timed(lambda: (optimizer.step(), optimizer.zero_grad(set_to_none=True)), 1, device)[0]
         naive[name] = seconds * B / n + update
         print(f"naive per-image step ({name}): {seconds:.2f} s for {n} images, scaled to the batch plus one update "
-              f"{naive[name]:.2f} s ({1 / naive[name]:.4f} steps/s), peak resident {memory.peak / GiB:.2f} GiB, "
+              f"{naive[name]:.2f} s ({1 / naive[name]:.4f} steps/s), {memory_of} {memory.peak / GiB:.2f} GiB, "
               f"plugin {naive[name] / plugin_seconds:.1f}x faster", flush=True)  # fmt: skip
 
     captions = min(args.beam_captions, B)
     if captions:
         game.eval()
-        with torch.no_grad():
-            seconds = timed(lambda: captioner.generate(batch[0][:captions], num_beams=5), 1)[0]
+        with torch.no_grad(), autocast(args.precision, device.type):
+            seconds = timed(lambda: captioner.generate(batch[0][:captions], num_beams=5), 1, device)[0]
         print(f"evaluation decoding (beam 5): {captions / seconds:.1f} captions/s ({captions} captions)", flush=True)
         game.train()
 
     warmup = min(5, args.growth_steps)
     for _ in range(warmup):
         plugin_step(game, optimizer, batch)
-    resident_before, tensors_before = trimmed_resident_bytes(), live_tensors()
+    memory_before, tensors_before = allocated_bytes(device), live_tensors()
     for _ in range(args.growth_steps - warmup):
         plugin_step(game, optimizer, batch)
-    resident_after, tensors_after = trimmed_resident_bytes(), live_tensors()
+    memory_after, tensors_after = allocated_bytes(device), live_tensors()
     print(f"memory growth over steps {warmup}..{args.growth_steps}: "
-          f"{(resident_after - resident_before) / 2**20:+.1f} MiB resident, "
+          f"{(memory_after - memory_before) / 2**20:+.1f} MiB {'GPU allocated' if on_gpu else 'resident'}, "
           f"{tensors_after - tensors_before:+d} live tensors", flush=True)  # fmt: skip
-    print(f"process peak: {process_peak_bytes() / GiB:.2f} GiB")
+    print(f"process peak resident: {process_peak_bytes() / GiB:.2f} GiB")
     if naive:
         print(f"speedup vs naive: {naive['kv-cache'] / plugin_seconds:.1f}x (kv-cache)")
 

@@ -32,7 +32,7 @@ from .tiny_models import tiny_clip
 
 @pytest.mark.parametrize("bias", [False, True])
 def test_fused_head_log_probs_and_gradients_match_log_softmax(monkeypatch, bias):
-    monkeypatch.setattr(fused, "CHUNK_ELEMENTS", 40)  # several row chunks
+    monkeypatch.setitem(fused.VOCAB_SLICE, "cpu", 4)  # slices of 4, 4, 4 and 1 columns
     torch.manual_seed(0)
     hidden = torch.randn(3, 5, 8, dtype=torch.float64).float().requires_grad_()
     head = nn.Linear(8, 13, bias=bias)
@@ -53,6 +53,17 @@ def test_fused_head_log_probs_and_gradients_match_log_softmax(monkeypatch, bias)
     torch.testing.assert_close(entropy, expected_entropy)
     for mine, reference in zip(got, [hidden.grad, *[p.grad for p in head.parameters()]]):
         torch.testing.assert_close(mine, reference)
+
+
+def test_decoding_in_vocabulary_slices_matches_the_whole_head(monkeypatch, clipcap):
+    monkeypatch.setitem(fused.VOCAB_SLICE, "cpu", 7)
+    head, hidden = clipcap.lm_head, torch.randn(3, 2, clipcap.lm_head.in_features)
+    expected = head(hidden)
+    with fused.vocabulary_slices(clipcap, head):
+        sliced = clipcap.model.gpt.lm_head
+        assert sliced is not head and sliced.head is head
+        torch.testing.assert_close(sliced(hidden), expected)
+    assert clipcap.model.gpt.lm_head is head  # put back: the state dict and weight tying are untouched
 
 
 def test_unused_entropy_adds_nothing_to_the_gradient():

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from .fused import head_token_log_probs
+from .fused import head_token_log_probs, vocabulary_slices
 
 
 class Rollout(NamedTuple):
@@ -134,14 +134,14 @@ class ConditionalCaptioner(nn.Module):
         """Captions sampled from the policy (or its greedy argmax) with their summed log-probabilities."""
         condition = self.condition(sender_input)
         with torch.no_grad():
-            tokens = self._decode_tokens(condition.detach(), sample=not greedy)
+            tokens = self._decode(condition.detach(), sample=not greedy)
         log_prob, entropy = self._score(condition, tokens)
         return self._finish(tokens, log_prob, entropy)
 
     @torch.no_grad()
     def generate(self, sender_input, num_beams=5):
         """Beam-search captions (length-normalised scores); greedy captions with ``num_beams=1``."""
-        tokens = self._decode_tokens(self.condition(sender_input), num_beams=num_beams)
+        tokens = self._decode(self.condition(sender_input), num_beams=num_beams)
         zeros = torch.zeros(tokens.shape[0], device=tokens.device)
         return self._finish(tokens, zeros, zeros)
 
@@ -154,6 +154,10 @@ class ConditionalCaptioner(nn.Module):
         lengths = mask.sum(1).tolist()  # one transfer each, not one per row: the mask is a prefix of each row
         kept = [row[:length] for row, length in zip(tokens.tolist(), lengths)]
         return [text.strip() for text in self.tokenizer.batch_decode(kept, skip_special_tokens=True)]
+
+    def _decode(self, condition, **decoding):
+        with vocabulary_slices(self, self.lm_head):
+            return self._decode_tokens(condition, **decoding)
 
     def _logits(self, condition, tokens):
         return self.lm_head(self._hidden(condition, tokens))  # [B, T, V]

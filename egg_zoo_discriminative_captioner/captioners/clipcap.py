@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import GenerationConfig
+from transformers.activations import ACT2FN, NewGELUActivation
 
 from ..checkpointing import atomic_save
 from ..errors import UsageError
@@ -125,6 +126,22 @@ class TransformerMapper(nn.Module):
         return out[:, self.clip_length :].flatten(1)  # [B, P * E]
 
 
+def fuse_gelu(gpt):
+    """Swaps GPT-2's ``gelu_new`` for torch's fused tanh GELU (transformers' ``gelu_pytorch_tanh``).
+
+    Both compute ``0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))``, equal up to float rounding (at most 3e-7
+    apart in fp32).  transformers writes ``gelu_new`` as seven elementwise operations, each keeping its own
+    ``[tokens, 4E]`` tensor for the backward: at batch 100 in GPT-2 small that is about 3 GB and a tenth of the
+    step's time (one thread: 1.16 s against 0.31 s per layer and 5,000 tokens, forward and backward).
+    """
+    for module in gpt.modules():
+        for name, child in module.named_children():
+            if isinstance(child, NewGELUActivation):
+                setattr(module, name, ACT2FN["gelu_pytorch_tanh"])
+    if gpt.config.activation_function == "gelu_new":
+        gpt.config.activation_function = "gelu_pytorch_tanh"
+
+
 class ClipCapModel(nn.Module):
     """The trainable part of ClipCap: the mapper (``clip_project``) and the GPT-2 language model (``gpt``)."""
 
@@ -133,6 +150,7 @@ class ClipCapModel(nn.Module):
         if config.mapping_type not in MAPPING_TYPES:
             raise UsageError(f"ClipCap mapping type {config.mapping_type!r}: choose one of {MAPPING_TYPES}")
         self.config = config
+        fuse_gelu(gpt)
         self.gpt = gpt
         self.embedding_size = gpt.get_input_embeddings().weight.shape[1]
         if config.mapping_type == "mlp":
