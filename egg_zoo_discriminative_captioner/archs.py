@@ -119,6 +119,8 @@ class DiscriminativeGame(nn.Module):
     carries no gradient here (the retriever is frozen) and makes the logged loss the mean negative reward.
     ``whole_batch`` (data-parallel runs, see ``distributed.py``) gathers a per-sample tensor from every rank's
     share of the global batch, so that the baseline's update and standardised advantages see the global batch.
+    In evaluation, a batch whose ``aux_input`` has ``padding`` is this rank's share of a candidate set: the game
+    gathers the shares' costs and logs, drops the padding rows and returns the whole set's, as one process would.
 
     ``precision`` ("fp32", "bf16" or "fp16") is the captioner's: its passes run under autocast in it, while the
     retriever, the reward and the KL reference run in fp32 with autocast switched off (also when EGG's Trainer
@@ -205,6 +207,8 @@ class DiscriminativeGame(nn.Module):
             message_length=rollout.length,
             aux=aux,
         )
+        if not self.training and aux_input and "padding" in aux_input:
+            cost, interaction = self._whole_set(aux_input["padding"], cost, interaction)
         return policy_loss + entropy_loss + cost.mean(), interaction
 
     def _send(self, sender_input, labels, aux_input, **decoding):
@@ -217,6 +221,26 @@ class DiscriminativeGame(nn.Module):
             scores = self.receiver(rollout.text, receiver_input, aux_input)  # [B, N]
             cost, aux = self.loss(sender_input, rollout.message, receiver_input, scores, labels, aux_input)
         return cost, aux, scores
+
+    def _whole_set(self, padding, cost, interaction):
+        """A distributed evaluation: this rank captioned its share of a candidate set (``data.retrieval_share``).
+
+        Returns the set's costs and logs gathered from every rank, ``padding`` rows dropped, in the set's order: on
+        every rank, what one process computes for the whole set.
+        """
+        keep = ~self.whole_batch(padding)  # [W * share]: the ranks' shares in rank order are the set's targets
+
+        def rows(values):  # [share, ...] on each rank -> [T, ...]
+            return None if values is None else self.whole_batch(values)[keep]
+
+        # receiver_input (the candidates) is the same on every rank; the evaluation's baseline is one zero per batch.
+        per_row = ("sender_input", "labels", "message", "receiver_output", "message_length")
+        aux = {key: value if key == "baseline" else rows(value) for key, value in interaction.aux.items()}
+        aux_input = interaction.aux_input
+        if aux_input is not None:
+            aux_input = {key: rows(value) for key, value in aux_input.items() if key != "padding"}
+        fields = {name: rows(getattr(interaction, name)) for name in per_row}
+        return rows(cost), dataclasses.replace(interaction, aux=aux, aux_input=aux_input, **fields)
 
     @torch.no_grad()
     def _greedy_cost(self, sender_input, labels, receiver_input, aux_input):

@@ -16,10 +16,18 @@ so GPUs only; the bundled core: NCCL on GPUs, gloo on the CPU), and its Trainer 
 - Batch statistics see the global batch: the running-mean baseline is updated with every rank's costs (so all
   ranks hold the same baseline, equal to the single-process one), and ``--standardize_advantage`` uses the
   global batch's mean and standard deviation.
-- Evaluation is not split: every rank scores every candidate set whole (``GlobalBatchReceiver`` gathers only in
-  training).  The sets of the retrieval protocol are not all alike (the last one is completed with fillers that
-  are candidates but not targets), so an even split across ranks would need padding; the Trainer's gathered logs
-  hold each rank's identical copy, so P@1 is exactly the single-process value.
+- Evaluation is split too.  Each candidate set of the retrieval protocol is one batch: every rank loads the set's C
+  candidates (cached retriever embeddings) and captions a contiguous share of ceil(T / W) of its T targets, W being
+  the number of ranks (``data.retrieval_loader``); shares that come up short are filled with copies of the set's
+  first target, flagged as ``padding`` in ``aux_input``, at most W - 1 extra captions per set.  Captions are scored
+  against the set's candidates on their own rank.  The game then gathers the shares' per-target costs and logs,
+  drops the padding rows and returns on every rank the whole set's loss and logs, in the set's order: what one
+  process computes (``DiscriminativeGame``).  So no callback ever sees a padding row, and the loss a Trainer logs
+  (upstream: the leader's; the bundled core: the ranks' mean, in float64) is the single-process loss.  The Trainer's
+  gathering of logs holds one identical copy per rank, so P@1 and the other logged means are the single-process
+  values: P@1 and the loss to the bit wherever the per-caption scores are (beam search over a share may round
+  differently from beam search over a whole set), means of non-integer values such as ``reward`` up to float32
+  rounding (the copies are summed in another order).
 """
 
 import contextlib
@@ -115,7 +123,7 @@ class GlobalBatchReceiver(nn.Module):
         self.receiver = receiver
 
     def forward(self, message, receiver_input, aux_input=None):
-        if not self.training:  # evaluation: every rank holds whole candidate sets (see the module docstring)
+        if not self.training:  # evaluation: every rank holds the whole candidate set (see the module docstring)
             return self.receiver(message, receiver_input, aux_input)
         images = receiver_input
         if images.dim() != 2:  # pixels: each rank encodes its own share once

@@ -146,7 +146,8 @@ def main(params):
         train_loader = hard_distractor_loader(train_set, opts.hard_distractors, opts.batch_size, **loader_options)
     else:
         train_loader = training_loader(train_set, opts.batch_size, **loader_options)
-    validation_loader = retrieval_loader(validation_set, opts.eval_candidates, seed=opts.eval_seed)
+    evaluation_options = dict(seed=opts.eval_seed, rank=rank, world_size=world_size)  # each rank captions its share
+    validation_loader = retrieval_loader(validation_set, opts.eval_candidates, **evaluation_options)
     game = build_game(opts, experiment.captioner, experiment.retriever)
     optimizer = build_optimizer(game)
 
@@ -173,7 +174,7 @@ def main(params):
         write_data_counts(opts.checkpoint_dir, [train_set, validation_set, test_set])
     trainer.train(n_epochs=opts.n_epochs)
 
-    loss, logs = trainer.eval(retrieval_loader(test_set, opts.eval_candidates, seed=opts.eval_seed))
+    loss, logs = trainer.eval(retrieval_loader(test_set, opts.eval_candidates, **evaluation_options))
     results = {"loss": loss, **{key: value.mean().item() for key, value in logs.aux.items()}}
     if context.is_leader:
         print(json.dumps({**results, "mode": "final", "split": "test", "epoch": opts.n_epochs}), flush=True)

@@ -1,14 +1,17 @@
 """Data-parallel finetuning: two CPU processes (gloo) against one process on the same global batches.
 
 Each run goes through the real code paths: ``core.init`` detects the torchrun variables and starts the process
-group, ``games.build_game`` makes the distractors span the global batch, ``data.training_loader`` hands each
-rank its share, and the Trainer wraps the game in DistributedDataParallel.  Rollouts are greedy so that both
-runs caption identically; everything downstream (rewards, baselines, KL, gradients, optimizer steps) must
-agree.  The optimizer is SGD: Adam would turn the float noise of gradients that are zero in exact arithmetic
-(GPT-2's attention key biases) into full-size steps, in one process as much as in two.
+group, ``games.build_game`` makes the distractors span the global batch, ``data.training_loader`` and
+``data.retrieval_loader`` hand each rank its share, and the Trainer wraps the game in DistributedDataParallel.
+Rollouts are greedy so that both runs caption identically; everything downstream (rewards, baselines, KL,
+gradients, optimizer steps, the logged validation and test scores) must agree.  The optimizer is SGD: Adam would
+turn the float noise of gradients that are zero in exact arithmetic (GPT-2's attention key biases) into full-size
+steps, in one process as much as in two.
 """
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -19,11 +22,12 @@ import torch
 import torch.multiprocessing as mp
 
 from egg.zoo.discriminative_captioner import distributed
-from egg.zoo.discriminative_captioner.callbacks import EpochSetter
+from egg.zoo.discriminative_captioner.callbacks import ConsoleLogger, EpochSetter
 from egg.zoo.discriminative_captioner.captioners.clipcap import ClipCapCaptioner, ClipCapConfig, ClipCapModel
 from egg.zoo.discriminative_captioner.clip_models import clip_transform
 from egg.zoo.discriminative_captioner.core import core
 from egg.zoo.discriminative_captioner.data import EncodedSplit, ImageSplit, retrieval_loader, training_loader
+from egg.zoo.discriminative_captioner.data.base import retrieval_share
 from egg.zoo.discriminative_captioner.errors import UsageError
 from egg.zoo.discriminative_captioner.games import build_game, build_optimizer
 from egg.zoo.discriminative_captioner.retrievers.clip import ClipRetriever
@@ -32,6 +36,9 @@ from egg.zoo.discriminative_captioner.synthetic.pretrain import word_tokenizer
 from .tiny_models import tiny_clip, tiny_gpt2
 
 GLOBAL_BATCH, N_IMAGES, FEATURES = 8, 16, 32  # two global batches per epoch
+# Candidate sets of 5, which two ranks cannot share evenly; neither split is a multiple of 5.  Validation: sets
+# of 5, 5, 5 and 1 targets (rank 1 captions only padding for the last); test: 5, 5 and 3 targets.
+CANDIDATES, EVAL_IMAGES = 5, {"validation": 16, "test": 13}
 GAME_OPTIONS = dict(reward="logprob", reward_temperature=0.05, greedy_rollouts=True, num_beams=2)
 # With greedy rollouts the greedy baseline cancels the reward, so that configuration's gradient is the entropy's.
 CONFIGURATIONS = {
@@ -46,6 +53,7 @@ class Recorder(core.Callback):
 
     def __init__(self, optimizer, parameters):
         self.losses, self.rewards, self.baselines, self.grads, self.epoch_losses = [], [], [], [], []
+        self.eval_losses, self.eval_logs = [], []  # per evaluation batch, what upstream EGG's Trainer averages
         step = optimizer.step
 
         def recording_step(*args, **kwargs):
@@ -59,17 +67,37 @@ class Recorder(core.Callback):
             self.losses.append(loss.item())
             self.rewards.append(logs.aux["reward"])
             self.baselines.append(logs.aux["baseline"])
+        else:
+            self.eval_losses.append(loss.item())
+            self.eval_logs.append(logs.aux)
 
     def on_epoch_end(self, loss, logs, epoch):
         self.epoch_losses.append(loss)
 
 
-def tiny_split(name):
+def tiny_split(name, n_images=N_IMAGES):
     generator = torch.Generator().manual_seed(1)
-    images = torch.nn.functional.normalize(torch.randn(N_IMAGES, FEATURES, generator=generator), dim=-1)
-    features = torch.randn(N_IMAGES, FEATURES, generator=generator)
-    split = ImageSplit(name, images=[None] * N_IMAGES, references=[["a caption"]] * N_IMAGES)
+    images = torch.nn.functional.normalize(torch.randn(n_images, FEATURES, generator=generator), dim=-1)
+    features = torch.randn(n_images, FEATURES, generator=generator)
+    split = ImageSplit(name, images=[None] * n_images, references=[["a caption"]] * n_images)
     return EncodedSplit(split, features, images)
+
+
+def evaluation_loader(name, context):
+    return retrieval_loader(tiny_split(name, EVAL_IMAGES[name]), CANDIDATES, 0, rank=context.rank,
+                            world_size=context.world_size)  # fmt: skip
+
+
+def record_captioned(sender):
+    """The ``aux_input`` of every batch the sender captions in evaluation: which targets this rank captioned."""
+    captioned = []
+
+    def record(module, args):
+        if not module.training:
+            captioned.append(args[1])
+
+    sender.register_forward_pre_hook(record)
+    return captioned
 
 
 def train_one_epoch(configuration):
@@ -90,9 +118,15 @@ def train_one_epoch(configuration):
     loader = training_loader(tiny_split("train"), GLOBAL_BATCH, seed=0, rank=context.rank,
                              world_size=context.world_size)  # fmt: skip
     recorder = Recorder(optimizer, parameters)
-    trainer = core.Trainer(game, optimizer, loader, callbacks=[EpochSetter(loader.batch_sampler), recorder])
-    trainer.train(n_epochs=1)
-    _, logs = trainer.eval(retrieval_loader(tiny_split("test"), GLOBAL_BATCH, 0))  # every rank scores all sets
+    captioned = record_captioned(game.sender)
+    callbacks = [EpochSetter(loader.batch_sampler), recorder, ConsoleLogger()]  # on every rank, to compare them
+    trainer = core.Trainer(game, optimizer, loader, validation_data=evaluation_loader("validation", context),
+                           callbacks=callbacks)  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        trainer.train(n_epochs=1)
+    logged = [json.loads(line) for line in printed.getvalue().splitlines() if line.startswith("{")]
+    loss, logs = trainer.eval(evaluation_loader("test", context))
+    final = {"loss": loss, **{key: value.mean().item() for key, value in logs.aux.items()}}  # as train.py reports
     return {
         "losses": recorder.losses,
         "epoch_loss": recorder.epoch_losses[0],
@@ -101,8 +135,11 @@ def train_one_epoch(configuration):
         "grads": recorder.grads,
         "parameters": [p.detach().clone() for p in parameters],
         "baseline_state": game.get_extra_state(),
-        "eval_rewards": logs.aux["reward"],
-        "eval_acc": logs.aux["acc"],
+        "validation": [line for line in logged if line["mode"] == "test"][0],
+        "test": final,
+        "eval_losses": recorder.eval_losses,
+        "eval_logs": recorder.eval_logs,
+        "captioned": captioned,
     }
 
 
@@ -146,14 +183,48 @@ def compare(ranks, single, name):
             assert_close(got, expected, f"{name}: parameters after two SGD steps")
         for key, value in single["baseline_state"]["baseline"].items():
             assert_close(rank["baseline_state"]["baseline"][key], value, f"{name}: baseline {key}")
-        # Evaluation: each retrieval batch split across the ranks and gathered gives the single-process P@1.
-        # Every rank scores every set; the gathered logs hold one copy per rank of the single process's rows.
-        copies = len(ranks)
-        assert_close(rank["eval_rewards"].sort().values, single["eval_rewards"].repeat(copies).sort().values,
-                     f"{name}: evaluation rewards")  # fmt: skip
-        assert torch.equal(rank["eval_acc"].sort().values, single["eval_acc"].repeat(copies).sort().values)
-        assert rank["eval_acc"].mean() == single["eval_acc"].mean()
     assert ranks[0]["losses"] != ranks[1]["losses"]  # the ranks did see different halves
+    compare_evaluation(ranks, single, name)
+
+
+def compare_evaluation(ranks, single, name):
+    """Validation and test: each rank captioned its share of every candidate set, and logged one process's scores."""
+    targets = [EVAL_IMAGES[split] for split in ("validation", "test")]
+    sets = [[CANDIDATES] * (n // CANDIDATES) + [n % CANDIDATES] for n in targets]  # targets per set, in order
+    assert [len(batch["image_index"]) for batch in single["captioned"]] == sets[0] + sets[1]
+    shares = [[], []]  # per split, the targets captioned by some rank (padding rows left out)
+    for rank in ranks:
+        assert [len(batch["image_index"]) for batch in rank["captioned"]] == [-(-t // 2) for t in sets[0] + sets[1]]
+        for split, batches in enumerate((rank["captioned"][: len(sets[0])], rank["captioned"][len(sets[0]) :])):
+            shares[split] += [i for batch in batches for i in batch["image_index"][~batch["padding"]].tolist()]
+    assert [sorted(share) for share in shares] == [list(range(n)) for n in targets]  # each target once, by one rank
+
+    for rank in ranks:
+        # Each evaluation batch: the game returned the whole set's loss and logs on every rank (upstream EGG's
+        # Trainer logs the leader's batch losses), and the Trainer's gathering holds one copy per rank.
+        assert_close(rank["eval_losses"], single["eval_losses"], f"{name}: evaluation batch losses")
+        assert len(rank["eval_logs"]) == len(single["eval_logs"])
+        for got, expected in zip(rank["eval_logs"], single["eval_logs"]):
+            assert got.keys() == expected.keys()
+            for key in ("acc", "reward", "length"):
+                assert_close(got[key], expected[key].repeat(len(ranks)), f"{name}: evaluation {key}")
+        # What the ConsoleLogger prints for validation and train.py reports for the test split.
+        for split in ("validation", "test"):
+            got, expected = rank[split], single[split]
+            assert got.keys() == expected.keys()
+            assert got["acc"] == expected["acc"], f"{name}: {split} P@1"
+            for key, value in expected.items():
+                assert got[key] == (pytest.approx(value, rel=1e-6, abs=1e-7) if isinstance(value, float) else value)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 8])
+@pytest.mark.parametrize("n_targets", [1, 2, 5, 100])
+def test_the_ranks_shares_of_a_candidate_set_are_its_targets_in_order(n_targets, world_size):
+    shares = [retrieval_share(n_targets, rank, world_size) for rank in range(world_size)]
+    assert len({len(positions) for positions, _ in shares}) == 1  # every rank captions as many rows
+    kept = [p for positions, padding in shares for p, is_padding in zip(positions, padding) if not is_padding]
+    assert kept == list(range(n_targets))  # gathered in rank order, without padding: the set's targets in order
+    assert sum(sum(padding) for _, padding in shares) < world_size
 
 
 def test_batch_sizes_must_split_evenly_across_processes():

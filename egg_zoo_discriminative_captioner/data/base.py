@@ -8,7 +8,8 @@ A batch is EGG's ``(sender_input, labels, receiver_input, aux_input)``:
 - ``receiver_input``: the candidates' retriever image embeddings                       ``[B, D]``
 - ``aux_input``: ``{"image_index": [B]}``, each image's index in its split
 
-Every image of a batch is a target and the other B - 1 are its distractors, as in the paper.
+Every image of a training batch is a target and the other B - 1 are its distractors, as in the paper.  An
+evaluation batch is one candidate set of the retrieval protocol (``retrieval_loader``).
 """
 
 import functools
@@ -168,45 +169,60 @@ def retrieval_batches(n_images, candidates, seed):
     return batches
 
 
-class _Candidates(Dataset):
-    """``(index, is_target)`` -> the split's item and whether it is a target (fillers are distractors only)."""
+def retrieval_share(n_targets, rank=0, world_size=1):
+    """This rank's rows of a candidate set with ``n_targets`` targets: ``(positions, padding)``, two lists.
 
-    def __init__(self, dataset):
+    Each rank takes a contiguous part of ceil(n_targets / world_size) target positions, so the ranks' parts in rank
+    order are the set's targets in order.  Parts that come up short are filled with copies of the first target,
+    flagged in ``padding``: every rank then captions as many rows, so their results can be all-gathered, and the
+    flagged rows are dropped.  One process takes every target, without padding.
+    """
+    share = -(-n_targets // world_size)  # ceil
+    positions = list(range(rank * share, min((rank + 1) * share, n_targets)))
+    n_padding = share - len(positions)
+    return positions + [0] * n_padding, [False] * len(positions) + [True] * n_padding
+
+
+class _RetrievalSets(Dataset):
+    """Candidate set -> this rank's EGG batch of it: its share of the targets, all the candidates.
+
+    ``sender_input`` ``[k, ...]`` and ``labels`` ``[k]`` cover the targets this rank captions;
+    ``receiver_input`` ``[C, D]`` all C candidates, targets first, then the fillers, which are candidates only.
+    In a distributed run ``aux_input["padding"]`` ``[k]`` flags the rows that only even out the ranks' shares.
+    """
+
+    def __init__(self, dataset, sets, rank, world_size):
         self.dataset = dataset
+        self.sets = sets
+        self.rank = rank
+        self.world_size = world_size
 
     def __len__(self):
-        return len(self.dataset)
+        return len(self.sets)
 
-    def __getitem__(self, key):
-        index, is_target = key
-        return (*self.dataset[index], is_target)
-
-
-def collate_retrieval_batch(items):
-    """EGG's four-part batch for one candidate set: targets come first, fillers only as candidates.
-
-    ``sender_input`` ``[T, ...]`` and ``labels = arange(T)`` cover the T targets; ``receiver_input`` ``[C, D]`` all
-    C candidates.  Every row of the game's output is thus one scored target, and its mean is P@1.
-    """
-    targets = [item for item in items if item[3]]
-    sender_inputs = torch.stack([item[0] for item in targets])
-    labels = torch.arange(len(targets))  # [T]: target t is candidate t
-    receiver_inputs = torch.stack([item[1] for item in items])  # [C, D]
-    aux_input = {"image_index": torch.tensor([item[2] for item in targets])}
-    return sender_inputs, labels, receiver_inputs, aux_input
+    def __getitem__(self, index):
+        targets, fillers = self.sets[index]
+        positions, padding = retrieval_share(len(targets), self.rank, self.world_size)
+        captioned = [targets[p] for p in positions]
+        sender_inputs = torch.stack([self.dataset.sender_inputs[i] for i in captioned])  # [k, ...]
+        labels = torch.tensor(positions)  # [k]: target p is candidate p
+        receiver_inputs = torch.stack([self.dataset.receiver_inputs[i] for i in targets + fillers])  # [C, D]
+        aux_input = {"image_index": torch.tensor(captioned)}
+        if self.world_size > 1:
+            aux_input["padding"] = torch.tensor(padding)
+        return sender_inputs, labels, receiver_inputs, aux_input
 
 
-def retrieval_loader(dataset, candidates, seed):
+def retrieval_loader(dataset, candidates, seed, rank=0, world_size=1):
     """The paper's retrieval protocol as EGG batches: each target among ``candidates - 1`` seeded distractors.
 
-    The candidate sets are ``retrieval_batches(len(dataset), candidates, seed)``; every image of the split is the
-    target exactly once, so the mean logged ``acc`` is P@1 among ``candidates`` over the whole split.
+    The candidate sets are ``retrieval_batches(len(dataset), candidates, seed)``, one batch each; every image of the
+    split is the target exactly once, so the mean logged ``acc`` is P@1 among ``candidates`` over the whole split.
+    With ``world_size`` ranks, each batch holds this rank's share of the set's targets (``retrieval_share``) and all
+    its candidates; the game gathers the shares back into the whole set (``DiscriminativeGame``).
     """
     if len(dataset) < candidates:
         raise UsageError(f"split '{dataset.split.name}' has {len(dataset)} images, fewer than {candidates} candidates")
-    batches = [
-        [(i, True) for i in targets] + [(i, False) for i in fillers]
-        for targets, fillers in retrieval_batches(len(dataset), candidates, seed)
-    ]
-    return DataLoader(_Candidates(dataset), batch_sampler=batches, collate_fn=collate_retrieval_batch,
+    sets = retrieval_batches(len(dataset), candidates, seed)
+    return DataLoader(_RetrievalSets(dataset, sets, rank, world_size), batch_size=None,
                       generator=torch.Generator())  # validating leaves the global random state alone

@@ -148,7 +148,9 @@ class Trainer:
     def _mean_over_ranks(self, loss: torch.Tensor) -> float:
         """A rank's mean loss averaged over the ranks (equal shares), so every rank logs the global mean."""
         if self.distributed_context.is_distributed:
-            loss = gather_tensor(loss.detach().reshape(1)).mean()
+            # In float64, where W equal losses (a game that returns the whole batch's, on every rank) average to
+            # themselves exactly; in float32 three copies of x often average to x's neighbour.
+            loss = gather_tensor(loss.detach().reshape(1)).double().mean()
         return loss.item()
 
     def train_epoch(self) -> Tuple[float, Interaction]:
