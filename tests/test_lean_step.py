@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 from transformers import GenerationConfig
+from transformers.activations import NewGELUActivation
 
 from egg.zoo.discriminative_captioner.archs import (
     CaptionerSender,
@@ -19,7 +20,7 @@ from egg.zoo.discriminative_captioner.archs import (
 )
 from egg.zoo.discriminative_captioner.captioners import base, fused
 from egg.zoo.discriminative_captioner.captioners.base import PolicySampler, caption_mask, sequence_log_prob
-from egg.zoo.discriminative_captioner.captioners.clipcap import ClipImageEncoder
+from egg.zoo.discriminative_captioner.captioners.clipcap import ClipCapConfig, ClipCapModel, ClipImageEncoder
 from egg.zoo.discriminative_captioner.clip_models import clip_transform
 from egg.zoo.discriminative_captioner.core import MeanBaseline
 from egg.zoo.discriminative_captioner.errors import UsageError
@@ -27,7 +28,7 @@ from egg.zoo.discriminative_captioner.losses import DiscriminationLoss
 from egg.zoo.discriminative_captioner.precision import training_precision
 
 from .test_real_models import blip_opts, clipcap_opts
-from .tiny_models import tiny_clip
+from .tiny_models import tiny_clip, tiny_gpt2
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -64,6 +65,18 @@ def test_decoding_in_vocabulary_slices_matches_the_whole_head(monkeypatch, clipc
         assert sliced is not head and sliced.head is head
         torch.testing.assert_close(sliced(hidden), expected)
     assert clipcap.model.gpt.lm_head is head  # put back: the state dict and weight tying are untouched
+
+
+def test_clipcap_runs_gpt2_with_torchs_fused_gelu_computing_the_same_function():
+    gpt = tiny_gpt2(vocab_size=50)
+    for block in gpt.transformer.h:  # the MLP's pre-activations spread over GELU's curved range
+        block.mlp.c_fc.weight.data.mul_(20)
+    reference = copy.deepcopy(gpt)  # transformers' gelu_new, seven elementwise operations
+    model = ClipCapModel(ClipCapConfig(prefix_size=8, prefix_length=2), gpt)
+    assert not any(isinstance(module, NewGELUActivation) for module in model.modules())
+    assert model.gpt.config.activation_function == "gelu_pytorch_tanh"
+    tokens = torch.randint(50, (3, 7))
+    torch.testing.assert_close(model.gpt(tokens).logits, reference(tokens).logits, rtol=1e-5, atol=1e-5)
 
 
 def test_unused_entropy_adds_nothing_to_the_gradient():

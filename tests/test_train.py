@@ -82,6 +82,26 @@ def test_the_optimizer_holds_only_the_captioners_trainable_parameters(tiny_run_a
     assert not optimized & {id(p) for p in frozen}
 
 
+def test_adam_is_torchs_fused_adam_with_egg_s_learning_rate_and_the_same_update(tiny_run_args):
+    from egg.zoo.discriminative_captioner.experiment import build_experiment
+
+    opts = get_opts(tiny_run_args + ["--optimizer", "adam", "--lr", "0.01"])
+    experiment = build_experiment(opts)
+    optimizer = build_optimizer(build_game(opts, experiment.captioner, experiment.retriever))
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["fused"] and optimizer.defaults["lr"] == 0.01
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    copies = [p.detach().clone().requires_grad_() for p in parameters]
+    reference = torch.optim.Adam(copies, lr=0.01)  # what EGG's build_optimizer makes
+    for _ in range(3):
+        for p, q in zip(parameters, copies):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        optimizer.step()
+        reference.step()
+    for p, q in zip(parameters, copies):
+        torch.testing.assert_close(p, q)
+
+
 @pytest.fixture
 def no_heavy_work(monkeypatch):
     """Makes loading the data set and models fail: what a test runs must be refused before it."""
