@@ -246,7 +246,7 @@ def main():
     parser.add_argument("--retriever", choices=sorted(RETRIEVERS), default="tiny", help="CLIP text tower size")
     parser.add_argument("--batch_size", type=int, default=100)
     parser.add_argument("--max_len", type=int, default=40, help="rollout length (every caption has this length)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32")
     parser.add_argument("--steps", type=int, default=2, help="timed plugin steps after one warm-up step")
@@ -257,6 +257,8 @@ def main():
     parser.add_argument("--kl_coeff", type=float, default=0.0)
     parser.add_argument("--updates", type=int, default=56_000, help="updates of the run whose time is projected")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"

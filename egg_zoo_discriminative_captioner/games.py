@@ -42,9 +42,9 @@ def build_optimizer(game):
     """
     from .core import core
 
-    parameters = game.sender.captioner.trainable_parameters()
-    if core.get_opts().optimizer == "adam":
-        return fused_adam(parameters, lr=core.get_opts().lr)
+    parameters, opts = game.sender.captioner.trainable_parameters(), core.get_opts()
+    if opts.optimizer == "adam":
+        return fused_adam(parameters, lr=opts.lr)
     return core.build_optimizer(parameters)
 
 

@@ -12,8 +12,8 @@ Why slices of the vocabulary: on the CPU, one ``[N, E] x [E, V]`` matrix product
 (V = 50257, E = 768) runs at about half the speed of a square one (MKL, one thread: 34 GFLOP/s for the 100 rows
 of a decoding step and 49 for the 4,000 of a scoring pass, against 79 for a 2048^3 product), slices of 512
 columns at about the square one's (68 and 77 GFLOP/s; ``benchmarks/step.py`` measures the whole step).
-Decoding uses the same slices (``vocabulary_slices``).  On a GPU one product is as fast; the slices there only
-bound the fp32 temporaries.
+Decoding on the CPU uses the same slices (``vocabulary_slices``).  On a GPU, decoding keeps the one product and
+the scoring pass's wider slices only bound its fp32 temporaries.
 """
 
 import contextlib
@@ -27,6 +27,11 @@ VOCAB_SLICE = {"cpu": 512, "cuda": 8192}  # columns of the head per matrix produ
 def _slices(vocab_size, device):
     width = VOCAB_SLICE.get(device.type, VOCAB_SLICE["cuda"])
     return [(start, min(start + width, vocab_size)) for start in range(0, vocab_size, width)]
+
+
+def _rows_in_slice(tokens, start, end):
+    """The rows whose token falls in the vocabulary slice ``[start, end)``."""
+    return ((tokens >= start) & (tokens < end)).nonzero().squeeze(1)
 
 
 def _head_slice(hidden, weight, bias, start, end):
@@ -53,7 +58,7 @@ class _HeadTokenLogProbs(torch.autograd.Function):
             total = total * rescale + exp.sum(dim=1)
             weighted = weighted * rescale + exp.mul_(chunk).sum(dim=1)
             top = new_top
-            inside = ((tokens >= start) & (tokens < end)).nonzero().squeeze(1)  # rows whose token is in the slice
+            inside = _rows_in_slice(tokens, start, end)
             token_logit[inside] = chunk[inside, tokens[inside] - start]
         log_z = top + total.log()  # [N]
         entropy = log_z - weighted / total
@@ -85,7 +90,7 @@ class _HeadTokenLogProbs(torch.autograd.Function):
                 p.mul_(scale)
             grad = p.neg_()  # [N, c]
             if grad_log_prob is not None:
-                inside = ((tokens >= start) & (tokens < end)).nonzero().squeeze(1)
+                inside = _rows_in_slice(tokens, start, end)
                 grad[inside, tokens[inside] - start] += grad_log_prob[inside]
             grad = grad.to(compute)
             if need_hidden:
@@ -120,7 +125,7 @@ class _SlicedHead(nn.Module):
         self.head = head
 
     def forward(self, hidden):
-        if hidden.device.type != "cpu":  # one product is as fast on a GPU
+        if hidden.device.type != "cpu":  # the slices are for MKL's sake (module docstring)
             return self.head(hidden)
         weight, bias = self.head.weight, self.head.bias
         slices = _slices(weight.shape[0], hidden.device)
