@@ -216,16 +216,36 @@ def checkpoint_files(directory):
     return sorted(name for name in os.listdir(directory) if name.endswith((".tar", RESUME_SUFFIX)))
 
 
-class ConsoleLogger(core.ConsoleLogger):
-    """EGG's JSON lines (one per epoch and mode), where validation lines also name the split they score."""
+LOG_FILE = "log.jsonl"  # a run's logged lines at full precision, beside its checkpoints
 
-    def __init__(self, print_train_loss=True, validation_split="validation"):
+
+def rounded(values, digits=4):
+    """The floats of a log line rounded to ``digits`` significant digits, for reading in a console."""
+    return {key: float(f"{value:.{digits}g}") if isinstance(value, float) else value for key, value in values.items()}
+
+
+def log_line(values, log_file=None):
+    """Prints a JSON log line rounded for reading, and appends it at full precision to ``log_file`` if given."""
+    print(json.dumps(rounded(values)), flush=True)
+    if log_file is not None:
+        with open(log_file, "a") as f:
+            f.write(json.dumps(values) + "\n")
+
+
+class ConsoleLogger(core.ConsoleLogger):
+    """EGG's JSON lines (one per epoch and mode), where validation lines also name the split they score.
+
+    Floats are printed to 4 significant digits; ``log_file`` (a run's ``log.jsonl``) gets them at full precision.
+    """
+
+    def __init__(self, print_train_loss=True, validation_split="validation", log_file=None):
         super().__init__(print_train_loss=print_train_loss, as_json=True)
         self.validation_split = validation_split
+        self.log_file = log_file
 
     def print_line(self, loss, logs, **fields):
         dump = {"loss": loss, **{key: value.mean().item() for key, value in logs.aux.items()}, **fields}
-        print(json.dumps(dump), flush=True)
+        log_line(dump, self.log_file)
 
     def on_validation_end(self, loss, logs, epoch):
         self.print_line(loss, logs, mode="test", split=self.validation_split, epoch=epoch)

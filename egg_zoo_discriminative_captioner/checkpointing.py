@@ -1,7 +1,4 @@
-"""Writing files so that an interrupted run never leaves a half-written one behind, and the state a resume needs.
-
-Every file is written to a temporary name beside its destination and renamed over it once complete, with the
-permissions the user's umask gives a new file (``tempfile`` alone would leave it readable by its owner only).
+"""Checkpoint files and the state a resume needs; every file written atomically (``atomic.py``).
 
 A checkpoint is EGG's ``<name>.tar`` (a ``Checkpoint`` NamedTuple, loadable by either core) plus a *resume state*
 ``<name>.resume.pt`` beside it: the data sampler's seed and position and the random number generators' states.
@@ -9,71 +6,23 @@ EGG's ``Checkpoint`` has fixed fields, so the extra state lives in its own file;
 ``.tar`` it belongs to, so a resume state is never applied to another checkpoint.
 """
 
-import contextlib
 import hashlib
 import os
 import random
-import shutil
-import tempfile
 
 import numpy as np
 import torch
 
-from .errors import UsageError
+from .atomic import atomic_directory, atomic_path, atomic_write_text  # noqa: F401 (used from here too)
+from .errors import UsageError, unreadable_file
 
 RESUME_SUFFIX = ".resume.pt"
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yields a temporary path beside ``path``; on success it is renamed over ``path``, otherwise removed."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix="partial-", suffix=".tmp", dir=directory)
-    os.close(handle)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def atomic_save(obj, path):
     """``torch.save`` that never leaves a truncated file at ``path``."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-
-
-def atomic_write_text(text, path):
-    """Writes ``text`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as f:
-            f.write(text)
-
-
-@contextlib.contextmanager
-def atomic_directory(path):
-    """Yields a staging directory beside ``path``; on success it replaces ``path``, otherwise it is removed."""
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix="partial-", dir=parent)
-    try:
-        yield staging
-        os.chmod(staging, 0o777 & ~_umask())
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.replace(staging, path)
-    finally:
-        if os.path.exists(staging):
-            shutil.rmtree(staging)
 
 
 # --- resume state ----------------------------------------------------------------------------------------------
@@ -135,16 +84,21 @@ def load_resume_state(checkpoint_path):
     return state
 
 
-def read_checkpoint(path):
-    """The ``Checkpoint`` in ``path``, read lazily (memory-mapped), so a truncated file is found in seconds."""
+def read_checkpoint(path, purpose="resume"):
+    """The ``Checkpoint`` in ``path``, read lazily (memory-mapped), so a truncated file is found in seconds.
+
+    ``purpose`` ("resume" or "load") words the error: a file that is not an EGG checkpoint says what it is.
+    """
+    flag = "--load_from_checkpoint" if purpose == "resume" else "a checkpoint of this game"
+    if os.path.isdir(path):
+        raise UsageError(f"cannot {purpose} from {path}: it is a directory, not an EGG checkpoint (.tar) ({flag})")
     if not os.path.isfile(path):
-        raise UsageError(f"checkpoint not found: {path} (--load_from_checkpoint)")
+        raise UsageError(f"checkpoint not found: {path} ({flag})")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         epoch = checkpoint.epoch
     except Exception as error:  # truncated files, foreign formats and unknown classes raise several types
-        reason = " ".join(str(error).split())[:300]
-        raise UsageError(f"cannot resume from {path}: not a readable EGG checkpoint ({reason})") from error
+        raise UsageError(f"cannot {purpose} from {path}: {unreadable_file(path, error, 'an EGG checkpoint')}") from None
     if not isinstance(epoch, int) or epoch < 0:
-        raise UsageError(f"cannot resume from {path}: its epoch is {epoch!r}")
+        raise UsageError(f"cannot {purpose} from {path}: its epoch is {epoch!r}")
     return checkpoint

@@ -6,7 +6,7 @@ import warnings
 import torch
 from torchvision import transforms
 
-from .errors import UsageError, missing_weights
+from .errors import UsageError, missing_weights, unreadable_file
 
 with warnings.catch_warnings():  # openai-clip imports pkg_resources, which warns on every import
     warnings.simplefilter("ignore", UserWarning)
@@ -63,10 +63,11 @@ def load_clip(name, flag, download_root=None):
             model = clip.model.build_model(dict(state_dict)).float()
             model.load_state_dict(state_dict, strict=True)
         except Exception as error:  # unreadable file or foreign key layout: several exception types
-            raise UsageError(f"{name} is not a CLIP checkpoint ({type(error).__name__}: {error}) ({flag})") from error
+            raise UsageError(f"cannot read CLIP checkpoint {name} ({flag}): "
+                             f"{unreadable_file(name, error, 'a CLIP model')}") from None  # fmt: skip
     else:
-        raise UsageError(
-            f"{name!r} is neither a CLIP model name ({', '.join(clip.available_models())}) nor a file ({flag})"
-        )
+        what = "a directory" if os.path.isdir(name) else "no such file"
+        raise UsageError(f"{name!r} ({flag}) is {what}; give a CLIP model name "
+                         f"({', '.join(clip.available_models())}) or a CLIP .pt file")  # fmt: skip
     model = model.float().eval()
     return model, clip_transform(model.visual.input_resolution)

@@ -1,10 +1,23 @@
 """Errors caused by the user's input, which the command line reports as one line instead of a traceback."""
 
+import os
+import re
 import sys
+
+# The first bytes of the files people pass by mistake, and what they are.
+MAGIC = ((b"PK\x03\x04", "a ZIP archive"), (b"\x80", "a pickle file"), (b"\xff\xd8\xff", "a JPEG image"),
+         (b"\x89PNG", "a PNG image"), (b"\x1f\x8b", "a gzip file"), (b"{", "a JSON or text file"))  # fmt: skip
 
 
 class UsageError(Exception):
-    """Bad input (a missing file, an impossible option, a corrupted cache): the message says how to fix it."""
+    """Bad input (a missing file, an impossible option, a corrupted cache): the message says how to fix it.
+
+    The command line prints it as one line, or as written with ``multiline=True`` (a list of missing files).
+    """
+
+    def __init__(self, message, multiline=False):
+        super().__init__(message)
+        self.multiline = multiline
 
 
 def missing_weights(what, source, flag, error):
@@ -16,9 +29,54 @@ def missing_weights(what, source, flag, error):
     )
 
 
+def describe_file(path):
+    """What ``path`` is, in a few words: 'a directory', 'an empty file', 'a text file', 'a ZIP archive', ..."""
+    if os.path.isdir(path):
+        return "a directory"
+    if not os.path.exists(path):
+        return "absent"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as error:
+        return f"unreadable ({error.strerror or error})"
+    if not head:
+        return "an empty file"
+    for magic, what in MAGIC:
+        if head.startswith(magic):
+            return what
+    if head[257:262] == b"ustar":
+        return "a tar archive"
+    try:
+        head.decode("utf-8")
+        return "a text file"
+    except UnicodeDecodeError:
+        return f"a binary file of {os.path.getsize(path)} bytes"
+
+
+def unreadable_file(path, error, expected):
+    """Why ``torch.load`` could not read ``path`` as ``expected`` (e.g. 'a ClipCap state dict'), in one sentence.
+
+    PyTorch's own message for a file holding arbitrary Python objects advises ``weights_only=False``, which runs
+    any code the file holds: this says which object it is instead, and never gives that advice.
+    """
+    what = describe_file(path)
+    if what == "a ZIP archive":  # torch.save's format: the file is PyTorch's, its contents are not what we want
+        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        if unsafe:
+            return (f"it is a PyTorch file holding Python objects ({unsafe.group(1)}), not {expected} of tensors; "
+                    "save the model's state_dict() instead")  # fmt: skip
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        return f"it is a PyTorch file but not {expected} ({reason}), or it is truncated"
+    if what == "a pickle file":
+        return f"it is a pickle file (an old PyTorch format?) that does not load as {expected}, or it is truncated"
+    return f"it is {what}, not {expected} (a file written by torch.save)"
+
+
 def run_command(main):
     """Runs ``main(sys.argv[1:])``; a UsageError ends the process with one line on stderr and exit status 1."""
     try:
         main(sys.argv[1:])
     except UsageError as error:
-        sys.exit("error: " + " ".join(str(error).split()))  # one line, whatever the message quotes
+        text = str(error) if error.multiline else " ".join(str(error).split())  # one line, whatever it quotes
+        sys.exit("error: " + text)

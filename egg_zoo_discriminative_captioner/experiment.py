@@ -15,17 +15,17 @@ from .captioners import build_captioner
 from .checkpointing import atomic_write_text
 from .data import EncodedSplit, TransformedImages, load_dataset
 from .data.feature_cache import (
-    CacheKey,
     CachedRows,
+    CacheKey,
     build_cache,
     cache_directory,
     default_feature_cache_dir,
     describe_transform,
     readable_indices,
 )
-from .data.files import models_directory
 from .errors import UsageError
 from .opts import apply_model_defaults
+from .preflight import check_files
 from .retrievers import build_retriever
 
 
@@ -40,39 +40,10 @@ class Experiment:
     rebuilt: set = field(default_factory=set)  # feature caches already rebuilt by this run (--rebuild)
 
 
-# The released files a game file may name by their bare file name, looked for in ``models_directory()``.
-RELEASED_FILES = {
-    "conceptual_weights.pt": "ClipCap-ConCap (MLP mapper, Conceptual Captions)",
-    "coco_weights.pt": "ClipCap-COCO (MLP mapper, COCO)",
-}
-RELEASED_SOURCE = "the Google Drive links in https://github.com/rmokady/CLIP_prefix_caption's README"
-
-
-def find_released_files(opts):
-    """Resolves released model files named by bare name (game files do) in the models directory.
-
-    Runs before anything heavy: a missing file ends the run with one line naming it and how to get it.
-    """
-    name = opts.clipcap_checkpoint
-    if opts.captioner == "clipcap" and name and not os.path.isfile(name):
-        if os.path.basename(name) != name:
-            raise UsageError(f"ClipCap checkpoint not found: {name} (--clipcap_checkpoint)")
-        path = os.path.join(models_directory(), name)
-        if not os.path.isfile(path):
-            what = RELEASED_FILES.get(name, "ClipCap weights")
-            raise UsageError(f"{what} file {name} not found in {models_directory()}: download it from "
-                             f"{RELEASED_SOURCE} into that directory (or set $DISCRITUNE_MODELS, or pass "
-                             f"--clipcap_checkpoint PATH; see python data_scripts/download.py models)")  # fmt: skip
-        opts.clipcap_checkpoint = path
-    if opts.captioner == "blip" and not os.path.isdir(opts.blip_model):
-        local = os.path.join(models_directory(), opts.blip_model.rstrip("/").split("/")[-1])
-        if os.path.isdir(local):  # a saved copy of the hub model, e.g. ~/data/models/blip-image-captioning-base
-            opts.blip_model = local
-
-
 def build_experiment(opts):
-    """Loads the data set, then the captioner and retriever (with the data set's model defaults)."""
-    find_released_files(opts)
+    """Checks every file first, then loads the data set, the captioner and the retriever (with the data set's
+    model defaults)."""
+    check_files(opts, datasets=[opts.dataset])
     dataset = load_dataset(opts)
     apply_model_defaults(opts, dataset)
     captioner = build_captioner(opts).to(opts.device)

@@ -2,7 +2,7 @@
 
 import torch
 
-REWARDS = ("logprob", "accuracy", "cosine")
+from .choices import REWARDS
 
 
 class DiscriminationLoss:

@@ -10,9 +10,11 @@ import contextlib
 
 import torch
 
+from . import choices
 from .errors import UsageError
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = {name: {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+              for name in choices.PRECISIONS}  # fmt: skip
 
 
 def dtype_of(precision):

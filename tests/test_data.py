@@ -268,8 +268,11 @@ def test_with_a_matching_cache_a_training_step_decodes_no_image_and_runs_no_clip
 
 def test_a_missing_released_checkpoint_stops_before_any_data_is_read(tmp_path, monkeypatch):
     monkeypatch.setenv("DISCRITUNE_MODELS", str(tmp_path / "models"))
-    with pytest.raises(UsageError, match=r"conceptual_weights.pt not found in .*models: download it from"):
+    with pytest.raises(UsageError) as error:
         train.main(["--dataset", "conceptual", "--data_root", str(tmp_path / "no-data")])
+    listed = str(error.value)  # both are missing: both are named, in one error
+    assert f"looked for: {tmp_path / 'no-data'} (not found)" in listed and "pass a path with: --data_root" in listed
+    assert f"{tmp_path / 'models' / 'conceptual_weights.pt'}" in listed and "drive.google.com" in listed
     opts = get_opts(["--game", "blip_coco"])
     assert (opts.dataset, opts.captioner, opts.n_epochs, opts.lr, opts.random_seed) == ("coco", "blip", 1, 1e-7, 111)
     opts = get_opts(["--dataset", "coco"])

@@ -128,7 +128,7 @@ def test_help_shows_each_value_once_with_its_source_and_groups_eggs_options(caps
 
 
 def test_evaluate_help_leaves_out_training_options(capsys):
-    text = help_text(capsys, training=False)
+    text = help_text(capsys, command="evaluate")
     for option in ("--lr", "--n_epochs", "--baseline", "--kl_coeff", "--checkpoint_every", "--greedy_rollouts"):
         assert option not in text
     for option in ("--load_from_checkpoint", "--max_len", "--num_beams", "--clip_model"):

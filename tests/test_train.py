@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from egg.zoo.discriminative_captioner import train
+from egg.zoo.discriminative_captioner import finetuning, train
 from egg.zoo.discriminative_captioner.core import Checkpoint, core
 from egg.zoo.discriminative_captioner.errors import UsageError
 from egg.zoo.discriminative_captioner.games import build_game, build_optimizer
@@ -109,7 +109,7 @@ def no_heavy_work(monkeypatch):
     def refuse(opts):
         raise AssertionError("heavy work started")
 
-    monkeypatch.setattr(train, "build_experiment", refuse)
+    monkeypatch.setattr(finetuning, "build_experiment", refuse)
 
 
 @pytest.mark.parametrize(
@@ -141,7 +141,7 @@ def test_a_run_never_replaces_another_runs_results(tiny_run_args, tmp_path, no_h
     run = previous_run(tmp_path / "run")
     with pytest.raises(UsageError, match="holds another run .*--overwrite"):
         train.main(tiny_run_args + ["--checkpoint_dir", str(run)])
-    with pytest.raises(UsageError, match="cannot resume from .*final.tar: not a readable EGG checkpoint"):
+    with pytest.raises(UsageError, match="cannot resume from .*final.tar: it is a PyTorch file but not an EGG checkpoint"):
         train.main(tiny_run_args + ["--checkpoint_dir", str(run), "--load_from_checkpoint", str(run / "final.tar")])
     assert (run / "opts.json").read_text() == '{"previous": true}' and (run / "clipcap.pt").read_bytes() == b"weights"
     with pytest.raises(AssertionError, match="heavy work started"):  # told to: it goes ahead

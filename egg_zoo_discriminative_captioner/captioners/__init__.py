@@ -7,19 +7,30 @@ evaluation), ``score(sender_input, tokens)``, ``mle_loss(sender_input, captions)
 ``image_transform`` (PIL image -> pixels), ``cache_inputs`` (whether ``encode_images`` is frozen, so its
 outputs can be computed once per image), ``config`` (a dataclass saved with checkpoints) and
 ``save_pretrained(directory)`` (the finetuned model in its native format).
+
+``CAPTIONERS`` maps each ``--captioner`` name to its loader, imported only when chosen (the option parser reads
+the names without importing torch).
 """
 
-from .base import Rollout
-from .blip import BlipCaptioner, load_blip_captioner
-from .clipcap import ClipCapCaptioner
-from .clipcap_checkpoint import load_clipcap_captioner
+import importlib
 
-CAPTIONERS = {"clipcap": load_clipcap_captioner, "blip": load_blip_captioner}
+CAPTIONERS = {
+    "clipcap": (".clipcap_checkpoint", "load_clipcap_captioner"),
+    "blip": (".blip", "load_blip_captioner"),
+}
+_EXPORTS = {"BlipCaptioner": ".blip", "ClipCapCaptioner": ".clipcap", "Rollout": ".base"}
 
 
 def build_captioner(opts):
     """The captioner named by ``--captioner``."""
-    return CAPTIONERS[opts.captioner](opts)
+    module_name, function = CAPTIONERS[opts.captioner]
+    return getattr(importlib.import_module(module_name, package=__name__), function)(opts)
+
+
+def __getattr__(name):  # the classes load on first use (PEP 562)
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], package=__name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["BlipCaptioner", "CAPTIONERS", "ClipCapCaptioner", "Rollout", "build_captioner"]

@@ -14,12 +14,13 @@ from torch import nn
 from transformers import BlipForConditionalGeneration, BlipProcessor, GenerationConfig
 
 from ..checkpointing import atomic_directory
+from ..choices import BLIP_PROMPT
 from ..errors import missing_weights
 from ..frozen import FrozenModule
 from ..pretrained import from_pretrained_strict
 from .base import ConditionalCaptioner, generate_with, pad_batch, pad_to
 
-DEFAULT_PROMPT = "a picture of"
+DEFAULT_PROMPT = BLIP_PROMPT
 
 
 @dataclass

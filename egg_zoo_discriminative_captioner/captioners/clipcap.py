@@ -14,11 +14,12 @@ from transformers import GenerationConfig
 from transformers.activations import ACT2FN, NewGELUActivation
 
 from ..checkpointing import atomic_save
+from ..choices import CLIPCAP_MAPPING_TYPES
 from ..errors import UsageError
 from ..frozen import FrozenModule
 from .base import ConditionalCaptioner, generate_with, pad_batch, pad_to
 
-MAPPING_TYPES = ("mlp", "transformer")
+MAPPING_TYPES = CLIPCAP_MAPPING_TYPES
 
 
 @dataclass

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel
 
 from ..clip_models import load_clip
-from ..errors import UsageError, missing_weights
+from ..errors import UsageError, missing_weights, unreadable_file
 from .clipcap import ClipCapCaptioner, ClipCapConfig, ClipCapModel, ClipImageEncoder
 
 RELEASED_FILES = "coco_weights.pt or conceptual_weights.pt from github.com/rmokady/CLIP_prefix_caption"
@@ -71,16 +71,19 @@ def load_clipcap_state_dict(model, state_dict, source="checkpoint"):
 
 
 def read_clipcap_file(path):
-    """The state dict in a ClipCap ``.pt`` file; a missing or unreadable file is a UsageError."""
+    """The state dict in a ClipCap ``.pt`` file; a missing or unreadable file is a UsageError saying what it is."""
     if not os.path.isfile(path):
-        raise UsageError(f"ClipCap checkpoint not found: {path} (--clipcap_checkpoint; the released files are "
-                         f"{RELEASED_FILES})")  # fmt: skip
+        what = "is a directory" if os.path.isdir(path) else "not found"
+        raise UsageError(f"ClipCap checkpoint {path} {what} (--clipcap_checkpoint takes a .pt file: the released "
+                         f"files are {RELEASED_FILES})")  # fmt: skip
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for a file that is not a state dict
-        raise UsageError(f"cannot read ClipCap checkpoint {path}: {error}") from error
+        raise UsageError(f"cannot read ClipCap checkpoint {path} (--clipcap_checkpoint): "
+                         f"{unreadable_file(path, error, 'a ClipCap state dict')}") from None  # fmt: skip
     if not isinstance(state_dict, dict) or "gpt.transformer.wte.weight" not in state_dict:
-        raise UsageError(f"{path} is not a ClipCap state dict (no gpt.transformer.wte.weight)")
+        raise UsageError(f"{path} (--clipcap_checkpoint) is a PyTorch file but not a ClipCap state dict (no "
+                         f"gpt.transformer.wte.weight; the released files are {RELEASED_FILES})")  # fmt: skip
     return state_dict
 
 

@@ -9,17 +9,7 @@ in their published formats, one reader module each.
 
 import importlib
 
-from .base import (
-    EncodedSplit,
-    ImageSplit,
-    TransformedImages,
-    collate_game_batch,
-    encode_images,
-    retrieval_batches,
-    retrieval_loader,
-    training_loader,
-)
-from .samplers import check_batch_size
+from ..errors import UsageError
 
 DATASETS = {
     "synthetic": ("..synthetic", "load_dataset"),
@@ -35,10 +25,32 @@ DATASETS = {
 }
 
 
+OWN_MODELS = {"synthetic", "synthetic_descriptive"}  # data sets that bring their own models (model_defaults)
+_EXPORTS = {
+    name: ".base"
+    for name in ("EncodedSplit", "ImageSplit", "TransformedImages", "collate_game_batch", "encode_images",
+                 "retrieval_batches", "retrieval_loader", "training_loader")
+}  # fmt: skip
+
+
+def check_batch_size(batch_size):
+    """In-batch distractors need at least two images per batch (the samplers' check, and the options')."""
+    if batch_size < 2:
+        raise UsageError(
+            f"--batch_size {batch_size} leaves no distractors: a batch of B images gives each target B - 1"
+        )
+
+
 def load_dataset(opts):
     """The data set named by ``--dataset``."""
     module_name, function = DATASETS[opts.dataset]
     return getattr(importlib.import_module(module_name, package=__name__), function)(opts)
+
+
+def __getattr__(name):  # the torch parts load on first use (PEP 562): the option parser needs only the names
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], package=__name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

@@ -16,9 +16,9 @@ import glob
 import os
 
 from ..errors import UsageError
-from .base import ImageSplit
 from .files import RealDataset, data_root, file_split, hint
 from .images import TarImages, read_member_text, read_shard
+from .splits import ImageSplit
 
 TSV_FILES = {"train": "Train_GCC-training.tsv", "validation": "Validation_GCC-1.1.0-Validation.tsv"}
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")

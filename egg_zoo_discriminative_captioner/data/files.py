@@ -11,8 +11,8 @@ import os
 from typing import Callable, Dict
 
 from ..errors import UsageError
-from .base import ImageSplit
 from .images import ImageFiles, existing_files
+from .splits import ImageSplit
 
 SPLITS = ("train", "validation", "test")
 DATA_ENV = "DISCRITUNE_DATA"
@@ -26,6 +26,18 @@ DEFAULT_DIRECTORIES = {
     "concadia_descriptions": "concadia",
     "imagecode": "imagecode",
 }
+# What each data set cannot be read without, under its root: (what, [glob patterns, any one of which will do]).
+REQUIRED_FILES = {
+    "conceptual": [("training data", ["train/*.tar", "Train_GCC-training.tsv"]),
+                   ("validation data", ["validation/*.tar", "Validation_GCC-1.1.0-Validation.tsv"])],
+    "coco": [("Karpathy split file", ["dataset_coco.json"])],
+    "flickr": [("Karpathy split file", ["dataset_flickr30k.json"])],
+    "nocaps_near": [("annotations", ["nocaps_val_4500_captions.json"])],
+    "nocaps_out": [("annotations", ["nocaps_val_4500_captions.json"])],
+    "concadia_captions": [("split file", ["wiki_split.json"])],
+    "concadia_descriptions": [("split file", ["wiki_split.json"])],
+    "imagecode": [("annotations", ["valid_data.json"])],
+}  # fmt: skip
 MODELS_ENV = "DISCRITUNE_MODELS"
 DOWNLOAD_HINT = "python data_scripts/download.py {dataset} prints what to download and where to put it"
 
@@ -44,6 +56,11 @@ def models_directory():
     """Where released model files named by a game file are looked for: ``$DISCRITUNE_MODELS``, or
     ``$DISCRITUNE_DATA/models`` (``~/data/models``)."""
     return os.environ.get(MODELS_ENV) or os.path.join(data_base(), "models")
+
+
+def required_files(dataset):
+    """``[(what, [patterns])]``: the files ``dataset`` cannot be read without, as glob patterns under its root."""
+    return REQUIRED_FILES.get(dataset, [])
 
 
 def data_root(opts):

@@ -13,19 +13,12 @@ import torch
 from torch.utils.data import Sampler
 
 from ..errors import UsageError
+from . import check_batch_size
 
 
 def epoch_generator(seed, epoch):
     """A torch generator seeded from (seed, epoch) alone: the same epoch draws the same order on every launch."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-
-
-def check_batch_size(batch_size):
-    """In-batch distractors need at least two images per batch."""
-    if batch_size < 2:
-        raise UsageError(
-            f"--batch_size {batch_size} leaves no distractors: a batch of B images gives each target B - 1"
-        )
 
 
 class EpochBatchSampler(Sampler):

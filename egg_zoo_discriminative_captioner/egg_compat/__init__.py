@@ -7,12 +7,22 @@ checkpoint file names, single-process or data-parallel (torchrun or SLURM, gloo 
 reaches either one only through it.
 """
 
-from .batch import Batch
-from .callbacks import Callback, CheckpointSaver, ConsoleLogger, InteractionSaver
-from .early_stopping import EarlyStopperAccuracy
-from .interaction import Interaction, LoggingStrategy
-from .trainers import Trainer
-from .util import build_optimizer, close, get_opts, init, move_to
+import importlib
+
+# Upstream's names, each loaded from its module on first use (PEP 562), so that ``options`` imports without torch.
+_EXPORTS = {
+    "Batch": ".batch", "Callback": ".callbacks", "CheckpointSaver": ".callbacks", "ConsoleLogger": ".callbacks",
+    "InteractionSaver": ".callbacks", "EarlyStopperAccuracy": ".early_stopping", "Interaction": ".interaction",
+    "LoggingStrategy": ".interaction", "Trainer": ".trainers", "build_optimizer": ".util", "close": ".util",
+    "get_opts": ".util", "init": ".util", "move_to": ".util",
+}  # fmt: skip
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], package=__name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "init",

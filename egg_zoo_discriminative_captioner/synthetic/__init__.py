@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from ..checkpointing import atomic_directory
-from ..data.base import ImageSplit
+from ..data.splits import ImageSplit
 from ..errors import UsageError
 from ..retrievers.clip_conversion import save_as_transformers
 from . import world as W

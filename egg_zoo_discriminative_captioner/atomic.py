@@ -1,0 +1,56 @@
+"""Writing files so that an interrupted run never leaves a half-written one behind (no torch needed).
+
+Every file is written to a temporary name beside its destination and renamed over it once complete, with the
+permissions the user's umask gives a new file (``tempfile`` alone would leave it readable by its owner only).
+"""
+
+import contextlib
+import os
+import shutil
+import tempfile
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary path beside ``path``; on success it is renamed over ``path``, otherwise removed."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix="partial-", suffix=".tmp", dir=directory)
+    os.close(handle)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_text(text, path):
+    """Writes ``text`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+
+@contextlib.contextmanager
+def atomic_directory(path):
+    """Yields a staging directory beside ``path``; on success it replaces ``path``, otherwise it is removed."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix="partial-", dir=parent)
+    try:
+        yield staging
+        os.chmod(staging, 0o777 & ~_umask())
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.replace(staging, path)
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging)

@@ -1,0 +1,116 @@
+"""The captioners that ``evaluate`` and ``caption`` take: ``[LABEL=]SPEC`` -> a captioner in eval mode.
+
+A SPEC is ``pretrained`` (the captioner the options describe), a run directory (its finetuned captioner:
+``clipcap.pt``, ``blip/`` or ``final.tar``), an EGG checkpoint of this game (``RUN/final.tar``), a ClipCap file
+(``RUN/clipcap.pt`` or a released one) or a BLIP directory.  A run's files are rebuilt with the captioner options
+the run saved in ``RUN/opts.json``, so they need neither the run's data set nor its retriever.
+"""
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+
+from ..captioners import build_captioner
+from ..checkpointing import read_checkpoint
+from ..errors import UsageError
+from ..frozen import FrozenModule
+from ..opts import apply_model_defaults, build_parser
+
+CAPTIONER_KEYS = "sender.captioner."  # the captioner's parameters in a game checkpoint
+RUN_CAPTIONERS = ("clipcap.pt", "blip", "final.tar")  # what a run directory's finetuned captioner may be
+
+
+@dataclass
+class ModelSpec:
+    """A captioner to evaluate: ``kind`` is pretrained | checkpoint | clipcap | blip."""
+
+    label: str
+    kind: str
+    path: str = None
+
+
+def parse_model(text, flag="--models"):
+    """``[LABEL=]WHAT`` -> ModelSpec; a path that is not a captioner is a one-line error saying what it is."""
+    label, _, what = text.partition("=") if "=" in text.split(os.sep)[0] else ("", "", text)
+    if what == "pretrained":
+        return ModelSpec(label or "pretrained", "pretrained")
+    if os.path.isdir(what) and os.path.isfile(os.path.join(what, "opts.json")):  # a run directory
+        found = [name for name in RUN_CAPTIONERS if os.path.exists(os.path.join(what, name))]
+        if not found:
+            raise UsageError(f"{flag} {text}: the run in {what} has no finetuned captioner yet "
+                             f"(none of {', '.join(RUN_CAPTIONERS)}); give one of its checkpoints, "
+                             "RUN/<epoch>.tar")  # fmt: skip
+        what = os.path.join(what, found[0])
+    if os.path.isdir(what):
+        if not os.path.isfile(os.path.join(what, "config.json")):
+            raise UsageError(f"{flag} {text}: {what} is a directory, but neither a run directory (no opts.json) "
+                             "nor a transformers BLIP directory (no config.json)")  # fmt: skip
+        kind = "blip"
+    elif os.path.isfile(what):
+        kind = "checkpoint" if what.endswith(".tar") else "clipcap"
+    else:
+        raise UsageError(f"{flag} {text}: no such file or directory (give 'pretrained', a run directory, "
+                         "RUN/final.tar, a ClipCap .pt file or a BLIP directory)")  # fmt: skip
+    default_label = os.path.join(os.path.basename(os.path.dirname(os.path.abspath(what))), os.path.basename(what))
+    return ModelSpec(label or default_label, kind, what)
+
+
+def captioner_option_names():
+    """The options of the parser's "captioner" group (those a run's opts.json lends to its files)."""
+    groups = build_parser()._action_groups
+    return {action.dest for group in groups if group.title == "captioner" for action in group._group_actions}
+
+
+def run_options(path):
+    """The captioner options a run saved next to ``path`` (``RUN/opts.json``), or {} outside a run."""
+    saved = os.path.join(os.path.dirname(os.path.abspath(path)), "opts.json")
+    if not os.path.isfile(saved):
+        return {}
+    try:
+        with open(saved) as f:
+            values = json.load(f)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot read {saved}: {error}") from None
+    return {key: value for key, value in values.items() if key in captioner_option_names()}
+
+
+def model_options(opts, spec, dataset=None):
+    """The options that build ``spec``'s captioner: the run's saved captioner options first, then the data set's
+    models (``dataset``; None: the released models)."""
+    model_opts = copy.copy(opts)
+    if spec.kind != "pretrained":
+        for key, value in run_options(spec.path).items():
+            setattr(model_opts, key, value)
+    if spec.kind == "clipcap":
+        model_opts.captioner, model_opts.clipcap_checkpoint = "clipcap", spec.path
+    elif spec.kind == "blip":
+        model_opts.captioner, model_opts.blip_model = "blip", spec.path
+    return apply_model_defaults(model_opts, dataset)
+
+
+def load_captioner_checkpoint(captioner, path):
+    """Loads the captioner's weights from an EGG checkpoint of this game (no game or retriever needed).
+
+    Checkpoints leave frozen parts out (the image encoder); every other key of the captioner must be there.
+    """
+    checkpoint = read_checkpoint(path, purpose="load")
+    state = {key[len(CAPTIONER_KEYS):]: value for key, value in checkpoint.model_state_dict.items()
+             if key.startswith(CAPTIONER_KEYS)}  # fmt: skip
+    if not state:
+        raise UsageError(f"{path} holds no captioner ({CAPTIONER_KEYS}* keys): not a checkpoint of this game")
+    frozen = tuple(f"{name}." for name, module in captioner.named_modules() if isinstance(module, FrozenModule))
+    frozen_state = {key: value for key, value in captioner.state_dict().items() if key.startswith(frozen)}
+    try:
+        captioner.load_state_dict({**frozen_state, **state}, strict=True)
+    except RuntimeError as error:
+        reason = " ".join(str(error).split())[:300]
+        raise UsageError(f"{path} does not match the captioner its run's options describe: {reason}") from None
+
+
+def build_model(opts, spec, dataset=None):
+    """The captioner of ``spec`` in eval mode, on ``opts.device``."""
+    captioner = build_captioner(model_options(opts, spec, dataset)).to(opts.device)
+    if spec.kind == "checkpoint":
+        load_captioner_checkpoint(captioner, spec.path)
+    return captioner.eval()

@@ -1,0 +1,272 @@
+"""The plugin's argument groups, one per concern, and what each command uses of them.
+
+Every command (train, evaluate, caption) builds the same groups, so that a game file's values mean the same
+everywhere; ``UNUSED`` lists the options a command has no use for (left out of its ``--help``, and reported as
+ignored when given on its command line), ``COMMAND_HELP`` the options whose meaning differs for a command.
+Importable without torch: the choices come from the registries and ``choices.py``.
+"""
+
+import argparse
+
+from .captioners import CAPTIONERS
+from .choices import BASELINES, BLIP_PROMPT, CLIPCAP_MAPPING_TYPES, PRECISIONS, REWARDS
+from .data import DATASETS
+from .retrievers import CLIP_BACKENDS, RETRIEVERS
+
+COMMANDS = ("train", "evaluate", "caption")
+GAME_GROUP = "game (REINFORCE)"
+RETRIEVER_GROUP = "retriever"
+
+# What only training uses (EGG's training options, the sampler's, the rollouts'); the game group is training's too.
+TRAINING_ONLY = {
+    "random_seed", "checkpoint_dir", "preemptable", "checkpoint_freq", "validation_freq", "n_epochs", "optimizer",
+    "lr", "update_freq", "tensorboard", "tensorboard_dir", "distributed_port", "fp16", "greedy_rollouts",
+    "checkpoint_every", "hard_distractors", "blip_train_vision",
+}  # fmt: skip
+UNUSED = {
+    "train": set(),
+    # evaluate captions in batches of its own and draws no training batch
+    "evaluate": TRAINING_ONLY | {"batch_size"},
+    # caption reads image files and needs neither a data split nor a retriever
+    "caption": TRAINING_ONLY | {"load_from_checkpoint", "data_root", "feature_cache_dir", "feature_batch_size",
+                                "eval_candidates", "eval_seed", "num_workers", "rebuild"},
+}  # fmt: skip
+UNUSED_GROUPS = {"train": (), "evaluate": (GAME_GROUP,), "caption": (GAME_GROUP, RETRIEVER_GROUP)}
+COMMAND_HELP = {
+    "evaluate": {
+        "dataset": "data set whose models are the defaults of --models pretrained, and the default of --datasets",
+        "load_from_checkpoint": "evaluate this checkpoint of a run (RUN/final.tar), as --models RUN/final.tar does",
+        "num_beams": "beam size of the captions",
+        "num_workers": "DataLoader workers decoding images while a feature cache is built",
+        "overwrite": "replace the results of an earlier evaluation in --output_dir (its files only)",
+    },
+    "caption": {
+        "dataset": "data set whose models --model pretrained means (the synthetic world brings its own)",
+        "game": "experiment configuration whose models --model pretrained means (a name in games/ or a JSON file)",
+        "cache_dir": "where the synthetic world is cached (default: the user cache directory)",
+        "batch_size": "images captioned at a time",
+        "num_beams": "beam size of the captions",
+        "overwrite": "replace an existing --output file",
+    },
+}
+
+
+def add_plugin_groups(parser):
+    """Every group of this plugin (EGG's common options are added by ``core.init``)."""
+    add_data_options(parser)
+    add_captioner_options(parser)
+    add_retriever_options(parser)
+    add_game_options(parser)
+    add_run_options(parser)
+    add_output_options(parser)
+
+
+def add_data_options(parser):
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", choices=sorted(DATASETS), default="synthetic", help="data set to train on")
+    group.add_argument(
+        "--game",
+        default=None,
+        help="experiment configuration: a name in games/ (e.g. 'synthetic') or a JSON file of option values; "
+        "default: the --dataset's own (games/<dataset>.json). Command-line options override it.",
+    )
+    group.add_argument("--cache_dir", default=None, help="cache for built data (default: the user cache directory)")
+    group.add_argument(
+        "--rebuild",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="rebuild cached data (synthetic world, feature caches) from scratch",
+    )
+    add_data_location_options(group)
+    group.add_argument(
+        "--synthetic_world", choices=("default", "tiny"), default="default", help="size of the synthetic world"
+    )
+    group.add_argument(
+        "--eval_candidates",
+        type=int,
+        default=100,
+        help="validation and test retrieval: each target among this many candidates (P@1 among 100 in the paper)",
+    )
+    group.add_argument(
+        "--eval_seed", type=int, default=0, help="seed that draws the distractors of validation and test retrieval"
+    )
+    group.add_argument(
+        "--num_workers",
+        type=int,
+        default=0,
+        help="DataLoader workers for training batches and for decoding images (feature cache builds, BLIP's pixels)",
+    )
+
+
+def add_data_location_options(group):
+    """Where real data sets and their frozen-feature caches live, and how training batches are composed."""
+    group.add_argument(
+        "--data_root",
+        default=None,
+        help="directory of the --dataset (default: $DISCRITUNE_DATA/<data set directory>, with DISCRITUNE_DATA "
+        "defaulting to ~/data: conceptual_captions, coco, flickr30k, nocaps, concadia, imagecode)",
+    )
+    group.add_argument(
+        "--feature_cache_dir",
+        default=None,
+        help="where frozen image features are cached, per data set, split and encoder (default: "
+        "<--cache_dir>/features, e.g. ~/.cache/discriminative_captioner/features)",
+    )
+    group.add_argument(
+        "--feature_batch_size", type=int, default=256, help="images per encoder forward when building a feature cache"
+    )
+    group.add_argument(
+        "--hard_distractors",
+        type=int,
+        default=0,
+        help="training batches made of groups of an image and its k nearest neighbours by CLIP image cosine "
+        "(faiss over the retriever's cached features), the rest random (paper appendix D.2); 0 = random batches",
+    )
+
+
+def add_captioner_options(parser):
+    group = parser.add_argument_group("captioner")
+    group.add_argument("--captioner", choices=sorted(CAPTIONERS), default="clipcap", help="captioner to finetune")
+    group.add_argument(
+        "--clipcap_checkpoint",
+        default=None,
+        help="ClipCap weights: a released .pt file (coco_weights.pt, conceptual_weights.pt) or one this tool "
+        "wrote (default: the synthetic world's own captioner; required otherwise)",
+    )
+    group.add_argument(
+        "--language_model",
+        default=None,
+        help="GPT-2 config and tokenizer: a hub id or local directory (default: gpt2, or the synthetic world's)",
+    )
+    group.add_argument(
+        "--captioner_clip_model",
+        default=None,
+        help="ClipCap's frozen image encoder: a CLIP name or .pt path (default: ViT-B/32, or the synthetic world's)",
+    )
+    group.add_argument(
+        "--mapping_type",
+        choices=("auto",) + CLIPCAP_MAPPING_TYPES,
+        default="auto",
+        help="ClipCap mapper; auto: the kind the checkpoint holds",
+    )
+    group.add_argument(
+        "--prefix_length", type=int, default=None, help="ClipCap prefix length (default: read off the checkpoint)"
+    )
+    group.add_argument(
+        "--clip_length",
+        type=int,
+        default=None,
+        help="transformer mapper: positions the CLIP feature is unfolded into (default: read off the checkpoint)",
+    )
+    group.add_argument(
+        "--normalize_prefix",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="L2-normalise CLIP features before the mapper (default: on for transformer mappers, off for MLP "
+        "mappers, as the released checkpoints were trained)",
+    )
+    group.add_argument(
+        "--blip_model",
+        default="Salesforce/blip-image-captioning-base",
+        help="BLIP captioner: a transformers hub id or local directory (BlipForConditionalGeneration + processor)",
+    )
+    group.add_argument("--blip_prompt", default=BLIP_PROMPT, help="text BLIP's captions continue (LAVIS's)")
+    group.add_argument(
+        "--blip_train_vision",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="finetune BLIP's vision encoder too (off: frozen)",
+    )
+    group.add_argument("--num_beams", type=int, default=5, help="beam size for validation and test captions")
+    group.add_argument(
+        "--greedy_rollouts",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="roll out greedy captions instead of sampled ones in training (the paper's stated setting; "
+        "REINFORCE is then biased)",
+    )
+
+
+def add_retriever_options(parser):
+    group = parser.add_argument_group(RETRIEVER_GROUP)
+    group.add_argument("--retriever", choices=RETRIEVERS, default="clip", help="frozen text-to-image retriever")
+    group.add_argument(
+        "--clip_backend",
+        choices=sorted(CLIP_BACKENDS),
+        default="openai",
+        help="CLIP implementation: OpenAI's clip package, or transformers' CLIPModel",
+    )
+    group.add_argument(
+        "--clip_model",
+        default=None,
+        help="retriever CLIP. openai backend: a name (ViT-B/32, ...) or a local .pt file, ViT-B/32 if unset; "
+        "transformers backend: a hub id or local directory, openai/clip-vit-base-patch32 if unset; the "
+        "synthetic world brings its own",
+    )
+    group.add_argument(
+        "--clip_download_root", default=None, help="where named CLIP models are looked up (default: ~/.cache/clip)"
+    )
+    group.add_argument(
+        "--retriever_precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="precision the retriever computes embeddings in; scores are always fp32",
+    )
+
+
+def add_game_options(parser):
+    group = parser.add_argument_group(GAME_GROUP)
+    group.add_argument("--reward", choices=REWARDS, default="logprob", help="reward of a caption")
+    group.add_argument(
+        "--reward_temperature",
+        type=float,
+        default=None,
+        help="softmax temperature of the match scores, score = cosine / T (default: the retriever's own, "
+        "1/exp(logit_scale), 0.01 for OpenAI CLIP)",
+    )
+    group.add_argument(
+        "--baseline",
+        choices=BASELINES,
+        default="mean",
+        help="REINFORCE baseline: running mean of past rewards, none, or the reward of the greedy caption",
+    )
+    group.add_argument("--entropy_coeff", type=float, default=0.0, help="weight of the sender entropy bonus")
+    group.add_argument(
+        "--standardize_advantage",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="rescale advantages to zero mean and unit variance within each batch; this removes any constant "
+        "baseline, so it makes the running-mean baseline irrelevant",
+    )
+    group.add_argument(
+        "--kl_coeff",
+        type=float,
+        default=0.0,
+        help="weight of a KL penalty towards the pretrained captioner (keeps the language fluent; 0 = off)",
+    )
+    group.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="the captioner's training precision (autocast; fp16 needs CUDA and is EGG's --fp16, with a "
+        "GradScaler); the retriever, the reward and the KL reference stay in fp32",
+    )
+
+
+def add_run_options(parser):
+    group = parser.add_argument_group("checkpoints and resuming (with EGG's --checkpoint_dir, --load_from_checkpoint)")
+    group.add_argument(
+        "--checkpoint_every",
+        type=int,
+        default=0,
+        help="also write a resumable checkpoint (latest.tar) every N optimizer updates, within epochs (0: off)",
+    )
+
+
+def add_output_options(parser):
+    group = parser.add_argument_group("output")
+    group.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let a new run replace the checkpoints and finetuned captioner of another run in --checkpoint_dir",
+    )

@@ -1,0 +1,189 @@
+"""Every file a run needs, checked before any is loaded: the missing ones are reported together, in one error.
+
+For each model option (captioner weights, its language model and image encoder, the retriever) and the data set,
+``check_files`` looks where the loaders will look, resolves the released files that game files name by their bare
+name (in ``$DISCRITUNE_MODELS``), and raises one ``UsageError`` listing, per missing file, where it was looked for,
+the flag that takes a path and where to download it.  Hub models and named CLIP models that are not on this
+machine count as missing when the machine is offline (``HF_HUB_OFFLINE=1``); otherwise the loaders download them.
+"""
+
+import copy
+import glob
+import os
+from dataclasses import dataclass
+
+from . import downloads
+from .data import OWN_MODELS
+from .data.files import default_data_root, models_directory, required_files
+from .errors import UsageError
+from .opts import apply_model_defaults
+
+
+@dataclass
+class Missing:
+    """A file a run needs and does not find."""
+
+    what: str
+    looked: str  # where it was looked for
+    flag: str  # the option that takes a path
+    source: str  # where to get it
+
+
+def offline():
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def source_of(name, default):
+    """Where to download the released file or hub model ``name`` from."""
+    entry = downloads.prerequisites().get(name)
+    return entry.url if entry else default
+
+
+def check_file(path, what, flag, source):
+    """A Missing for ``path`` unless it is a file (a directory or nothing there is reported as such)."""
+    if os.path.isfile(path):
+        return None
+    found = "a directory is there, not a file" if os.path.isdir(path) else "not found"
+    return Missing(what, f"{os.path.abspath(path)} ({found})", flag, source)
+
+
+def check_hub_model(name, what, flag, needs="config.json"):
+    """A hub id or a local transformers directory; a hub id counts as missing offline unless it is cached."""
+    if os.path.isdir(name):
+        if os.path.isfile(os.path.join(name, needs)):
+            return None
+        return Missing(what, f"{os.path.abspath(name)} (a directory without {needs})", flag,
+                       "a directory saved with save_pretrained")  # fmt: skip
+    if os.path.exists(name):
+        return Missing(what, f"{os.path.abspath(name)} (a file, not a transformers directory)", flag,
+                       "a directory saved with save_pretrained")  # fmt: skip
+    if os.path.isabs(name) or name.startswith((".", "~")):
+        return Missing(what, f"{name} (not found)", flag, "a directory saved with save_pretrained")
+    if not offline() or hub_cached(name, needs):
+        return None
+    return Missing(what, f"the hub id {name!r} in the Hugging Face cache (offline: HF_HUB_OFFLINE=1)", flag,
+                   source_of(name, f"https://huggingface.co/{name}"))  # fmt: skip
+
+
+def hub_cached(name, filename):
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, filename), str)
+    except ValueError:  # not a valid repository id
+        return False
+
+
+def check_clip(name, what, flag, download_root):
+    """A CLIP model name (downloaded into ``download_root``) or a CLIP ``.pt`` file."""
+    urls = {entry.url: file for file, entry in downloads.prerequisites().items() if file.endswith(".pt")}
+    try:
+        url = downloads.clip_url(name)
+    except KeyError:  # not a name: a path
+        return check_file(name, what, flag, "a CLIP .pt file")
+    path = os.path.join(download_root or downloads.clip_directory(), os.path.basename(url))
+    if os.path.isfile(path) or not offline():
+        return None
+    return Missing(f"{what} ({urls.get(url, os.path.basename(url))})",
+                   f"{path} (its folder is --clip_download_root; offline: HF_HUB_OFFLINE=1)", f"{flag} PATH", url)
+
+
+def resolve_released_files(opts):
+    """Released files named by their bare name (as game files do) are looked for in the models directory."""
+    name = opts.clipcap_checkpoint
+    if opts.captioner == "clipcap" and name and os.path.basename(name) == name and not os.path.exists(name):
+        local = os.path.join(models_directory(), name)
+        if os.path.isfile(local):
+            opts.clipcap_checkpoint = local
+    if opts.captioner == "blip" and opts.blip_model and not os.path.isdir(opts.blip_model):
+        local = os.path.join(models_directory(), opts.blip_model.rstrip("/").split("/")[-1])
+        if os.path.isdir(local):  # a saved copy of the hub model, e.g. ~/data/models/blip-image-captioning-base
+            opts.blip_model = local
+
+
+def captioner_missing(opts):
+    """What the captioner of ``opts`` needs and does not find (options left unset are not checked)."""
+    missing = []
+    if opts.captioner == "blip":
+        missing.append(check_hub_model(opts.blip_model, "BLIP captioner", "--blip_model"))
+        return missing
+    name = opts.clipcap_checkpoint
+    if name is not None and not os.path.isfile(name):
+        released = name in downloads.CLIPCAP_FILES
+        looked = os.path.abspath(name)
+        if os.path.basename(name) == name:
+            looked += f" and {os.path.join(models_directory(), name)} ($DISCRITUNE_MODELS)"
+        state = " (a directory, not a file)" if os.path.isdir(name) else ""
+        source = source_of(name, downloads.CLIPCAP_README) if released else (
+            "a ClipCap .pt file of yours, or a released one (python data_scripts/download.py models)")
+        missing.append(Missing(f"ClipCap weights {name}{state}", looked, "--clipcap_checkpoint", source))
+    if opts.language_model is not None:
+        missing.append(check_hub_model(opts.language_model, "GPT-2 config and tokenizer", "--language_model"))
+    if opts.captioner_clip_model is not None:
+        missing.append(check_clip(opts.captioner_clip_model, "ClipCap's CLIP image encoder", "--captioner_clip_model",
+                                  opts.clip_download_root))  # fmt: skip
+    return missing
+
+
+def retriever_missing(opts):
+    if opts.clip_model is None:
+        return []
+    if opts.clip_backend == "transformers":
+        return [check_hub_model(opts.clip_model, "retriever CLIP (transformers)", "--clip_model")]
+    return [check_clip(opts.clip_model, "retriever CLIP", "--clip_model", opts.clip_download_root)]
+
+
+def data_missing(opts, dataset):
+    """What the data set ``dataset`` needs under its root and does not find."""
+    if dataset in OWN_MODELS:
+        return []
+    root = opts.data_root or default_data_root(dataset)
+    source = f"python data_scripts/download.py {dataset}"
+    if not os.path.isdir(root):
+        return [Missing(f"the {dataset} data directory", f"{os.path.abspath(root)} (not found)", "--data_root",
+                        source)]  # fmt: skip
+    missing = []
+    for what, patterns in required_files(dataset):
+        if not any(glob.glob(os.path.join(root, pattern)) for pattern in patterns):
+            missing.append(Missing(f"{dataset} {what}", " or ".join(os.path.join(root, p) for p in patterns),
+                                   "--data_root", source))  # fmt: skip
+    return missing
+
+
+def merge_same_files(missing):
+    """One entry per file (ClipCap's image encoder and the retriever are often the same CLIP file)."""
+    merged = {}
+    for m in missing:
+        if m.looked in merged:
+            first = merged[m.looked]
+            merged[m.looked] = Missing(f"{first.what} = {m.what}", m.looked, f"{first.flag}; {m.flag}", m.source)
+        else:
+            merged[m.looked] = m
+    return list(merged.values())
+
+
+def check_files(opts, datasets=(), captioner=True, retriever=True):
+    """Raises one UsageError listing every missing file of the captioner, the retriever and ``datasets``.
+
+    Model options a data set would fill in (the synthetic world's) are left to it; the released defaults are
+    checked for every other data set.  Bare released file names are resolved in ``opts`` itself.
+    """
+    resolve_released_files(opts)
+    resolved = copy.copy(opts)
+    if not set(datasets) & OWN_MODELS:
+        apply_model_defaults(resolved)
+    missing = [m for dataset in datasets for m in data_missing(opts, dataset)]
+    if captioner:
+        missing += captioner_missing(resolved)
+    if retriever:
+        missing += retriever_missing(resolved)
+    missing = merge_same_files([m for m in missing if m is not None])
+    if missing:
+        raise UsageError(
+            f"{len(missing)} file{'s' if len(missing) > 1 else ''} this run needs "
+            f"{'are' if len(missing) > 1 else 'is'} missing:\n"
+            + "\n".join(f"  - {m.what}\n      looked for: {m.looked}\n      pass a path with: {m.flag}\n"
+                        f"      get it from: {m.source}" for m in missing)
+            + "\n(python data_scripts/download.py models lists every model file)",
+            multiline=True,
+        )
