@@ -4,12 +4,15 @@ The stimuli are built here from the tiny synthetic world, as ``evaluate`` export
 nearest neighbours under the world's CLIP, one caption per condition, and the retriever's cosine per image.
 """
 
+import asyncio
 import contextlib
 import csv
 import json
 import os
+import re
 import sqlite3
 from collections import Counter
+from urllib.parse import urljoin
 
 import numpy as np
 import pytest
@@ -21,7 +24,7 @@ from egg.zoo.discriminative_captioner.errors import UsageError
 from egg.zoo.discriminative_captioner.retrievers.clip import ClipRetriever
 from egg.zoo.discriminative_captioner.study.__main__ import main as study_main
 from egg.zoo.discriminative_captioner.study.design import assign, load_design, trial_set
-from egg.zoo.discriminative_captioner.study.export import bootstrap_accuracy, export
+from egg.zoo.discriminative_captioner.study.export import CHANCE, bootstrap_accuracy, chart, export
 from egg.zoo.discriminative_captioner.study.stimuli import read_stimuli
 from egg.zoo.discriminative_captioner.synthetic import load_world
 
@@ -342,6 +345,91 @@ def test_the_admin_page_needs_the_token_and_shows_progress(client, tiny_study):
     assert page.status_code == 200 and all(c in page.text for c in CONDITIONS) and participant["id"] in page.text
 
 
+def test_signing_in_sets_an_http_only_cookie_that_opens_the_admin_pages(client):
+    assert client.get("/admin").status_code == 403 and 'name="token"' in client.get("/admin").text  # a sign-in form
+    for path in ["/admin", "/admin/login"]:  # behind a proxy at /study/, the form still posts to the app
+        links = re.findall(r'(?:href|src|action)="([^"]*)"', client.get(path).text)
+        proxied = [urljoin(f"https://example.org/study{path}", link) for link in links]
+        assert "https://example.org/study/admin/login" in proxied
+        assert all(p.startswith("https://example.org/study/") for p in proxied), links
+    assert client.get("/admin/progress.json").status_code == 403
+    refused = client.get("/admin/login", params={"token": "wrong"}, follow_redirects=False)
+    assert refused.status_code == 403 and "set-cookie" not in refused.headers
+    signed_in = client.get("/admin/login", params={"token": TOKEN}, follow_redirects=False)
+    assert signed_in.status_code == 303 and signed_in.headers["location"] == "../admin"  # relative: any sub-path
+    cookie = signed_in.headers["set-cookie"]
+    attributes = {a.strip().split("=")[0].lower(): a.strip() for a in cookie.split(";")[1:]}
+    assert "httponly" in attributes and attributes["samesite"].lower() == "samesite=strict"
+    assert "secure" not in attributes and "path" not in attributes  # plain http here; path: the admin directory
+    assert TOKEN not in cookie  # the cookie holds a value derived from the token
+    assert client.get("/admin").status_code == 200 and client.get("/admin/progress.json").status_code == 200
+    client.cookies.clear()
+    assert client.get("/admin").status_code == 403
+    behind_tls = client.get("/admin/login", params={"token": TOKEN}, headers={"X-Forwarded-Proto": "https"},
+                            follow_redirects=False)  # fmt: skip
+    assert "secure" in behind_tls.headers["set-cookie"].lower()
+    client.cookies.clear()
+    form = client.post("/admin/login", content=f"token={TOKEN}",
+                       headers={"content-type": "application/x-www-form-urlencoded"})  # fmt: skip
+    assert form.status_code == 200 and "Study progress" in form.text  # redirected to the admin page, signed in
+    client.cookies.clear()
+    scripted = client.get("/admin/progress.json", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert scripted.status_code == 200 and "conditions" in scripted.json()
+
+
+def test_a_large_body_is_refused_unread_and_no_error_quotes_the_request(client, tiny_study):
+    study_dir, design = tiny_study
+    participant = design["participants"][0]
+    client.post(f"/api/{participant['id']}/start")
+    url = f"/api/{participant['id']}/answer"
+    before = stored_rows(study_dir)
+    huge = json.dumps({"trial": 0, "set_id": "x" * (5 << 20), "choice": 0})
+    response = client.post(url, content=huge, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and len(response.content) < 200
+    marker = "MARKER-d41d8cd9"
+    malformed = [
+        {"json": {"trial": 0, "set_id": participant["trials"][0]["set_id"], "choice": marker}},
+        {"json": {"trial": marker, "set_id": participant["trials"][0]["set_id"], "choice": 0}},
+        {"json": {"trial": 0, "set_id": participant["trials"][0]["set_id"], "choice": 0, marker: marker}},
+        {"content": '{"trial": 0, "' + marker, "headers": {"content-type": "application/json"}},
+        {"json": {"trial": 0, "set_id": marker, "choice": 0}},  # a set not assigned: 409, without the set id
+    ]
+    for kwargs in malformed:
+        response = client.post(url, **kwargs)
+        assert response.status_code in (409, 422) and marker not in response.text, (kwargs, response.text)
+    problem = client.post(url, json={"trial": 0, "set_id": participant["trials"][0]["set_id"], "choice": marker})
+    assert problem.json() == {"detail": "invalid request: body.choice: Input should be a valid integer"}
+    assert stored_rows(study_dir) == before
+
+    # a body streamed without a Content-Length is cut off once it passes the limit: the rest is never read
+    chunks, sent = [], []
+
+    async def receive():
+        chunks.append(1)
+        return {"type": "http.request", "body": b"x" * 1024, "more_body": True}  # an endless body
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": url, "raw_path": url.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"testserver"), (b"content-type", b"application/json")],
+             "client": ("127.0.0.1", 1), "server": ("testserver", 80)}  # fmt: skip
+    asyncio.run(client.app(scope, receive, send))
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 413
+    assert len(chunks) == 17  # 16 KiB accepted, the 17th chunk crosses the limit
+    assert stored_rows(study_dir) == before
+
+
+def test_each_image_is_labelled_with_its_number_and_key(client, tiny_study):
+    participant = tiny_study[1]["participants"][0]
+    client.post(f"/api/{participant['id']}/start")
+    page = client.get(f"/p/{participant['id']}").text
+    expected = [f"image {n} (key {n % 10})" for n in range(1, 11)]  # the tenth image's key is 0
+    assert re.findall(r'aria-label="(image [^"]*)"', page) == expected
+    assert re.findall(r'alt="(image [^"]*)"', page) == expected
+
+
 # --- results ------------------------------------------------------------------------------------------------
 
 
@@ -410,6 +498,59 @@ def test_export_excludes_participants_who_fail_the_attention_checks(client, tiny
                        os.path.join(study_dir, "lenient")]) is None  # fmt: skip
     with open(os.path.join(study_dir, "lenient", "accuracy.json")) as f:
         assert json.load(f)["excluded_participants"] == []
+
+
+def test_export_refuses_to_overwrite_earlier_results_unless_told(client, tiny_study):
+    study_dir, design = tiny_study
+    participant = design["participants"][0]
+    client.post(f"/api/{participant['id']}/start")
+    for index, trial in enumerate(participant["trials"]):
+        answer(client, participant, index, target_position(design, trial))
+    results = os.path.join(study_dir, "results")
+    study_main(["export", study_dir, "--bootstrap", "50"])
+    with open(os.path.join(results, "accuracy.md"), "w") as f:
+        f.write("an earlier export\n")
+    with open(os.path.join(results, "notes.txt"), "w") as f:
+        f.write("the experimenter's own notes\n")
+    with pytest.raises(UsageError) as refused:
+        study_main(["export", study_dir, "--bootstrap", "50"])
+    assert results in str(refused.value) and "--overwrite" in str(refused.value) and "\n" not in str(refused.value)
+    assert open(os.path.join(results, "accuracy.md")).read() == "an earlier export\n"  # untouched
+    study_main(["export", study_dir, "--bootstrap", "50", "--overwrite"])
+    assert "| human |" in open(os.path.join(results, "accuracy.md")).read()
+    assert open(os.path.join(results, "notes.txt")).read() == "the experimenter's own notes\n"  # not an export's
+    assert sorted(os.listdir(results)) == sorted(["answers.csv", "accuracy.csv", "accuracy.md", "accuracy.json",
+                                                  "accuracy.png", "notes.txt"])  # no temporary files left
+
+
+def test_the_chart_keeps_its_labels_clear_of_whiskers_and_the_chance_line(tmp_path):
+    rows = [("human", 98.0, 95.0, 100.0), ("ClipCap", 22.0, 9.0, 35.0), ("DiscriTune", 5.0, 1.0, 10.0),
+            ("typical", 45.0, 37.0, 53.0)]  # near the top, an interval reaching the base, below chance
+    summary = {"confidence": 0.95, "conditions": [{"condition": c, "accuracy": a, "ci_low": low, "ci_high": high}
+                                                  for c, a, low, high in rows]}  # fmt: skip
+    import matplotlib.pyplot as plt
+    from matplotlib.transforms import Bbox
+
+    figure = chart(summary)
+    axis = figure.axes[0]
+    renderer = figure.canvas.get_renderer()
+    pixels = axis.transData.transform
+    chance = [c for c in axis.collections if c.get_linestyle()[0][1] and len(c.get_segments()) == 1]
+    assert len(chance) == 1 and {y for _, y in chance[0].get_segments()[0]} == {CHANCE}  # dashed, at 10%
+    (x0, y), (x1, _) = pixels(chance[0].get_segments()[0])
+    labels = {t.get_text(): t.get_window_extent(renderer) for t in axis.texts}
+    assert sorted(labels) == sorted(["98.0", "22.0", "5.0", "45.0", "chance\n10%"])
+    assert not labels["chance\n10%"].overlaps(Bbox.from_extents(x0, y - 1, x1, y + 1))
+    cap = 5 * figure.dpi / 72  # the caps are 5 pt long: a whisker with its cap lies within ±5 pt of its centre
+    for position, (name, value, low, high) in enumerate(rows):
+        (wx, wy0), (_, wy1) = pixels([(position, low), (position, high)])
+        whisker = Bbox.from_extents(wx - cap, wy0 - 2, wx + cap, wy1 + 2)
+        assert not labels[f"{value:.1f}"].overlaps(whisker), name
+    assert labels["45.0"].y1 < pixels((3, 37.0))[1] and labels["5.0"].y0 > pixels((2, 10.0))[1]  # inside; above
+    figure.savefig(tmp_path / "chart.png")
+    plt.close(figure)
+    with Image.open(tmp_path / "chart.png") as png:
+        assert png.format == "PNG" and png.size[0] > 300
 
 
 def test_export_without_answers_is_a_usage_error(tiny_study):

@@ -34,10 +34,10 @@ def free_port():
 
 
 @contextlib.contextmanager
-def server(study_dir, port, log_path):
+def server(study_dir, port, log_path, log_level="warning"):
     """``serve STUDY_DIR`` in a subprocess on 127.0.0.1:``port``; yields the process once it answers."""
     command = [sys.executable, "-m", "egg.zoo.discriminative_captioner.study", "serve", study_dir,
-               "--port", str(port), "--admin_token", TOKEN, "--log_level", "warning"]  # fmt: skip
+               "--port", str(port), "--admin_token", TOKEN, "--log_level", log_level]  # fmt: skip
     with open(log_path, "a") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -181,12 +181,17 @@ def test_a_participant_takes_the_study_in_a_real_browser(browser, tiny_stimuli, 
         browser.refresh()  # a participant who comes back after the end sees the end page again
         assert browser.find_elements(By.ID, "end")
 
-        browser.get(f"{base}/admin?token={TOKEN}")
+        browser.get(f"{base}/admin")  # not signed in: the sign-in form
+        browser.find_element(By.ID, "token").send_keys("wrong")
+        browser.find_element(By.CSS_SELECTOR, "form.login button").click()
+        wait.until(lambda d: "not the admin token" in d.page_source)
+        browser.get(f"{base}/admin/login?token={TOKEN}")  # the address serve prints: sets the cookie, redirects
+        assert browser.current_url == f"{base}/admin"
         table = browser.find_element(By.ID, "conditions").text
         assert all(c in table for c in CONDITIONS) and "attention check" in table
         browser.save_screenshot(str(tmp_path / "admin.png"))
-        browser.get(f"{base}/admin?token=wrong")
-        assert "admin token" in browser.page_source
+        browser.get(f"{base}/admin")  # the cookie signs the next visits in
+        assert browser.find_elements(By.ID, "conditions")
 
     with contextlib.closing(sqlite3.connect(os.path.join(study_dir, "study.db"))) as db:
         rows = db.execute("SELECT trial, set_id, choice, chosen, correct, image_order FROM answers "

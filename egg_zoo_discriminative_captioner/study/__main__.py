@@ -1,8 +1,10 @@
 """Command line of the study: ``build``, ``serve`` and ``export`` (see ``--help`` of each)."""
 
 import argparse
+import logging
 import os
 import secrets
+import socket
 
 from ..errors import UsageError, run_command
 
@@ -45,6 +47,9 @@ def get_parser():
     export = commands.add_parser("export", help="write answers.csv, the accuracy table and its bar chart")
     export.add_argument("study_dir")
     export.add_argument("--output_dir", default=None, help="where to write (default: STUDY_DIR/results)")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier export's files in the output directory (default: refuse a "
+                             "directory that is not empty)")
     export.add_argument("--max_attention_errors", type=int, default=1,
                         help="exclude participants with more attention-check errors than this (default: 1)")
     export.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates (default: 2000)")
@@ -78,18 +83,47 @@ def build(args):
     print(f"participant links: {os.path.join(args.study_dir, 'participants.csv')}")
 
 
+def listening_socket(host, port):
+    """A socket bound to ``host:port``, or a UsageError naming the port: a busy port fails before anything starts."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a restart may reuse a TIME_WAIT port
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port} ({error.strerror or error}); another server may be "
+                         "using it: pick another with --port") from None  # fmt: skip
+    return sock
+
+
 def serve(args):
-    import uvicorn
+    sock = listening_socket(args.host, args.port)  # first: on a busy port no admin address is ever printed
+    try:
+        import uvicorn
 
-    from .app import create_app
+        from .app import AccessLogRedaction, create_app
 
-    token = args.admin_token or secrets.token_urlsafe(24)
-    app = create_app(args.study_dir, token)
-    base = (args.public_url or f"http://{args.host}:{args.port}").rstrip("/")
-    print(f"admin page: {base}/admin?token={token}", flush=True)
-    print(f"participant links: {base}/p/<id>, ids in {os.path.join(args.study_dir, 'participants.csv')}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, proxy_headers=True,
-                forwarded_allow_ips=args.forwarded_allow_ips)  # fmt: skip
+        token = args.admin_token or secrets.token_urlsafe(24)
+        app = create_app(args.study_dir, token)
+        port = sock.getsockname()[1]  # the port chosen by the system for --port 0
+        config = uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level, proxy_headers=True,
+                                forwarded_allow_ips=args.forwarded_allow_ips)  # fmt: skip
+        logging.getLogger("uvicorn.access").addFilter(AccessLogRedaction([token]))  # after Config set up logging
+        address = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address goes in brackets
+        base = (args.public_url or f"http://{address}:{port}").rstrip("/")
+        print(f"admin page (opening it signs you in): {base}/admin/login?token={token}", flush=True)
+        print(f"participant links: {base}/p/<id>, ids in {os.path.join(args.study_dir, 'participants.csv')}",
+              flush=True)  # fmt: skip
+        print(f"listening on http://{address}:{port} (Ctrl+C stops)", flush=True)
+        server = uvicorn.Server(config)
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:
+            pass
+        if not server.started:
+            raise UsageError("the server did not start (see uvicorn's messages above)")
+    finally:
+        sock.close()
 
 
 def export(args):
@@ -98,7 +132,7 @@ def export(args):
 
     output_dir = args.output_dir or os.path.join(args.study_dir, "results")
     summary = write_results(args.study_dir, output_dir, args.max_attention_errors, args.bootstrap, args.seed,
-                            args.confidence)  # fmt: skip
+                            args.confidence, overwrite=args.overwrite)  # fmt: skip
     print(markdown_table(summary), end="")
     print(f"written to {output_dir}: answers.csv, accuracy.csv, accuracy.md, accuracy.json, accuracy.png")
 

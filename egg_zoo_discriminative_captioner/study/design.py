@@ -20,7 +20,7 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from ..checkpointing import atomic_directory
+from ..atomic import atomic_directory
 from ..errors import UsageError
 from .stimuli import N_IMAGES, read_json
 

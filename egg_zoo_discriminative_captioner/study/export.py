@@ -6,6 +6,7 @@ two-way bootstrap): each replicate draws participants and sets with replacement 
 many times its participant and its set were drawn, so both sources of variation widen the interval.
 """
 
+import contextlib
 import csv
 import io
 import json
@@ -15,12 +16,13 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from ..checkpointing import atomic_path, atomic_write_text
+from ..atomic import atomic_path, atomic_write_text
 from ..errors import UsageError
 from .design import load_design
 from .store import read_answers
 
 CHANCE = 10.0  # percent: one target among 10 images
+RESULT_FILES = ("answers.csv", "accuracy.csv", "accuracy.md", "accuracy.json", "accuracy.png")
 
 
 def bootstrap_accuracy(participants, sets, correct, groups, n_groups, n_bootstrap, rng, confidence=0.95):
@@ -128,40 +130,84 @@ def markdown_table(summary):
     return "\n".join(lines) + "\n"
 
 
-def plot(summary, path):
-    """A bar chart of accuracy per condition with its confidence interval and the chance level (PNG)."""
+def chart(summary):
+    """The bar chart of accuracy per condition: a matplotlib Figure (the caller closes it).
+
+    Each value is written inside its bar near the base, where neither its whisker nor the chance line reaches it
+    (the line runs behind the bars); a bar too short for that, or whose interval reaches down to the label, has
+    its value above the whisker's cap instead.  The chance line ends right of the last bar, beside its label.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [r for r in summary["conditions"] if r["accuracy"] is not None]
-    names = [r["condition"] for r in rows]
+    x = np.arange(len(rows))
     values = np.array([r["accuracy"] for r in rows])
-    errors = np.array([values - [r["ci_low"] for r in rows], [r["ci_high"] for r in rows] - values])  # [2, C]
-    figure, axis = plt.subplots(figsize=(1.6 + 1.3 * len(rows), 3.6), dpi=150)
-    bars = axis.bar(names, values, yerr=errors, capsize=6, color="#4c78a8", edgecolor="#2f4b6e")
-    axis.axhline(CHANCE, color="#888888", linestyle="--", linewidth=1)
-    axis.text(len(rows) - 0.5, CHANCE, "chance", ha="right", va="bottom", fontsize=8, color="#666666")
-    axis.bar_label(bars, labels=[f"{v:.1f}" for v in values], padding=3, fontsize=9)
-    axis.set_ylabel(f"accuracy (%), {round(100 * summary['confidence'])}% CI")
+    low, high = np.array([r["ci_low"] for r in rows]), np.array([r["ci_high"] for r in rows])
+    figure, axis = plt.subplots(figsize=(2.2 + 1.3 * len(rows), 3.6), dpi=150)
+    axis.bar(x, values, width=0.6, color="#4c78a8", zorder=2)
+    axis.errorbar(x, values, yerr=[values - low, high - values], fmt="none", ecolor="#1f2933", elinewidth=1.2,
+                  capsize=5, capthick=1.2, zorder=3)  # fmt: skip
+    line_end = len(rows) - 0.5
+    axis.hlines(CHANCE, -0.5, line_end, colors="#7b8794", linestyles="--", linewidth=1, zorder=1)
+    axis.annotate(f"chance\n{CHANCE:.0f}%", (line_end, CHANCE), xytext=(4, 0), textcoords="offset points",
+                  ha="left", va="center", fontsize=8, color="#52606d", linespacing=1.1)  # fmt: skip
+    axis.set_xticks(x, [r["condition"] for r in rows])
+    axis.set_xlim(-0.5, line_end + 0.55)
     axis.set_ylim(0, 100)
+    axis.set_ylabel(f"accuracy (%), {round(100 * summary['confidence'])}% CI")
     axis.spines[["top", "right"]].set_visible(False)
+    axis.tick_params(axis="x", length=0)
     figure.tight_layout()
+    renderer = figure.canvas.get_renderer()
+    to_pixels = axis.transData.transform
+    clearance = 3 * figure.dpi / 72  # 3 pt between a value and its bar's top or its whisker's lower end
+    for position, value, bottom, top in zip(x, values, low, high):
+        label = axis.annotate(f"{value:.1f}", (position, 0), xytext=(0, 3), textcoords="offset points",
+                              ha="center", va="bottom", fontsize=9, fontweight="bold", color="white",
+                              zorder=4)  # fmt: skip
+        if label.get_window_extent(renderer).y1 + clearance > to_pixels((position, min(value, bottom)))[1]:
+            label.xy, label.xyann = (position, top), (0, 4)  # no room inside: above the whisker's cap
+            label.set_color("#1f2933")
+            label.set_annotation_clip(False)
+    return figure
+
+
+def plot(summary, path):
+    """Writes ``chart(summary)`` as a PNG to ``path`` (atomically)."""
+    import matplotlib.pyplot as plt
+
+    figure = chart(summary)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png")
     plt.close(figure)
 
 
-def export(study_dir, output_dir=None, max_attention_errors=1, n_bootstrap=2000, seed=0, confidence=0.95):
-    """Writes answers.csv, accuracy.csv, accuracy.md, accuracy.json and accuracy.png; returns the summary."""
+def export(
+    study_dir, output_dir=None, max_attention_errors=1, n_bootstrap=2000, seed=0, confidence=0.95, overwrite=False
+):
+    """Writes RESULT_FILES to ``output_dir`` (default ``STUDY_DIR/results``); returns the summary.
+
+    A directory that is not empty is refused unless ``overwrite``, which first removes the files an earlier export
+    wrote (only those), so that no earlier result is left beside the new ones if this export stops half-way.
+    """
     if n_bootstrap < 1 or not 0 < confidence < 1:
         raise UsageError("--bootstrap must be positive and --confidence between 0 and 1")
+    output_dir = output_dir or os.path.join(study_dir, "results")
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise UsageError(f"{output_dir} is a file: choose a directory with --output_dir")
+    if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
+        raise UsageError(f"{output_dir} is not empty (an earlier export?): pass --overwrite to replace its results, "
+                         "or choose another --output_dir")  # fmt: skip
     design = load_design(study_dir)
     answers = read_answers(study_dir)
     summary = summarise(design, answers, max_attention_errors, n_bootstrap, seed, confidence)
-    output_dir = output_dir or os.path.join(study_dir, "results")
     os.makedirs(output_dir, exist_ok=True)
+    for name in RESULT_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(output_dir, name))
     atomic_write_text(answers_csv(design, answers, set(summary["excluded_participants"])),
                       os.path.join(output_dir, "answers.csv"))  # fmt: skip
     table = io.StringIO()
@@ -173,4 +219,3 @@ def export(study_dir, output_dir=None, max_attention_errors=1, n_bootstrap=2000,
     atomic_write_text(json.dumps(summary, indent=2) + "\n", os.path.join(output_dir, "accuracy.json"))
     plot(summary, os.path.join(output_dir, "accuracy.png"))
     return summary
-
