@@ -1,23 +1,31 @@
 """Reports, per data set and split, how many listed images are present, missing or unreadable.
 
-    python data_scripts/check_data.py                        # every data set in its default place
+    python data_scripts/check_data.py                        # every real data set in its default place
     python data_scripts/check_data.py coco --data_root /data/coco --num_workers 8
 
 "present" images decode; "missing" ones are listed in the annotations but have no file (dead Conceptual
 Captions URLs, unpacked archives); "unreadable" ones have a file that does not decode (corrupted, truncated).
-A data set whose directory or annotation file is absent is reported as such, in one line.  Exits with status
-1 when a requested data set has no readable image.
+Any data set that cannot be read (no directory, no or a malformed annotation file) is reported in one line.
+
+Exit status:
+  with data sets named: 1 when any of them is absent, cannot be read or has no readable image; else 0.
+  with none named (every real data set, in $DISCRITUNE_DATA/<directory>): data sets whose directory does not
+  exist are reported as "not downloaded" and do not fail; 1 when one whose directory exists cannot be read
+  or has no readable image, or when none is there at all; else 0.
 """
 
 import argparse
+import os
 import sys
 
 from egg.zoo.discriminative_captioner.data import DATASETS, load_dataset
+from egg.zoo.discriminative_captioner.data.files import DEFAULT_DIRECTORIES, data_base, default_data_root
 from egg.zoo.discriminative_captioner.data.images import unreadable_images
 from egg.zoo.discriminative_captioner.errors import UsageError
 
 SPLITS = ("train", "validation", "test")
-REAL = sorted(name for name in DATASETS if name != "synthetic")
+REAL = [name for name in DATASETS if name in DEFAULT_DIRECTORIES]  # the built-in synthetic worlds have no directory
+ROW = "{:<22} {:<11} {:>9} {:>9} {:>9} {:>10}"
 
 
 def check(dataset_name, data_root=None, num_workers=0):
@@ -35,34 +43,57 @@ def check(dataset_name, data_root=None, num_workers=0):
     return report
 
 
+def one_line(error):
+    """An exception as one line: a UsageError's message says how to fix it; anything else also names its type."""
+    text = " ".join(str(error).split())
+    return text if isinstance(error, UsageError) else f"{type(error).__name__}: {text}"
+
+
+def report_dataset(name, data_root, num_workers, required):
+    """Prints the rows of one data set; returns True when it counts as a failure.
+
+    ``required`` (named on the command line) makes an absent data set a failure; otherwise an absent directory is
+    only reported.
+    """
+    if not required and not os.path.isdir(default_data_root(name)):
+        print(f"{name:<22} not downloaded: {default_data_root(name)} does not exist "
+              f"(python data_scripts/download.py {name})")  # fmt: skip
+        return False
+    try:
+        report = check(name, data_root, num_workers)
+    except Exception as error:  # a broken data set must not hide the others behind a traceback
+        print(f"{name:<22} not available: {one_line(error)}")
+        return True
+    for split, counts in report.items():
+        print(ROW.format(name, split, *(counts[key] for key in ("listed", "present", "missing", "unreadable"))))
+    if not any(counts["present"] for counts in report.values()):
+        print(f"{name:<22} has no readable image")
+        return True
+    return False
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "datasets", nargs="*", metavar="DATASET", help=f"data sets to check: {', '.join(REAL)} (default: all)"
     )
     parser.add_argument("--data_root", default=None, help="directory of the data set (only with one data set)")
-    parser.add_argument("--num_workers", type=int, default=0, help="processes decoding images")
+    parser.add_argument("--num_workers", type=int, default=0, help="processes decoding images (default: 0)")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.datasets) - set(REAL))
     if unknown:
         parser.error(f"unknown data set {', '.join(unknown)}; choose from {', '.join(REAL)}")
-    args.datasets = args.datasets or REAL
     if args.data_root and len(args.datasets) != 1:
         parser.error("--data_root needs exactly one data set")
-    failed = False
-    print(f"{'data set':<22} {'split':<11} {'listed':>9} {'present':>9} {'missing':>9} {'unreadable':>10}")
-    for name in args.datasets:
-        try:
-            report = check(name, args.data_root, args.num_workers)
-        except UsageError as error:
-            print(f"{name:<22} not available: {error}")
-            failed = failed or bool(args.data_root)
-            continue
-        for split, counts in report.items():
-            print(f"{name:<22} {split:<11} {counts['listed']:>9} {counts['present']:>9} {counts['missing']:>9} "
-                  f"{counts['unreadable']:>10}")  # fmt: skip
-        failed = failed or not any(counts["present"] for counts in report.values())
-    sys.exit(1 if failed else 0)
+    required = bool(args.datasets)
+    names = args.datasets or REAL
+    print(ROW.format("data set", "split", "listed", "present", "missing", "unreadable"))
+    failures = [name for name in names if report_dataset(name, args.data_root, args.num_workers, required)]
+    if not required and all(not os.path.isdir(default_data_root(name)) for name in names):
+        print(f"no data set found under {data_base()} ($DISCRITUNE_DATA): "
+              f"python data_scripts/download.py all prints what to download")  # fmt: skip
+        failures = names
+    sys.exit(1 if failures else 0)
 
 
 if __name__ == "__main__":

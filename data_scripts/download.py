@@ -1,6 +1,7 @@
 """Prints what to download for each data set (and the released models), from where, and where to put it.
 
     python data_scripts/download.py coco            # one data set
+    python data_scripts/download.py models          # every model file: URL, where it goes, the flag for a local path
     python data_scripts/download.py all             # everything, with the directory each goes to
 
 Most of these downloads need a browser, a form or a licence, so this script only prints instructions; the
@@ -10,7 +11,7 @@ $DISCRITUNE_DATA (default ~/data), or wherever --data_root points at train time.
 
 import argparse
 
-from egg.zoo.discriminative_captioner.data.files import DEFAULT_DIRECTORIES, default_data_root, models_directory
+from egg.zoo.discriminative_captioner import downloads
 
 INSTRUCTIONS = {
     "conceptual": """\
@@ -47,34 +48,53 @@ Concadia, https://github.com/elisakreiss/concadia
 ImageCoDe, https://github.com/McGill-NLP/imagecode
   1. data/valid_data.json into {root}/
   2. The image sets (image-sets.zip, linked from the README) unpacked into {root}/image-sets/<set>/img<X>.jpg""",
-    "models": """\
-Released models (game files name them; they are looked for in {models}, or $DISCRITUNE_MODELS)
-  - conceptual_weights.pt (ClipCap-ConCap) and coco_weights.pt (ClipCap-COCO): Google Drive links in
-    https://github.com/rmokady/CLIP_prefix_caption's README -> {models}/
-  - CLIP ViT-B/32: ViT-B-32.pt, downloaded by the clip package into ~/.cache/clip (or --clip_download_root)
-  - GPT-2: the "gpt2" hub model (config and tokenizer), in the transformers cache or a directory (--language_model)
-  - BLIP: Salesforce/blip-image-captioning-base, in the transformers cache or saved as a directory
-    {models}/blip-image-captioning-base""",
 }
 DIRECTORY_OF = {"conceptual": "conceptual", "coco": "coco", "flickr": "flickr", "nocaps": "nocaps_near",
                 "concadia": "concadia_captions", "imagecode": "imagecode"}  # fmt: skip
 
 
+ALIASES = {"nocaps_near": "nocaps", "nocaps_out": "nocaps", "concadia_captions": "concadia",
+           "concadia_descriptions": "concadia"}  # fmt: skip
+
+
+def models_instructions(models_directory):
+    """Every released model file: what it is, its URL, where it is looked for, the flag for a local path."""
+    lines = [f"Released models (game files name the ClipCap files; those are looked for in {models_directory}, "
+             f"or $DISCRITUNE_MODELS)"]  # fmt: skip
+    for name, entry in downloads.prerequisites(models_directory).items():
+        lines += [f"  - {name}: {downloads.DESCRIPTIONS[name]}", f"      url:    {entry.url}",
+                  f"      where:  {entry.where}", f"      or:     a local path with {entry.flag}"]  # fmt: skip
+        if name in downloads.HUB_FILES and downloads.HUB_FILES[name]:
+            lines.append(f"      files:  {', '.join(downloads.HUB_FILES[name])} (not the weights)")
+        command = downloads.download_command(name, models_directory)
+        if command:
+            lines.append(f"      fetch:  {command}")
+        else:
+            lines.append(f"      fetch:  open the url in a browser and save the file there, or (pip install gdown) "
+                         f"gdown {downloads.CLIPCAP_FILES[name][0]} -O {entry.where}")  # fmt: skip
+    lines.append(f"  (ClipCap's links are in {downloads.CLIPCAP_README}; hf is huggingface_hub's command line)")
+    return "\n".join(lines)
+
+
 def instructions(name):
     """The instructions of one data set (or "models"), with its directory filled in."""
-    root = default_data_root(DIRECTORY_OF[name]) if name in DIRECTORY_OF else None
-    return INSTRUCTIONS[name].format(root=root, models=models_directory())
+    from egg.zoo.discriminative_captioner.data.files import default_data_root, models_directory
+
+    if name == "models":
+        return models_instructions(models_directory())
+    return INSTRUCTIONS[name].format(root=default_data_root(DIRECTORY_OF[name]))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    choices = sorted(INSTRUCTIONS) + ["all"] + sorted(set(DEFAULT_DIRECTORIES) - set(INSTRUCTIONS))
-    parser.add_argument("what", choices=choices, help="a data set (as --dataset names it, or nocaps / concadia), "
-                        "'models', or 'all'")  # fmt: skip
+    topics = list(INSTRUCTIONS) + ["models"]
+    parser.add_argument(
+        "what",
+        choices=sorted(topics) + ["all"] + sorted(ALIASES),
+        help="a data set (as --dataset names it, or nocaps / concadia), 'models', or 'all'",
+    )
     args = parser.parse_args(argv)
-    aliases = {"nocaps_near": "nocaps", "nocaps_out": "nocaps", "concadia_captions": "concadia",
-               "concadia_descriptions": "concadia"}  # fmt: skip
-    names = list(INSTRUCTIONS) if args.what == "all" else [aliases.get(args.what, args.what)]
+    names = topics if args.what == "all" else [ALIASES.get(args.what, args.what)]
     print("\n\n".join(instructions(name) for name in names))
 
 
