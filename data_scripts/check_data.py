@@ -73,7 +73,10 @@ def report_dataset(name, data_root, num_workers, required):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.replace("``", ""),  # reST quotes, not for a terminal
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "datasets", nargs="*", metavar="DATASET", help=f"data sets to check: {', '.join(REAL)} (default: all)"
     )

@@ -24,7 +24,10 @@ def check_output(path, overwrite):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.replace("``", ""),  # reST quotes, not for a terminal
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("source", help="OpenAI CLIP .pt file, or a name such as ViT-B/32 (downloaded if needed)")
     parser.add_argument("output", help="directory to write the transformers model into")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output directory")

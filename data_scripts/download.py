@@ -86,7 +86,10 @@ def instructions(name):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.replace("``", ""),  # reST quotes, not for a terminal
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     topics = list(INSTRUCTIONS) + ["models"]
     parser.add_argument(
         "what",

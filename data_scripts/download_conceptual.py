@@ -65,7 +65,10 @@ def url_lists_command(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.replace("``", ""),  # reST quotes, not for a terminal
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--data_root", default=default_data_root("conceptual"), help="where the TSVs are (and the shards go)"
     )

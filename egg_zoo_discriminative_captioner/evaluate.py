@@ -51,8 +51,9 @@ def add_evaluation_options(parser):
     )
     group.add_argument("--split", choices=("train", "validation", "test"), default="test", help="split to evaluate")
     group.add_argument(
-        "--output_dir", default="evaluation", help="where results, tables, captions and plots go (new or empty, "
-        "unless --overwrite)"
+        "--output_dir",
+        default="evaluation",
+        help="where results, tables, captions and plots go (new or empty, unless --overwrite)",
     )
     group.add_argument("--nlg", action=argparse.BooleanOptionalAction, default=True, help="BLEU/METEOR/ROUGE/CIDEr")
     group.add_argument("--spice", action=argparse.BooleanOptionalAction, default=True, help="SPICE (Java, CoreNLP)")

@@ -119,7 +119,6 @@ class Parser(OneLineErrors):
                 actions[key].default = checked_value(actions[key], value, source)
                 self.sources[key] = source
 
-
     def unused_actions(self):
         """The actions of the options this parser's command does not use."""
         groups = [g for g in self._action_groups if g.title in UNUSED_GROUPS[self.command]]
@@ -158,6 +157,7 @@ def check_options(opts, training=True):
 
     ``training=False`` (evaluate, caption): ``--batch_size`` only groups images, so one image is enough.
     """
+
     def at_least(name, minimum):
         value = getattr(opts, name, None)
         if value is not None and value < minimum:
@@ -273,6 +273,7 @@ def get_opts(params, prog=None, description=None, extra_options=None, command="t
     opts = core.init(arg_parser=layered_parser(), params=params)
     opts.game = game_path
     return opts
+
 
 def apply_model_defaults(opts, dataset=None):
     """Fills unset model options from the data set's own models (``dataset``, if given), then from the released

@@ -84,8 +84,12 @@ def check_clip(name, what, flag, download_root):
     path = os.path.join(download_root or downloads.clip_directory(), os.path.basename(url))
     if os.path.isfile(path) or not offline():
         return None
-    return Missing(f"{what} ({urls.get(url, os.path.basename(url))})",
-                   f"{path} (its folder is --clip_download_root; offline: HF_HUB_OFFLINE=1)", f"{flag} PATH", url)
+    return Missing(
+        f"{what} ({urls.get(url, os.path.basename(url))})",
+        f"{path} (its folder is --clip_download_root; offline: HF_HUB_OFFLINE=1)",
+        f"{flag} PATH",
+        url,
+    )
 
 
 def resolve_released_files(opts):
@@ -114,8 +118,11 @@ def captioner_missing(opts):
         if os.path.basename(name) == name:
             looked += f" and {os.path.join(models_directory(), name)} ($DISCRITUNE_MODELS)"
         state = " (a directory, not a file)" if os.path.isdir(name) else ""
-        source = source_of(name, downloads.CLIPCAP_README) if released else (
-            "a ClipCap .pt file of yours, or a released one (python data_scripts/download.py models)")
+        source = (
+            source_of(name, downloads.CLIPCAP_README)
+            if released
+            else ("a ClipCap .pt file of yours, or a released one (python data_scripts/download.py models)")
+        )
         missing.append(Missing(f"ClipCap weights {name}{state}", looked, "--clipcap_checkpoint", source))
     if opts.language_model is not None:
         missing.append(check_hub_model(opts.language_model, "GPT-2 config and tokenizer", "--language_model"))
@@ -182,8 +189,11 @@ def check_files(opts, datasets=(), captioner=True, retriever=True):
         raise UsageError(
             f"{len(missing)} file{'s' if len(missing) > 1 else ''} this run needs "
             f"{'are' if len(missing) > 1 else 'is'} missing:\n"
-            + "\n".join(f"  - {m.what}\n      looked for: {m.looked}\n      pass a path with: {m.flag}\n"
-                        f"      get it from: {m.source}" for m in missing)
+            + "\n".join(
+                f"  - {m.what}\n      looked for: {m.looked}\n      pass a path with: {m.flag}\n"
+                f"      get it from: {m.source}"
+                for m in missing
+            )
             + "\n(python data_scripts/download.py models lists every model file)",
             multiline=True,
         )

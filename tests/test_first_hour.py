@@ -33,6 +33,21 @@ def test_help_imports_neither_torch_nor_transformers(command):
     assert "--help" in found.stdout and not imported & {"torch", "transformers", "clip", "numpy"}
 
 
+TOOLS = [
+    ["-m", "egg.zoo.discriminative_captioner.study"],
+    ["-m", "egg.zoo.discriminative_captioner.study", "serve"],
+] + [
+    [os.path.join(os.path.dirname(__file__), "..", "data_scripts", f"{name}.py")]
+    for name in ("check_data", "download", "download_conceptual", "convert_clip_to_transformers")
+]
+
+
+@pytest.mark.parametrize("tool", TOOLS, ids=lambda tool: os.path.basename(tool[-1]))
+def test_every_tool_explains_itself_in_plain_text(tool):
+    found = subprocess.run([sys.executable, *tool, "--help"], capture_output=True, text=True, check=True)
+    assert "usage:" in found.stdout and "``" not in found.stdout
+
+
 def test_each_command_shows_its_own_options_truthfully(capsys):
     texts = {name: help_of(module, capsys) for name, module in COMMANDS.items()}
     flat = {name: " ".join(text.split()) for name, text in texts.items()}
@@ -78,7 +93,12 @@ def test_a_conceptual_run_on_an_empty_machine_names_every_missing_file_at_once(t
     assert "the hub id 'gpt2'" in error and "https://huggingface.co/gpt2" in error
     assert "ClipCap's CLIP image encoder (ViT-B-32.pt) = retriever CLIP (ViT-B-32.pt)" in error
     assert str(home / ".cache" / "clip" / "ViT-B-32.pt") in error and "openaipublic" in error
-    for flag in ("--data_root", "--clipcap_checkpoint", "--language_model", "--captioner_clip_model PATH; --clip_model"):
+    for flag in (
+        "--data_root",
+        "--clipcap_checkpoint",
+        "--language_model",
+        "--captioner_clip_model PATH; --clip_model",
+    ):
         assert f"pass a path with: {flag}" in error
     assert not run.exists() and not (home / "runs").exists()  # a failed run leaves no empty run directory
 

@@ -18,6 +18,7 @@ from ..data.imagecode import image_sets as imagecode_sets
 from ..errors import UsageError
 from ..experiment import Experiment, encode_split
 from ..opts import apply_model_defaults
+from ..preflight import check_files
 from ..retrievers import build_retriever
 from . import analysis, hard, nlg, plots
 from .models import build_model, parse_model
@@ -158,6 +159,7 @@ def evaluate(opts):
     specs = [parse_model(text) for text in (opts.models or [opts.load_from_checkpoint or "pretrained"])]
     if len({spec.label for spec in specs}) < len(specs) or HUMAN in {spec.label for spec in specs}:
         raise UsageError("--models: give each model its own LABEL= (and none called 'human')")
+    check_files(opts, datasets=opts.datasets, captioner=any(spec.kind == "pretrained" for spec in specs))
     lemmatizer = analysis.Lemmatizer()
     protocol = PROTOCOL.format(candidates=opts.eval_candidates, seed=opts.eval_seed) + (
         f"; captions by beam search ({opts.num_beams} beams, at most {opts.max_len} tokens, stopping at '.' or end "
