@@ -6,10 +6,14 @@ mapping, so a run with a matching cache decodes no image and runs no image encod
 while the cache is built; they are left out of the split, and the counts are printed when the split is loaded.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from .captioners import build_captioner
 from .checkpointing import atomic_write_text
@@ -23,6 +27,7 @@ from .data.feature_cache import (
     describe_transform,
     readable_indices,
 )
+from .data.images import ImageSubset
 from .errors import UsageError
 from .opts import apply_model_defaults
 from .preflight import check_files
@@ -119,6 +124,70 @@ def encode_split(experiment, name, device):
     encoded = EncodedSplit(kept, sender_inputs, CachedRows(caches["retriever"], readable))
     encoded.counts = counts
     return encoded
+
+
+def rows_at(inputs, indices):
+    """The rows of an ``EncodedSplit``'s inputs at ``indices``, without reading them: a cache's rows stay cache rows
+    (no feature cache is built for a subset), images stay transformed when read."""
+    if isinstance(inputs, CachedRows):
+        return CachedRows(inputs.cache, inputs.indices[indices])
+    if isinstance(inputs, TransformedImages):
+        return TransformedImages(ImageSubset(inputs.images, list(indices)), inputs.transform)
+    return inputs[np.asarray(indices)]  # a tensor
+
+
+def subset_encoded(encoded, indices, name):
+    """The ``EncodedSplit`` ``encoded`` restricted to the images at ``indices`` (in that order), as split ``name``."""
+    split = dataclasses.replace(encoded.split.subset(indices), name=name, missing=0)
+    return EncodedSplit(split, rows_at(encoded.sender_inputs, indices), rows_at(encoded.receiver_inputs, indices))
+
+
+def hold_out(train, n_images, seed, dataset_name="data"):
+    """``(train, validation)``: ``n_images`` images of the encoded training split drawn with ``seed`` (a function of
+    the options only, so a resumed run holds out the same images) become the validation split and leave training.
+
+    Both keep split order; together they are the training split.  Their counts record the hold-out.
+    """
+    n = len(train)
+    if not 0 < n_images < n:
+        raise UsageError(f"--validation_images {n_images}: the {dataset_name} training split has {n} readable images")
+    held = np.sort(np.random.default_rng(seed).permutation(n)[:n_images])
+    kept = np.setdiff1d(np.arange(n), held)  # sorted
+    training, validation = subset_encoded(train, kept, train.split.name), subset_encoded(train, held, "validation")
+    training.counts = {**train.counts, "used": len(kept), "held_out_for_validation": n_images}
+    validation.counts = {"listed": n_images, "missing": 0, "unreadable": 0, "used": n_images, "held_out_of": "train"}
+    return training, validation
+
+
+def validation_is_test(dataset):
+    """Whether the data set's validation split is its test split (same images: Conceptual Captions, the
+    evaluation-only data sets)."""
+    return hasattr(dataset, "cache_split") and dataset.cache_split("validation") == dataset.cache_split("test")
+
+
+def training_splits(experiment, device):
+    """``(train, validation, test)`` encoded splits of a run.
+
+    ``--validation_images N`` validates on N held-out training images (``hold_out``); otherwise validation is
+    the data set's validation split, with a one-line warning where that is its test split.
+    """
+    opts = experiment.opts
+    if opts.validation_images and opts.validation_images < opts.eval_candidates:  # before any cache is built
+        raise UsageError(f"--validation_images {opts.validation_images} must be 0 or at least --eval_candidates "
+                         f"{opts.eval_candidates} (each held-out target meets that many candidates)")  # fmt: skip
+    train = encode_split(experiment, "train", device)
+    if opts.validation_images:
+        train, validation = hold_out(train, opts.validation_images, opts.eval_seed, opts.dataset)
+        print(f"data {opts.dataset} validation: {len(validation)} training images held out (--validation_images, "
+              f"drawn with --eval_seed {opts.eval_seed}), training on the other {len(train)}", flush=True)  # fmt: skip
+    else:
+        context = getattr(opts, "distributed_context", None)
+        if validation_is_test(experiment.dataset) and (context is None or context.is_leader):  # once per run
+            print(f"# warning: {opts.dataset}'s validation split is its test split: validating each epoch (and any "
+                  "early stopping or checkpoint choice on it) sees the test images; --validation_images N validates "
+                  "on N held-out training images instead", file=sys.stderr, flush=True)  # fmt: skip
+        validation = encode_split(experiment, "validation", device)
+    return train, validation, encode_split(experiment, "test", device)
 
 
 def write_data_counts(directory, encoded_splits):

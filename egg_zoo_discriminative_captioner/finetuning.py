@@ -31,7 +31,7 @@ from .core import core
 from .data import retrieval_loader, training_loader
 from .data.hard_distractors import hard_distractor_loader
 from .errors import UsageError
-from .experiment import build_experiment, encode_split, write_data_counts
+from .experiment import build_experiment, training_splits, write_data_counts
 from .games import build_game, build_optimizer
 from .precision import training_precision
 
@@ -158,9 +158,7 @@ def finetune(opts, params):
     rank, world_size = context.rank, context.world_size
     with distributed.leader_first(opts):  # the leader builds and caches shared data first
         experiment = build_experiment(opts)
-    train_set = encode_split(experiment, "train", opts.device)
-    validation_set = encode_split(experiment, "validation", opts.device)
-    test_set = encode_split(experiment, "test", opts.device)
+    train_set, validation_set, test_set = training_splits(experiment, opts.device)  # --validation_images: held out
 
     loader_options = dict(seed=data_seed, num_workers=opts.num_workers, rank=rank, world_size=world_size)
     if opts.hard_distractors:

@@ -137,13 +137,22 @@ def write_concadia(root):
 
 
 def write_imagecode(root):
-    """``valid_data.json`` + ``image-sets/<set>/img<X>.jpg``: a static set and a video set (frame numbers)."""
-    sets = {"open-images-1234": [f"img{i}.jpg" for i in range(10)],
-            "MSR-VTT-video7": [f"img{frame}.jpg" for frame in (3, 12, 25, 40, 51, 60, 77, 80, 95, 101)]}  # fmt: skip
+    """``valid_data.json`` + ``image-sets/<set>/img<X>.jpg``: a static set (``img0``-``img9``) whose ``img3`` was
+    never downloaded, a video set (X = frame number) with all 10 frames, and a video set with a frame absent.
+
+    The static set keeps every other image at the index its name gives (a corrupted ``img9``, a truncated
+    ``img7``); the complete video set has a corrupted and a truncated frame; the incomplete one cannot be
+    re-indexed, so its 10 images count as missing.
+    """
+    static = [f"img{i}.jpg" for i in (0, 1, 2, 4, 5, 6, 8, 9, 7, 3)]  # write_images: last three broken / absent
+    video = [f"img{frame}.jpg" for frame in (3, 12, 25, 40, 51, 60, 77, 80, 95, 101)] + ["absent.jpg"]  # all 10 written
+    incomplete = [f"img{frame}.jpg" for frame in (0, 8, 16, 24, 32, 40, 48, 56, 64)]  # 9 of 10 frames listed
+    sets = {"open-images-1234": static, "MSR-VTT-video7": video, "video-storytelling-video9": incomplete}
     for n, (set_name, names) in enumerate(sets.items()):
         write_images(os.path.join(root, "image-sets", set_name), names, seed=10 * n)
-    descriptions = {"open-images-1234": {"2": "the one with a red hat", "5": "a dog to the left"},
-                    "MSR-VTT-video7": {"1": "the man starts to turn"}}  # fmt: skip
+    descriptions = {"open-images-1234": {"2": "the one with a red hat", "4": "a dog to the left"},
+                    "MSR-VTT-video7": {"1": "the man starts to turn"},
+                    "video-storytelling-video9": {"3": "the bride turns around"}}  # fmt: skip
     with open(os.path.join(root, "valid_data.json"), "w") as f:
         json.dump(descriptions, f)
 
@@ -168,5 +177,5 @@ EXPECTED = {
     "nocaps_out": {split: (GOOD + 3, 1, 2) for split in ("train", "validation", "test")},
     "concadia_captions": {split: (GOOD + 3, 1, 2) for split in ("train", "validation", "test")},
     "concadia_descriptions": {split: (GOOD + 3, 1, 2) for split in ("train", "validation", "test")},
-    "imagecode": {split: (20, 2, 4) for split in ("train", "validation", "test")},
+    "imagecode": {split: (30, 11, 4) for split in ("train", "validation", "test")},  # a video set of 10 missing
 }

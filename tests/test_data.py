@@ -97,6 +97,20 @@ def test_imagecode_orders_video_frames_by_number_and_attaches_descriptions_to_ta
     assert by_id["open-images-1234/2"][1] == ["the one with a red hat"] and by_id["open-images-1234/0"][1] == []
 
 
+def test_an_absent_imagecode_image_moves_no_other_image(data_roots, capsys):
+    split = read("imagecode", data_roots["imagecode"]).split("test")
+    by_id = dict(zip(split.ids, zip(split.sources, split.references)))
+    static = os.path.join(data_roots["imagecode"], "image-sets", "open-images-1234")
+    assert "open-images-1234/3" not in by_id  # img3.jpg was never downloaded
+    assert by_id["open-images-1234/4"] == (os.path.join(static, "img4.jpg"), ["a dog to the left"])
+    assert all(by_id[f"open-images-1234/{i}"][0] == os.path.join(static, f"img{i}.jpg") for i in (0, 1, 2, 5, 9))
+    # a video set missing a frame cannot be re-indexed: all its images are left out, counted, and named once
+    assert not any(image_id.startswith("video-storytelling-video9/") for image_id in split.ids)
+    assert split.missing == 1 + 10
+    report = [line for line in capsys.readouterr().out.splitlines() if "video-storytelling-video9" in line]
+    assert len(report) == 1 and "1 video sets without all 10 frames left out" in report[0]
+
+
 def test_conceptual_reads_shards_and_the_tsv_layout_alike(data_roots, tmp_path):
     shards = read("conceptual", data_roots["conceptual"])
     train = shards.split("train")
@@ -106,6 +120,30 @@ def test_conceptual_reads_shards_and_the_tsv_layout_alike(data_roots, tmp_path):
     tsv = read("conceptual", str(tmp_path)).split("train")
     assert tsv.ids[:2] == ["00000000", "00000001"] and tsv.references[1] == ["caption 1 of the train set"]
     assert tsv.missing == 1 and len(readable(tsv)) == GOOD
+
+
+@pytest.mark.parametrize("layout", ["shards", "tsv"])
+def test_conceptual_reads_clipcaps_val_directory_and_says_which_it_read(layout, data_roots, tmp_path, capsys):
+    import shutil
+
+    from egg.zoo.discriminative_captioner.preflight import data_missing
+
+    root = tmp_path / "cc"
+    if layout == "shards":
+        shutil.copytree(data_roots["conceptual"], root)
+    else:
+        root.mkdir()
+        write_conceptual_tsv(str(root))
+    expected = read("conceptual", str(root)).split("test")
+    os.rename(root / "validation", root / "val")  # ClipCap's parse_conceptual.py: <root>/val/{i:08d}.jpg
+    capsys.readouterr()
+    opts = get_opts(["--dataset", "conceptual", "--data_root", str(root)])
+    assert data_missing(opts, "conceptual") == []  # the pre-flight check accepts val/ too
+    split = load_dataset(opts).split("test")
+    assert (split.ids, split.references, split.missing) == (expected.ids, expected.references, expected.missing)
+    assert split.sources[0].startswith(str(root / "val")) and len(readable(split)) == GOOD
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("conceptual validation:")]
+    assert len(lines) == 1 and lines[0].endswith(f"in {root / 'val'}/")
 
 
 def test_a_damaged_shard_contributes_the_samples_before_the_damage(data_roots, tmp_path, capsys):
@@ -315,6 +353,7 @@ def test_check_data_reports_present_missing_and_unreadable_counts(name, data_roo
     with pytest.raises(SystemExit) as status:
         check_data["main"]([name, "--data_root", data_roots[name]])
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    rows = [row for row in rows if row[1] in SPLITS]  # the readers' notes (left-out sets, layout found) aside
     assert status.value.code == 0 and len(rows) == 3
     for row in rows:
         listed, missing, unreadable = EXPECTED[name][row[1]]
@@ -348,3 +387,7 @@ def test_evaluate_runs_on_the_imagecode_fixture_with_undescribed_images(data_roo
                           "--no-spice", "--hard_sets", "0"])  # fmt: skip
     [record] = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert record["dataset"] == "imagecode" and 0 <= record["p_at_1"] <= 1 and record["bleu4"] is not None
+    # human P@1: the 3 described images of the 15 readable ones are the targets (the others only candidates)
+    assert (record["n_images"], record["n_images_references"]) == (15, 3)
+    assert 3 * record["p_at_1_references"] == pytest.approx(round(3 * record["p_at_1_references"]))  # k of 3 hits
+    assert "(3 of 15 images described)" in (tmp_path / "ev" / "tables.md").read_text()

@@ -66,6 +66,22 @@ def test_p_at_1_on_hand_made_embeddings_scores_every_image():
     assert p == pytest.approx(150 / 250)
 
 
+def test_p_at_1_over_some_targets_keeps_every_image_a_candidate():
+    # Human P@1 where most images have no reference: only described targets count, every image stays a candidate.
+    n = 250
+    images = one_hot(n)
+    described = torch.zeros(n, dtype=torch.bool)
+    described[::10] = True  # 25 images have a reference
+    texts = torch.stack([images[i] if described[i] else torch.zeros(n) for i in range(n)])
+    texts[0] = images[1]  # one described image's caption points at an undescribed candidate: a miss
+    p, hits = precision_at_1(texts, images, candidates=100, seed=0, targets=described)
+    assert p == pytest.approx(24 / 25)  # over the whole split it would be 24 / 250
+    assert hits.tolist() == precision_at_1(texts, images, candidates=100, seed=0)[1].tolist()  # the same sets
+    assert precision_at_1(texts, images, targets=torch.zeros(n, dtype=torch.bool))[0] is None
+    with pytest.raises(ValueError, match="one bool per image"):
+        precision_at_1(texts, images, targets=described[:10])
+
+
 def test_the_remainder_targets_are_scored_against_their_fillers():
     # Caption of every image points at a fixed image z; z is a hit for itself, any other target misses exactly
     # when z is among its candidates. With 130 images, every image is a target; z = the first image of the

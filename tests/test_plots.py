@@ -89,3 +89,13 @@ def test_p_at_1_plot_draws_the_chance_line_behind_the_bar_values(candidates, lab
     assert len(values) == 6  # each bar's value, drawn over the line on an opaque box
     for text in values:
         assert text.get_zorder() > chance.get_zorder() and text.get_bbox_patch().get_facecolor()[:3] == (1, 1, 1)
+
+
+def test_a_data_set_without_references_has_no_human_bar(tmp_path):
+    records = [
+        {"model": "m", "dataset": "imagecode", "p_at_1": 0.2, "p_at_1_references": None, "candidates": 100},
+        {"model": "m", "dataset": "coco", "p_at_1": 0.3, "p_at_1_references": 0.5, "candidates": 100},
+    ]
+    fig = p_at_1_plot(records, str(tmp_path / "p.png"))
+    labels = [text.get_text() for text in fig.axes[0].texts]
+    assert labels == ["20.0", "30.0", "", "50.0"] and (tmp_path / "p.png").stat().st_size > 0

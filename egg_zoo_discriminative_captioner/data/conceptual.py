@@ -7,6 +7,9 @@ Layout under ``--data_root`` (for each of ``train/`` and ``validation/``, shards
     Validation_GCC-1.1.0-Validation.tsv   (15,840 rows)
     train/00000000.jpg, ...          with the TSVs: the image of TSV row i (0-based) as {i:08d}.jpg
 
+The validation directory is ``validation/`` (the authors' loader) or ``val/`` (ClipCap's ``parse_conceptual.py``),
+for shards and for images alike; ``validation/`` wins when both hold data, and the one read is printed.
+
 Training reads the training data; validation and test both read the validation data, which the paper uses as
 its test set (hyperparameters were tuned on Flickr).  Rows whose image is absent (dead URLs) count as missing.
 """
@@ -23,6 +26,7 @@ from .splits import ImageSplit
 TSV_FILES = {"train": "Train_GCC-training.tsv", "validation": "Validation_GCC-1.1.0-Validation.tsv"}
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 SOURCE_DIRECTORIES = ("train", "validation")
+DIRECTORY_NAMES = {"train": ("train",), "validation": ("validation", "val")}  # val/: ClipCap's layout
 
 
 def read_tsv(path):
@@ -62,14 +66,28 @@ def tsv_split(name, tsv, image_directory):
 
 
 def read_split(root, source):
-    directory = os.path.join(root, source)
-    shards = sorted(glob.glob(os.path.join(directory, "*.tar")))
-    if shards:
-        return shard_split(source, shards)
+    """The ``source`` split: webdataset shards in its directory, else the TSV with the images beside it."""
+    directories = [os.path.join(root, name) for name in DIRECTORY_NAMES[source]]
+    for directory in directories:
+        shards = sorted(glob.glob(os.path.join(directory, "*.tar")))
+        if shards:
+            report(source, directories, directory, f"{len(shards)} webdataset shards")
+            return shard_split(source, shards)
     tsv = os.path.join(root, TSV_FILES[source])
     if os.path.isfile(tsv):
+        directory = next((d for d in directories if os.path.isdir(d)), directories[0])
+        report(source, directories, directory, f"the images of {os.path.basename(tsv)}")
         return tsv_split(source, tsv, directory)
-    raise UsageError(f"conceptual: neither {directory}/*.tar shards nor {tsv} found ({hint('conceptual')})")
+    shown = " or ".join(f"{d}/*.tar" for d in directories)
+    raise UsageError(f"conceptual: neither {shown} shards nor {tsv} found ({hint('conceptual')})")
+
+
+def report(source, directories, directory, what):
+    """One line naming the directory read, where there is a choice (validation/ or ClipCap's val/)."""
+    if len(directories) > 1:
+        others = [d for d in directories if d != directory and os.path.isdir(d)]
+        ignored = f"; {', '.join(o + '/' for o in others)} ignored" if others else ""
+        print(f"conceptual {source}: {what} in {directory}/{ignored}", flush=True)
 
 
 def load_conceptual(opts):

@@ -29,7 +29,7 @@ DEFAULT_DIRECTORIES = {
 # What each data set cannot be read without, under its root: (what, [glob patterns, any one of which will do]).
 REQUIRED_FILES = {
     "conceptual": [("training data", ["train/*.tar", "Train_GCC-training.tsv"]),
-                   ("validation data", ["validation/*.tar", "Validation_GCC-1.1.0-Validation.tsv"])],
+                   ("validation data", ["validation/*.tar", "val/*.tar", "Validation_GCC-1.1.0-Validation.tsv"])],
     "coco": [("Karpathy split file", ["dataset_coco.json"])],
     "flickr": [("Karpathy split file", ["dataset_flickr30k.json"])],
     "nocaps_near": [("annotations", ["nocaps_val_4500_captions.json"])],

@@ -69,7 +69,12 @@ def evaluate_dataset(opts, name, specs, lemmatizer, out):
             captioner, inputs, num_beams=opts.num_beams, device=opts.device, desc=f"captioning {name} ({label})"
         )
     embeddings = {kind: encode_captions(retriever, captions, device=opts.device) for kind, captions in texts.items()}
-    p_at_1 = {kind: precision_at_1(e, images, opts.eval_candidates, opts.eval_seed)[0] for kind, e in embeddings.items()}
+    # Human P@1 counts only the images with a reference as targets (an empty string is no human caption); every
+    # image stays a candidate, so the candidate sets are the models' own.
+    described_mask = [bool(refs) for refs in split.references]  # [N]
+    p_at_1 = {kind: precision_at_1(e, images, opts.eval_candidates, opts.eval_seed,
+                                   targets=described_mask if kind == HUMAN else None)[0]
+              for kind, e in embeddings.items()}  # fmt: skip
     hard_results = {}
     for source, source_sets in sets.items():
         scores = {kind: hard.hard_set_accuracy(e, images, source_sets) for kind, e in embeddings.items()}
@@ -90,7 +95,8 @@ def evaluate_dataset(opts, name, specs, lemmatizer, out):
     for spec in specs:
         captions = texts[spec.label]
         record = {"model": spec.label, "dataset": name, "split": split.name, "n_images": len(split),
-                  "candidates": opts.eval_candidates, "p_at_1": p_at_1[spec.label], "p_at_1_references": p_at_1[HUMAN]}  # fmt: skip
+                  "candidates": opts.eval_candidates, "p_at_1": p_at_1[spec.label], "p_at_1_references": p_at_1[HUMAN],
+                  "n_images_references": sum(described_mask)}  # fmt: skip
         metrics = dict.fromkeys(nlg.METRICS) | {"spice_error": "NLG metrics switched off (--no-nlg)"}
         if opts.nlg:
             described = [i for i, image_id in enumerate(split.ids) if references[image_id]]  # scorable images
@@ -115,6 +121,13 @@ def percent(value):
     return "–" if value is None else f"{100 * value:.1f}"
 
 
+def human_p_at_1(record):
+    """The human captions' P@1 cell, saying over how many images when some have no reference."""
+    described, n = record.get("n_images_references", record["n_images"]), record["n_images"]
+    cell = percent(record["p_at_1_references"])
+    return cell if described == n else f"{cell} ({described} of {n} images described)"
+
+
 def markdown_tables(records, summary):
     """The paper's layout: P@1 (Tables 1/4), NLG metrics per data set (Tables 2/3/5), hard sets (Table 11),
     top lemmas per caption type (Tables 7/14)."""
@@ -125,8 +138,7 @@ def markdown_tables(records, summary):
     lines += ["| Model | " + " | ".join(datasets) + " |", "|---" * (len(datasets) + 1) + "|"]
     for model in models:
         lines.append(f"| {model} | " + " | ".join(percent(by_key[model, d]["p_at_1"]) for d in datasets) + " |")
-    lines.append("| Human captions | " + " | ".join(percent(by_key[models[0], d]["p_at_1_references"])
-                                                     for d in datasets) + " |")  # fmt: skip
+    lines.append("| Human captions | " + " | ".join(human_p_at_1(by_key[models[0], d]) for d in datasets) + " |")
     lines += ["", "NLG metrics (x100; B@4 BLEU-4, M METEOR, R ROUGE-L, C CIDEr-D, S SPICE)", ""]
     lines += ["| Model | B@4 | M | R | C | S |", "|---|---|---|---|---|---|"]
     for dataset in datasets:
@@ -163,7 +175,8 @@ def evaluate(opts):
     lemmatizer = analysis.Lemmatizer()
     protocol = PROTOCOL.format(candidates=opts.eval_candidates, seed=opts.eval_seed) + (
         f"; captions by beam search ({opts.num_beams} beams, at most {opts.max_len} tokens, stopping at '.' or end "
-        f"of text) on the {opts.split} split; human P@1 uses each image's first reference, NLG metrics all of them"
+        f"of text) on the {opts.split} split; human P@1 uses each described image's first reference (images "
+        "without a reference are candidates, not targets), NLG metrics all of them"
     )
     records, caption_rows, summary = [], [], {"protocol": protocol, "hard_sets": {}, "lemmas": {}}
     with staged(opts.output_dir) as out:

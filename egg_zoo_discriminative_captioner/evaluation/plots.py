@@ -1,6 +1,7 @@
 """PNG plots (matplotlib, no display needed): P@1 per data set per model, and training curves from EGG logs."""
 
 import json
+import math
 import os
 
 from ..atomic import atomic_path
@@ -23,6 +24,10 @@ def _save(fig, path):
 LABEL_BOX = {"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none"}
 
 
+def _percent(fraction):
+    return math.nan if fraction is None else 100 * fraction
+
+
 def p_at_1_plot(records, path):
     """Grouped bars: P@1 (%) per data set, one bar per model plus the human (reference) captions, and the chance
     level (100 / candidates %) as a dashed line.  Returns the (closed) figure."""
@@ -30,8 +35,9 @@ def p_at_1_plot(records, path):
     datasets = list(dict.fromkeys(r["dataset"] for r in records))
     models = list(dict.fromkeys(r["model"] for r in records))
     by_key = {(r["model"], r["dataset"]): r for r in records}
-    series = {m: [100 * by_key[m, d]["p_at_1"] for d in datasets] for m in models}
-    series["human captions"] = [100 * next(r for r in records if r["dataset"] == d)["p_at_1_references"]
+    series = {m: [_percent(by_key[m, d]["p_at_1"]) for d in datasets] for m in models}
+    # a data set without any reference has no human P@1 (None): no bar
+    series["human captions"] = [_percent(next(r for r in records if r["dataset"] == d)["p_at_1_references"])
                                 for d in datasets]  # fmt: skip
     candidates = records[0]["candidates"]
     fig, ax = plt.subplots(figsize=(2.5 + 1.6 * len(datasets) * len(series) / 3, 3.5), layout="constrained")
@@ -41,7 +47,8 @@ def p_at_1_plot(records, path):
         positions = [i + (k - (len(series) - 1) / 2) * width for i in range(len(datasets))]
         handles.append(ax.bar(positions, values, width, label=label))
         # an opaque box, so that the chance line passes behind the value of a bar near chance, not through it
-        ax.bar_label(handles[-1], fmt="%.1f", fontsize=7, padding=2, bbox=LABEL_BOX)
+        labels = ["" if math.isnan(v) else f"{v:.1f}" for v in values]
+        ax.bar_label(handles[-1], labels=labels, fontsize=7, padding=2, bbox=LABEL_BOX)
     # behind the bars and their value labels (zorder 0.5 < patches' 1 < texts' 3); named in the legend
     handles.append(ax.axhline(100 / candidates, color="0.3", linestyle="--", linewidth=1, zorder=0.5,
                               label=f"chance ({100 / candidates:g}%)"))  # fmt: skip

@@ -39,22 +39,29 @@ def strict_hits(scores, targets):
     return target_scores.squeeze(1) > others.max(dim=1).values
 
 
-def precision_at_1(text_embeddings, image_embeddings, candidates=100, seed=0):
+def precision_at_1(text_embeddings, image_embeddings, candidates=100, seed=0, targets=None):
     """P@1 of one caption per image: ``text_embeddings`` ``[N, D]`` and ``image_embeddings`` ``[N, D]`` row i is
     image i's caption and image; candidate sets from ``data.retrieval_batches`` (every image scored once).
 
-    Returns ``(p_at_1, hits [N] bool)``, ``hits`` in split order.
+    ``targets`` (``[N]`` bool, optional): the images whose caption counts, e.g. those with a reference caption;
+    every image stays a candidate (the sets are the same), and P@1 is the mean over these targets only (None when
+    there is none).  Returns ``(p_at_1, hits [N] bool)``, ``hits`` in split order.
     """
     n = len(image_embeddings)
     if len(text_embeddings) != n:
         raise ValueError(f"{len(text_embeddings)} captions for {n} images")
+    counted = None if targets is None else torch.as_tensor(targets, dtype=torch.bool)  # [N]
+    if counted is not None and counted.shape != (n,):
+        raise ValueError(f"targets must be one bool per image ([{n}]), got shape {list(counted.shape)}")
     hits = torch.zeros(n, dtype=torch.bool)
-    for targets, fillers in retrieval_batches(n, candidates, seed):
-        targets_t = torch.tensor(targets)
-        candidate_images = image_embeddings[targets + fillers].float()  # [C, D], targets first
+    for set_targets, fillers in retrieval_batches(n, candidates, seed):
+        targets_t = torch.tensor(set_targets)
+        candidate_images = image_embeddings[set_targets + fillers].float()  # [C, D], targets first
         scores = text_embeddings[targets_t].float() @ candidate_images.T  # [T, C]
-        hits[targets_t] = strict_hits(scores, torch.arange(len(targets)))
-    return hits.float().mean().item(), hits
+        hits[targets_t] = strict_hits(scores, torch.arange(len(set_targets)))
+    if counted is None:
+        return hits.float().mean().item(), hits
+    return (hits[counted].float().mean().item() if counted.any() else None), hits
 
 
 @torch.no_grad()
