@@ -2,12 +2,19 @@
 
     python data_scripts/check_data.py                        # every real data set in its default place
     python data_scripts/check_data.py coco --data_root /data/coco --num_workers 8
+    python data_scripts/check_data.py --verify_cache [DIR]   # the frozen-feature caches' checksums
 
 "present" images decode; "missing" ones are listed in the annotations but have no file (dead Conceptual
 Captions URLs, unpacked archives); "unreadable" ones have a file that does not decode (corrupted, truncated).
 Any data set that cannot be read (no directory, no or a malformed annotation file) is reported in one line.
 
+--verify_cache reads every feature cache under DIR (default: the default --feature_cache_dir,
+~/.cache/discriminative_captioner/features) and checks each file's size and sha256 against the cache's
+manifest: one line per cache, ok / partial (the next run resumes it) / stale (the next run rebuilds it) /
+damaged (which file, what differs, and how to rebuild it).
+
 Exit status:
+  with --verify_cache: 1 when any cache is damaged; else 0.
   with data sets named: 1 when any of them is absent, cannot be read or has no readable image; else 0.
   with none named (every real data set, in $DISCRITUNE_DATA/<directory>): data sets whose directory does not
   exist are reported as "not downloaded" and do not fail; 1 when one whose directory exists cannot be read
@@ -72,6 +79,36 @@ def report_dataset(name, data_root, num_workers, required):
     return False
 
 
+def verify_caches(root=None):
+    """Prints one line per feature cache under ``root`` (default: the default feature cache directory); returns
+    True when any of them is damaged."""
+    import time
+
+    from egg.zoo.discriminative_captioner.data import feature_cache  # imports torch: only on this path
+
+    root = root or feature_cache.default_feature_cache_dir()
+    caches = []
+    for directory, subdirectories, files in os.walk(root):
+        if "manifest.json" in files or "building.json" in files:
+            caches.append(directory)
+            subdirectories.clear()  # a cache holds no other cache
+    if not caches:
+        print(f"no feature cache under {root}")
+        return False
+    damaged, size, started = False, 0, time.perf_counter()
+    for directory in sorted(caches):
+        status = feature_cache.verify_cache(directory)
+        size += sum(entry.stat().st_size for entry in os.scandir(directory) if entry.is_file())
+        if status.startswith("damaged"):
+            damaged = True
+            status += "; " + feature_cache.rebuild_advice(directory)
+        print(f"{os.path.relpath(directory, root):<40} {status}", flush=True)
+    seconds = time.perf_counter() - started
+    print(f"{len(caches)} feature cache{'s' * (len(caches) > 1)} under {root}: {size / 1e6:.1f} MB read in "
+          f"{seconds:.1f} s")  # fmt: skip
+    return damaged
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.replace("``", ""),  # reST quotes, not for a terminal
@@ -82,7 +119,20 @@ def main(argv=None):
     )
     parser.add_argument("--data_root", default=None, help="directory of the data set (only with one data set)")
     parser.add_argument("--num_workers", type=int, default=0, help="processes decoding images (default: 0)")
+    parser.add_argument(
+        "--verify_cache",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="DIR",
+        help="instead of the data sets, verify the checksums of every feature cache under DIR "
+        "(default: ~/.cache/discriminative_captioner/features)",
+    )
     args = parser.parse_args(argv)
+    if args.verify_cache is not None:
+        if args.datasets or args.data_root:
+            parser.error("--verify_cache checks the feature caches only: name no data set and no --data_root")
+        sys.exit(1 if verify_caches(args.verify_cache or None) else 0)
     unknown = sorted(set(args.datasets) - set(REAL))
     if unknown:
         parser.error(f"unknown data set {', '.join(unknown)}; choose from {', '.join(REAL)}")

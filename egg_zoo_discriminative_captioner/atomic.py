@@ -5,9 +5,12 @@ permissions the user's umask gives a new file (``tempfile`` alone would leave it
 """
 
 import contextlib
+import glob
 import os
 import shutil
 import tempfile
+
+PREFIX, SUFFIX = "partial-", ".tmp"  # the temporary files' names: a run killed mid-write leaves one behind
 
 
 def _umask():
@@ -21,7 +24,7 @@ def atomic_path(path):
     """Yields a temporary path beside ``path``; on success it is renamed over ``path``, otherwise removed."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix="partial-", suffix=".tmp", dir=directory)
+    handle, tmp = tempfile.mkstemp(prefix=PREFIX, suffix=SUFFIX, dir=directory)
     os.close(handle)
     try:
         yield tmp
@@ -30,6 +33,16 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def remove_leftovers(directory):
+    """Removes the temporary files ``atomic_path`` left in ``directory`` when its process was killed mid-write
+    (only call it where no other process is writing); returns their names."""
+    paths = glob.glob(os.path.join(glob.escape(directory), PREFIX + "*" + SUFFIX))
+    paths = sorted(path for path in paths if os.path.isfile(path) and not os.path.islink(path))
+    for path in paths:
+        os.remove(path)
+    return [os.path.basename(path) for path in paths]
 
 
 def atomic_write_text(text, path):
@@ -44,7 +57,7 @@ def atomic_directory(path):
     """Yields a staging directory beside ``path``; on success it replaces ``path``, otherwise it is removed."""
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix="partial-", dir=parent)
+    staging = tempfile.mkdtemp(prefix=PREFIX, dir=parent)
     try:
         yield staging
         os.chmod(staging, 0o777 & ~_umask())

@@ -212,7 +212,7 @@ def test_downloads_module_needs_neither_torch_nor_transformers_nor_clip(tmp_path
     assert result.stdout.strip() == "[]", result.stderr
 
 
-@pytest.mark.parametrize("name", ["download.py", "convert_clip_to_transformers.py"])
+@pytest.mark.parametrize("name", ["download.py", "convert_clip_to_transformers.py", "check_data.py"])
 def test_help_does_not_import_torch(name):
     code = ("import runpy, sys\nsys.argv = ['script', '--help']\ntry:\n"
             f"    runpy.run_path({os.path.join(SCRIPTS, name)!r}, run_name='__main__')\n"
