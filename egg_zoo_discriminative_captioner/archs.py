@@ -12,37 +12,54 @@ import dataclasses
 import torch
 from torch import nn
 
+from .captioners.base import caption_mask
+from .captioners.fused import head_kl, head_token_log_probs
 from .core import MeanBaseline, core
 from .errors import UsageError
 from .frozen import FrozenModule
+from .option_groups import KL_ESTIMATORS, LOG_PROB_NORMALIZATIONS
+from .option_groups import ROLLOUTS as DECODINGS
 from .precision import autocast, full_precision
-
-DECODINGS = ("sample", "greedy", "beam")
 
 
 class CaptionerSender(nn.Module):
-    """EGG Sender around a captioner: rollouts in training (sampled, or greedy), beam search in evaluation."""
+    """EGG Sender around a captioner: rollouts in training, beam search in evaluation.
 
-    def __init__(self, captioner, greedy_rollouts=False, num_beams=5):
+    ``rollouts`` is how training captions are decoded: "sample" (from the policy: REINFORCE is unbiased),
+    "greedy" (the paper's stated setting) or "beam" (the top of ``num_beams`` beams); greedy and beam rollouts
+    are scored like sampled ones, but make REINFORCE biased.  ``greedy_rollouts=True`` means ``rollouts="greedy"``.
+    """
+
+    def __init__(self, captioner, greedy_rollouts=False, num_beams=5, rollouts=None):
         super().__init__()
         self.captioner = captioner
-        self.greedy_rollouts = greedy_rollouts
+        self.rollouts = rollouts or ("greedy" if greedy_rollouts else "sample")
+        if self.rollouts not in DECODINGS:
+            raise ValueError(f"unknown rollouts {self.rollouts!r}: one of {', '.join(DECODINGS)}")
         self.num_beams = num_beams
 
-    def forward(self, sender_input, aux_input=None, decoding=None, score=True):
-        """A ``Rollout``; ``decoding`` overrides the mode's default ("sample", "greedy" or "beam").
+    @property
+    def greedy_rollouts(self):
+        return self.rollouts == "greedy"
 
-        With ``score=False`` greedy captions are decoded without the scoring pass (zero ``log_prob``).
+    def forward(self, sender_input, aux_input=None, decoding=None, score=None, kl_reference=None):
+        """A ``Rollout``; ``decoding`` overrides the mode's default (``rollouts`` in training, "beam" otherwise).
+
+        Captions are scored (their log-probability, with gradients) unless ``score=False``, the default for beam
+        search in evaluation; unscored captions carry zero ``log_prob``.  ``kl_reference``: see
+        ``ConditionalCaptioner.rollout``.
         """
         if decoding is None:
-            decoding = ("greedy" if self.greedy_rollouts else "sample") if self.training else "beam"
+            decoding = self.rollouts if self.training else "beam"
         if decoding not in DECODINGS:
             raise ValueError(f"unknown decoding {decoding!r}: one of {', '.join(DECODINGS)}")
-        if decoding == "beam":
-            return self.captioner.generate(sender_input, num_beams=self.num_beams)
-        if decoding == "greedy" and not score:
-            return self.captioner.generate(sender_input, num_beams=1)
-        return self.captioner.rollout(sender_input, greedy=decoding == "greedy")
+        if score is None:
+            score = self.training or decoding != "beam"
+        num_beams = self.num_beams if decoding == "beam" else 1
+        if not score and decoding != "sample":
+            return self.captioner.generate(sender_input, num_beams=num_beams)
+        extra = {} if kl_reference is None else {"kl_reference": kl_reference}
+        return self.captioner.rollout(sender_input, greedy=decoding == "greedy", num_beams=num_beams, **extra)
 
     def get_extra_state(self):
         # The captioner's typed config travels with every checkpoint, so resuming can check the architecture.
@@ -85,11 +102,67 @@ class FrozenReference(FrozenModule):
         self.captioner = copy.deepcopy(captioner, memo=shared)
         self.freeze()
 
+    @property
+    def lm_head(self):
+        return self.captioner.lm_head
+
     @torch.no_grad()
     def forward(self, sender_input, tokens):
         """Summed log-probability ``[B]`` of caption ``tokens`` under the pretrained captioner."""
         with full_precision(tokens.device.type):
             return self.captioner.score(sender_input, tokens)[0]
+
+    @torch.no_grad()
+    def token_kl(self, sender_input, tokens, hidden, head):
+        """Exact ``KL(reference || policy)`` ``[B, T]`` at each position of ``tokens`` [B, T], from the policy's
+        last hidden states ``hidden`` [B, T, E] and its output ``head``."""
+        with full_precision(tokens.device.type):
+            reference_hidden = self.captioner._hidden(self.captioner.condition(sender_input), tokens)
+            return head_kl(hidden, head, reference_hidden, self.lm_head)
+
+
+class LanguageModelReference(FrozenModule):
+    """A frozen, unconditioned language model as the KL reference: the authors' ``KLRegularizer``.
+
+    The released GPT-2 the captioner was initialised from, fed the beginning-of-text token and then the caption,
+    never the image: ``KL(GPT-2 || policy)`` at each generated position keeps the finetuned captioner's language
+    close to plain English rather than to the pretrained captioner.  ``language_model`` is a transformers causal
+    language model (``GPT2LMHeadModel``) over the captioner's vocabulary; ``bos_id`` starts its context and
+    ``stop_ids`` are the captioner's (a caption's log-probability stops where the policy's does).
+    """
+
+    def __init__(self, language_model, bos_id, stop_ids):
+        super().__init__()
+        if bos_id is None:
+            raise ValueError("the reference language model needs a beginning-of-text token to start its context")
+        self.language_model = language_model
+        self.bos_id = bos_id
+        self.stop_ids = list(stop_ids)
+        self.freeze()
+
+    @property
+    def lm_head(self):
+        return self.language_model.get_output_embeddings()
+
+    def hidden(self, tokens):
+        """The language model's last hidden states ``[B, T, E]`` at the positions predicting ``tokens`` [B, T]."""
+        bos = tokens.new_full((tokens.shape[0], 1), self.bos_id)
+        context = torch.cat([bos, tokens[:, :-1]], dim=1)  # [B, T]: BOS predicts the first token
+        return self.language_model.base_model(input_ids=context, use_cache=False).last_hidden_state
+
+    @torch.no_grad()
+    def forward(self, sender_input, tokens):
+        """Summed log-probability ``[B]`` of caption ``tokens`` under the language model (up to the stop token)."""
+        with full_precision(tokens.device.type):
+            mask = caption_mask(tokens, self.stop_ids).float()  # [B, T]
+            log_prob, _ = head_token_log_probs(self.hidden(tokens), self.lm_head, tokens)  # [B, T]
+            return (log_prob * mask).sum(1)
+
+    @torch.no_grad()
+    def token_kl(self, sender_input, tokens, hidden, head):
+        """Exact ``KL(language model || policy)`` ``[B, T]`` at each position; see ``FrozenReference.token_kl``."""
+        with full_precision(tokens.device.type):
+            return head_kl(hidden, head, self.hidden(tokens), self.lm_head)
 
 
 class GreedyBaseline:
@@ -110,12 +183,18 @@ class DiscriminativeGame(nn.Module):
 
     In training the objective is ``mean((cost - b) * log p(caption)) - entropy_coeff * mean(entropy)``, where the
     baseline ``b`` comes from ``baseline_type``: an EGG baseline class such as ``MeanBaseline`` or ``NoBaseline``
-    (updated in training only), or ``GreedyBaseline`` (the task cost of the greedy caption).  With a
-    ``reference`` (a ``FrozenReference`` of the pretrained captioner) and ``kl_coeff`` > 0, the cost is shaped by
-    ``kl_coeff * (log p(caption) - log p_ref(caption))``, a sampled estimate of the KL divergence from the
-    pretrained captioner that keeps the finetuned language fluent.  ``standardize_advantage`` rescales
-    ``cost - b`` to zero mean and unit variance within the batch; it removes any constant baseline, so with it a
-    running-mean baseline makes no difference.  As in EGG, the returned loss also adds ``cost.mean()``, which
+    (updated in training only), or ``GreedyBaseline`` (the task cost of the greedy caption).
+    ``log_prob_normalization`` is how ``log p(caption)`` is taken: "sum" over its tokens (the paper's Eq. 1) or
+    "mean", the sum divided by the caption's length with its stop token (the authors' code).  With a
+    ``reference`` (``FrozenReference`` of the pretrained captioner, or ``LanguageModelReference``) and
+    ``kl_coeff`` > 0, the cost is shaped by ``kl_coeff * KL``, without gradient, which keeps the finetuned
+    language fluent.  ``kl_estimator`` "sampled" takes ``KL = log p(caption) - log p_ref(caption)``, a sampled
+    estimate of ``KL(p || p_ref)`` only on sampled rollouts (on greedy or beam captions it is a log-ratio that can
+    be negative; the command line refuses that combination); "exact" the exact per-token ``KL(p_ref || p)`` over
+    the vocabulary, summed over the caption's positions (the authors' ``KLRegularizer``, computed in the scoring
+    pass).  The KL is normalised like the log-probability: per token with "mean".  ``standardize_advantage``
+    rescales ``cost - b`` to zero mean and unit variance within the batch; it removes any constant baseline, so
+    with it a running-mean baseline makes no difference.  As in EGG, the returned loss also adds ``cost.mean()``, which
     carries no gradient here (the retriever is frozen) and makes the logged loss the mean negative reward.
     ``whole_batch`` (data-parallel runs, see ``distributed.py``) gathers a per-sample tensor from every rank's
     share of the global batch, so that the baseline's update and standardised advantages see the global batch.
@@ -140,6 +219,8 @@ class DiscriminativeGame(nn.Module):
         standardize_advantage=False,
         reference=None,
         kl_coeff=0.0,
+        kl_estimator="sampled",
+        log_prob_normalization="sum",
         train_logging_strategy=None,
         test_logging_strategy=None,
         precision="fp32",
@@ -154,8 +235,17 @@ class DiscriminativeGame(nn.Module):
         self.standardize_advantage = standardize_advantage
         if kl_coeff and reference is None:
             raise ValueError("a KL penalty (kl_coeff > 0) needs the pretrained captioner as reference")
+        if kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"unknown KL estimator {kl_estimator!r}: one of {', '.join(KL_ESTIMATORS)}")
+        if log_prob_normalization not in LOG_PROB_NORMALIZATIONS:
+            raise ValueError(
+                f"unknown log-probability normalization {log_prob_normalization!r}: one of "
+                f"{', '.join(LOG_PROB_NORMALIZATIONS)}"
+            )
         self.reference = reference
         self.kl_coeff = kl_coeff
+        self.kl_estimator = kl_estimator
+        self.log_prob_normalization = log_prob_normalization
         self.precision = precision
         self.whole_batch = whole_batch or _this_batch
         # Image games keep logs small: the Trainer holds every batch's Interaction for a whole epoch.
@@ -165,7 +255,8 @@ class DiscriminativeGame(nn.Module):
         self.register_load_state_dict_pre_hook(_keep_frozen_parts)
 
     def forward(self, sender_input, labels, receiver_input=None, aux_input=None):
-        rollout = self._send(sender_input, labels, aux_input)
+        exact_kl = self.training and self.reference is not None and self.kl_estimator == "exact"
+        rollout = self._send(sender_input, labels, aux_input, **({"kl_reference": self.reference} if exact_kl else {}))
         cost, aux, scores = self._cost(sender_input, rollout, labels, receiver_input, aux_input)
         if cost.shape != labels.shape:
             raise ValueError(
@@ -174,8 +265,15 @@ class DiscriminativeGame(nn.Module):
             )
         if self.training:
             cost_value = cost.detach()  # [B]
+            log_prob = self._normalized(rollout.log_prob, rollout)  # [B]
             if self.reference is not None:
-                kl = rollout.log_prob.detach() - self.reference(sender_input, rollout.message)  # [B]
+                if exact_kl:
+                    if rollout.kl is None:
+                        raise ValueError("the exact KL needs a sender whose rollouts carry it (Rollout.kl)")
+                    kl = rollout.kl  # [B] summed over the caption's positions
+                else:
+                    kl = rollout.log_prob.detach() - self.reference(sender_input, rollout.message)  # [B]
+                kl = self._normalized(kl, rollout)
                 cost_value = cost_value + self.kl_coeff * kl
                 aux["kl"] = kl
             if isinstance(self.baseline, GreedyBaseline):
@@ -186,7 +284,7 @@ class DiscriminativeGame(nn.Module):
             if self.standardize_advantage:
                 whole = self.whole_batch(advantage)  # [B_global]
                 advantage = (advantage - whole.mean()) / (whole.std() + 1e-8)
-            policy_loss = (advantage * rollout.log_prob).mean()
+            policy_loss = (advantage * log_prob).mean()
             entropy_loss = -self.entropy_coeff * rollout.entropy.mean() if self.entropy_coeff else 0.0
             self.baseline.update(self.whole_batch(cost_value))
         else:
@@ -210,6 +308,12 @@ class DiscriminativeGame(nn.Module):
         if not self.training and aux_input and "padding" in aux_input:
             cost, interaction = self._whole_set(aux_input["padding"], cost, interaction)
         return policy_loss + entropy_loss + cost.mean(), interaction
+
+    def _normalized(self, per_caption, rollout):
+        """A caption's summed ``per_caption`` value ``[B]`` under ``log_prob_normalization`` (mean: / length)."""
+        if self.log_prob_normalization == "mean":
+            return per_caption / rollout.length.to(per_caption.dtype).clamp(min=1)  # length counts the stop token
+        return per_caption
 
     def _send(self, sender_input, labels, aux_input, **decoding):
         with autocast(self.precision, labels.device.type):

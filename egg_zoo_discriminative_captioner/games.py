@@ -2,10 +2,19 @@
 
 import torch
 
-from .archs import CaptionerSender, DiscriminativeGame, FrozenReference, GreedyBaseline, RetrieverReceiver
+from .archs import (
+    CaptionerSender,
+    DiscriminativeGame,
+    FrozenReference,
+    GreedyBaseline,
+    LanguageModelReference,
+    RetrieverReceiver,
+)
 from .core import MeanBaseline, NoBaseline
 from .distributed import data_parallel_game
+from .errors import UsageError
 from .losses import DiscriminationLoss
+from .option_groups import resolve_rollouts
 from .precision import training_precision
 
 BASELINE_TYPES = {"mean": MeanBaseline, "none": NoBaseline, "greedy": GreedyBaseline}
@@ -20,17 +29,41 @@ def build_game(opts, captioner, retriever):
     temperature = opts.reward_temperature if opts.reward_temperature is not None else retriever.temperature
     receiver, data_parallel_options = data_parallel_game(opts, RetrieverReceiver(retriever))
     return DiscriminativeGame(
-        sender=CaptionerSender(captioner, greedy_rollouts=opts.greedy_rollouts, num_beams=opts.num_beams),
+        sender=CaptionerSender(captioner, num_beams=opts.num_beams, rollouts=resolve_rollouts(opts)),
         receiver=receiver,
         loss=DiscriminationLoss(reward=opts.reward, temperature=temperature),
         baseline_type=BASELINE_TYPES[opts.baseline],
         entropy_coeff=opts.entropy_coeff,
         standardize_advantage=opts.standardize_advantage,
-        reference=FrozenReference(captioner) if opts.kl_coeff > 0 else None,
+        reference=build_reference(opts, captioner) if opts.kl_coeff > 0 else None,
         kl_coeff=opts.kl_coeff,
+        kl_estimator=getattr(opts, "kl_estimator", "sampled"),
+        log_prob_normalization=getattr(opts, "log_prob_normalization", "sum"),
         precision=training_precision(opts),
         **data_parallel_options,
     )
+
+
+def build_reference(opts, captioner):
+    """The frozen KL reference of ``--kl_reference``: a copy of the pretrained captioner (this project's), or
+    the plain language model of ``--language_model`` (the authors'), never trained and left out of checkpoints."""
+    if getattr(opts, "kl_reference", "captioner") == "captioner":
+        return FrozenReference(captioner)
+    from .captioners.clipcap import ClipCapCaptioner
+    from .captioners.clipcap_checkpoint import load_pretrained_language_model
+
+    if not isinstance(captioner, ClipCapCaptioner):  # BLIP's decoder reads the image in every layer
+        raise UsageError("--kl_reference language_model needs --captioner clipcap (its GPT-2 is a language model)")
+    language_model = load_pretrained_language_model(opts.language_model)
+    bos_id = language_model.config.bos_token_id
+    if bos_id is None:
+        bos_id = captioner.tokenizer.bos_token_id
+    reference = LanguageModelReference(language_model, bos_id, captioner.stop_ids)
+    vocabulary, own = reference.lm_head.weight.shape[0], captioner.lm_head.weight.shape[0]
+    if vocabulary != own:
+        raise UsageError(f"--language_model {opts.language_model} has a vocabulary of {vocabulary} tokens, the "
+                         f"captioner {own}: the KL reference must be the captioner's own GPT-2")  # fmt: skip
+    return reference.to(captioner.lm_head.weight.device)
 
 
 def build_optimizer(game):

@@ -14,6 +14,10 @@ from .data import DATASETS
 from .retrievers import CLIP_BACKENDS, RETRIEVERS
 
 COMMANDS = ("train", "evaluate", "caption")
+ROLLOUTS = ("sample", "greedy", "beam")
+KL_REFERENCES = ("captioner", "language_model")
+KL_ESTIMATORS = ("sampled", "exact")
+LOG_PROB_NORMALIZATIONS = ("sum", "mean")
 GAME_GROUP = "game (REINFORCE)"
 RETRIEVER_GROUP = "retriever"
 
@@ -21,7 +25,7 @@ RETRIEVER_GROUP = "retriever"
 TRAINING_ONLY = {
     "random_seed", "checkpoint_dir", "preemptable", "checkpoint_freq", "validation_freq", "n_epochs", "optimizer",
     "lr", "update_freq", "tensorboard", "tensorboard_dir", "distributed_port", "fp16", "greedy_rollouts",
-    "checkpoint_every", "hard_distractors", "blip_train_vision",
+    "checkpoint_every", "hard_distractors", "blip_train_vision", "validation_images",
 }  # fmt: skip
 UNUSED = {
     "train": set(),
@@ -49,6 +53,15 @@ COMMAND_HELP = {
         "overwrite": "replace an existing --output file",
     },
 }
+
+
+def resolve_rollouts(opts):
+    """The training decoding of ``opts``: ``--rollouts`` when given, else greedy with ``--greedy_rollouts``, else
+    sample (``--greedy_rollouts`` is an alias kept for the game files that set it)."""
+    rollouts = getattr(opts, "rollouts", None)
+    if rollouts is not None:
+        return rollouts
+    return "greedy" if getattr(opts, "greedy_rollouts", False) else "sample"
 
 
 def add_plugin_groups(parser):
@@ -122,6 +135,13 @@ def add_data_location_options(group):
         help="training batches made of groups of an image and its k nearest neighbours by CLIP image cosine "
         "(faiss over the retriever's cached features), the rest random (paper appendix D.2); 0 = random batches",
     )
+    group.add_argument(
+        "--validation_images",
+        type=int,
+        default=0,
+        help="validate on N training images held out of training (drawn with --eval_seed), not on the data set's "
+        "validation split; for data sets whose validation split is their test set (conceptual); 0 = the split",
+    )
 
 
 def add_captioner_options(parser):
@@ -177,13 +197,17 @@ def add_captioner_options(parser):
         default=False,
         help="finetune BLIP's vision encoder too (off: frozen)",
     )
-    group.add_argument("--num_beams", type=int, default=5, help="beam size for validation and test captions")
     group.add_argument(
-        "--greedy_rollouts",
+        "--num_beams", type=int, default=5, help="beam size for validation and test captions (and --rollouts beam)"
+    )
+    group.add_argument(
+        "--stop_at_any_period",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="roll out greedy captions instead of sampled ones in training (the paper's stated setting; "
-        "REINFORCE is then biased)",
+        help="end a caption at the first token whose string contains '.' (GPT-2: 'Ġ.', '...', '.\"', ...), in "
+        "training rollouts, their log-probabilities and evaluation's beams alike, as the authors' "
+        "StopTokenLogitsProcessor does (on in the paper's ClipCap game files); off: ClipCap stops at the '.' "
+        "token or end of text, BLIP at [SEP] (their own decoding rules)",
     )
 
 
@@ -216,7 +240,14 @@ def add_retriever_options(parser):
 
 def add_game_options(parser):
     group = parser.add_argument_group(GAME_GROUP)
-    group.add_argument("--reward", choices=REWARDS, default="logprob", help="reward of a caption")
+    group.add_argument(
+        "--reward",
+        choices=REWARDS,
+        default="logprob",
+        help="reward of a caption: logprob, the log-softmax of the target's score among the candidates (the "
+        "paper's); accuracy, 1 when the target scores strictly highest (a tie is a miss, as evaluate counts); "
+        "cosine, the target's score cosine / T alone (100 x cosine for CLIP, as the authors' SimilarityLoss)",
+    )
     group.add_argument(
         "--reward_temperature",
         type=float,
@@ -242,7 +273,49 @@ def add_game_options(parser):
         "--kl_coeff",
         type=float,
         default=0.0,
-        help="weight of a KL penalty towards the pretrained captioner (keeps the language fluent; 0 = off)",
+        help="weight of a KL penalty added to each caption's cost, without gradient (keeps the language fluent; "
+        "0 = off)",
+    )
+    group.add_argument(
+        "--kl_reference",
+        choices=KL_REFERENCES,
+        default="captioner",
+        help="what the KL penalty compares the policy with: captioner, a frozen copy of the pretrained captioner "
+        "(this project's choice), or language_model, the plain pretrained GPT-2 of --language_model fed a "
+        "beginning-of-text token and the caption, not the image (the authors' KLRegularizer; ClipCap only)",
+    )
+    group.add_argument(
+        "--kl_estimator",
+        choices=KL_ESTIMATORS,
+        default="sampled",
+        help="sampled: log p(caption) - log p_ref(caption), a sampled estimate of KL(policy || reference), "
+        "meaningful only on sampled rollouts (this project's choice); exact: the per-token KL(reference || "
+        "policy) over the whole vocabulary, summed over the caption's tokens (the authors' KLRegularizer). "
+        "Normalised like the log-probability (--log_prob_normalization)",
+    )
+    group.add_argument(
+        "--log_prob_normalization",
+        choices=LOG_PROB_NORMALIZATIONS,
+        default="sum",
+        help="a caption's log-probability in the REINFORCE term, and its KL: sum over its tokens (the paper's Eq. "
+        "1; this project's default) or mean, the sum divided by the caption's length with its stop token (the "
+        "authors' code; the paper's game files)",
+    )
+    group.add_argument(
+        "--rollouts",
+        choices=ROLLOUTS,
+        default=None,
+        help="how training captions are decoded: sample (default: REINFORCE is unbiased; this project's "
+        "choice), greedy (the paper's stated setting and the authors' code; biased), or beam, the top of "
+        "--num_beams beams (biased; with --baseline greedy it is the paper's Table 8 'greedy decoding' "
+        "baseline: beam captions, the greedy caption's reward as baseline). When given, it wins over "
+        "--greedy_rollouts",
+    )
+    group.add_argument(
+        "--greedy_rollouts",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="the same as --rollouts greedy (the paper's stated setting; REINFORCE is then biased)",
     )
     group.add_argument(
         "--precision",

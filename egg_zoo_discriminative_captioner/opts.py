@@ -21,7 +21,7 @@ import sys
 from .data import DATASETS, OWN_MODELS, check_batch_size
 from .egg_options import EGG_HELP, EGG_OPTIMIZERS, EGG_OPTIONS, PLUGIN_DEFAULTS, add_common_options
 from .errors import UsageError
-from .option_groups import COMMAND_HELP, COMMANDS, UNUSED, UNUSED_GROUPS, add_plugin_groups
+from .option_groups import COMMAND_HELP, COMMANDS, UNUSED, UNUSED_GROUPS, add_plugin_groups, resolve_rollouts
 
 # Model options whose default depends on the data set: the released models unless the data set brings its own.
 MODEL_DEFAULTS = {
@@ -189,11 +189,25 @@ def check_options(opts, training=True):
     if getattr(opts, "data_root", None) and set(datasets) <= OWN_MODELS:
         raise UsageError(f"--data_root is where a real data set is read from; {', '.join(datasets)} is built in "
                          "(its cache is --cache_dir): drop --data_root or choose a --dataset")  # fmt: skip
-    if getattr(opts, "greedy_rollouts", False) and getattr(opts, "baseline", None) == "greedy":
+    if hasattr(opts, "rollouts"):  # --greedy_rollouts is --rollouts greedy unless --rollouts is given
+        opts.rollouts = resolve_rollouts(opts)
+        opts.greedy_rollouts = opts.rollouts == "greedy"
+    rollouts = getattr(opts, "rollouts", None)
+    if rollouts == "greedy" and getattr(opts, "baseline", None) == "greedy":
         raise UsageError(
-            "--greedy_rollouts with --baseline greedy gives every caption an advantage of exactly zero (the "
-            "rollout is the greedy caption): nothing would train; drop one of them"
+            "--rollouts greedy (--greedy_rollouts) with --baseline greedy gives every caption an advantage of exactly "
+            "zero (the rollout is the greedy caption): nothing would train; drop one of them"
         )
+    # evaluate and caption neither roll out nor regularise: a game file's values for training stay unused there
+    kl_on = training and getattr(opts, "kl_coeff", 0) > 0
+    if kl_on and rollouts in ("greedy", "beam") and opts.kl_estimator == "sampled":
+        raise UsageError(f"--kl_coeff with --rollouts {rollouts} needs --kl_estimator exact: on {rollouts} "
+                         "captions the sampled estimate log p - log p_ref is a log-ratio, not a KL, and can be "
+                         "negative")  # fmt: skip
+    if training and getattr(opts, "kl_reference", None) == "language_model" and opts.captioner == "blip":
+        raise UsageError("--kl_reference language_model has no meaning for BLIP (its text decoder reads the "
+                         "image in every layer; there is no plain language model to compare with): use "
+                         "captioner")  # fmt: skip
 
 
 def find_game(name):

@@ -13,6 +13,7 @@ from egg.zoo.discriminative_captioner.archs import (
 )
 from egg.zoo.discriminative_captioner.captioners.base import Rollout
 from egg.zoo.discriminative_captioner.core import MeanBaseline, NoBaseline
+from egg.zoo.discriminative_captioner.evaluation.retrieval import strict_hits
 from egg.zoo.discriminative_captioner.losses import DiscriminationLoss
 
 
@@ -58,7 +59,7 @@ def test_objective_is_reinforce_with_a_running_mean_baseline_updated_only_in_tra
     assert loss.item() == pytest.approx(costs().mean().item())
     loss.backward()
     assert torch.allclose(game.sender.log_prob.grad, costs() / 2)
-    assert interaction.aux["acc"].tolist() == [1.0, 0.0]  # a tie goes to the first candidate, a distractor
+    assert interaction.aux["acc"].tolist() == [1.0, 0.0]  # caption 1 ties its target with a distractor: a miss
 
     game.sender.log_prob.grad = None
     game(None, LABELS)[0].backward()  # second batch: baseline = mean cost of the first
@@ -68,6 +69,15 @@ def test_objective_is_reinforce_with_a_running_mean_baseline_updated_only_in_tra
     game.eval()
     game(None, LABELS)
     assert game.baseline.n_points == 2  # evaluation leaves the baseline alone
+
+
+def test_a_tie_is_a_miss_in_training_validation_and_the_final_test_alike():
+    # caption 0 ties its target (index 0, the lower one: argmax would call it a hit) with a distractor
+    tie = torch.tensor([[0.5, 0.5], [0.2, 0.9]])
+    game = DiscriminativeGame(StubSender(2), StubReceiver(tie), DiscriminationLoss(temperature=1.0))
+    for training in (True, False):
+        game.train(training)
+        assert game(None, LABELS)[1].aux["acc"].tolist() == [0.0, 1.0]  # evaluate's strict '>'
 
 
 def test_no_baseline_and_standardized_advantages():
@@ -165,4 +175,4 @@ def test_evaluation_decodes_with_beam_search(clipcap, retriever):
         loss, interaction = game(sender_input, labels, images)
     beam = clipcap.generate(sender_input, num_beams=2)
     scores = retriever.encode_texts(beam.text) @ images.T
-    assert interaction.aux["acc"].tolist() == (scores.argmax(1) == labels).float().tolist()
+    assert interaction.aux["acc"].tolist() == strict_hits(scores, labels).float().tolist()  # evaluate's rule

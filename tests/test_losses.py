@@ -34,16 +34,29 @@ def test_temperature_sharpens_the_distribution():
     assert cold[2] < warm[2]  # caption 2 ranks a distractor first
 
 
-def test_accuracy_reward_and_acc_count_exact_wins():
+def test_accuracy_reward_and_acc_count_strict_wins_only():
     cost, aux = call(DiscriminationLoss("accuracy"))
-    # caption 0 ranks its target first; caption 1 ties (argmax takes the first max, the target); caption 2 loses
-    assert aux["acc"].tolist() == [1.0, 1.0, 0.0]
-    assert cost.tolist() == [-1.0, -1.0, -0.0]
+    # caption 0 ranks its target first; caption 1 ties its target with a distractor (a miss, as evaluate counts
+    # it: argmax would give the target, the lower index, the hit); caption 2 loses
+    assert aux["acc"].tolist() == [1.0, 0.0, 0.0]
+    assert cost.tolist() == [-1.0, -0.0, -0.0]
 
 
-def test_cosine_reward_is_the_target_similarity():
-    cost, aux = call(DiscriminationLoss("cosine"))
-    assert aux["reward"].tolist() == pytest.approx([0.3, 0.5, 0.1])
+@pytest.mark.parametrize("reward", ["logprob", "accuracy", "cosine"])
+def test_acc_is_evaluates_strict_rule_whatever_the_reward_and_the_order_of_a_tie(reward):
+    from egg.zoo.discriminative_captioner.evaluation.retrieval import strict_hits
+
+    cosine = torch.tensor([[0.5, 0.5, 0.1], [0.5, 0.5, 0.1], [0.2, 0.2, 0.2]])  # the target ties in every row
+    labels = torch.tensor([0, 1, 2])
+    aux = DiscriminationLoss(reward)(None, None, None, cosine, labels, None)[1]
+    assert aux["acc"].tolist() == [0.0, 0.0, 0.0] == strict_hits(cosine, labels).float().tolist()
+
+
+def test_cosine_reward_is_the_target_match_score_on_the_retrievers_scale():
+    # the authors' SimilarityLoss: 100 x cosine for CLIP (logit_scale), the scale the logprob reward uses
+    cost, aux = call(DiscriminationLoss("cosine", temperature=0.01))
+    assert aux["reward"].tolist() == pytest.approx([30.0, 50.0, 10.0])
+    assert call(DiscriminationLoss("cosine", temperature=0.5))[1]["reward"].tolist() == pytest.approx([0.6, 1.0, 0.2])
 
 
 def test_bad_options_and_shapes_are_rejected():

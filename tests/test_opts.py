@@ -15,9 +15,11 @@ def game_file(tmp_path, values):
 
 
 def test_the_command_line_overrides_the_game_file_which_overrides_the_defaults(tmp_path):
-    game = game_file(tmp_path, {"lr": 0.5, "n_epochs": 7, "kl_coeff": 0.3, "greedy_rollouts": True})
+    game = game_file(tmp_path, {"lr": 0.5, "n_epochs": 7, "kl_coeff": 0.3, "kl_estimator": "exact",
+                                "greedy_rollouts": True})  # fmt: skip
     opts = get_opts(["--game", game, "--n_epochs", "2"])
     assert (opts.lr, opts.n_epochs, opts.kl_coeff, opts.greedy_rollouts) == (0.5, 2, 0.3, True)
+    assert opts.rollouts == "greedy"
     assert opts.baseline == "mean" and opts.game == game
 
 

@@ -1,7 +1,7 @@
 """What every captioner offers the game, and the token bookkeeping they share."""
 
 import contextlib
-from typing import List, NamedTuple
+from typing import List, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -16,7 +16,8 @@ class Rollout(NamedTuple):
     ``message`` holds token ids padded after the stop token to a fixed width (so EGG can concatenate batches);
     ``log_prob`` is the caption log-probability summed over generated tokens up to and including the stop
     token, with gradients; ``entropy`` is the mean per-token entropy over the same positions.  Decoded captions
-    (beam search) carry zero ``log_prob`` and ``entropy``.
+    (beam search) carry zero ``log_prob`` and ``entropy``.  ``kl``, only when a rollout is asked for it, is the
+    exact per-token KL divergence to a reference model summed over the same positions, without gradients.
     """
 
     message: torch.Tensor  # [B, T] long
@@ -24,6 +25,21 @@ class Rollout(NamedTuple):
     entropy: torch.Tensor  # [B]
     length: torch.Tensor  # [B] generated tokens, stop token included
     text: List[str]
+    kl: Optional[torch.Tensor] = None  # [B] exact KL to a reference, summed over the same positions (if asked)
+
+
+def period_token_ids(tokenizer):
+    """Ids of every vocabulary entry whose token string contains '.' (GPT-2: "Ġ.", "...", ".\"", ...).
+
+    The authors' ``StopTokenLogitsProcessor`` ends a caption after any of them; ClipCap's own decoding stops
+    only at the '.' token.  Read once from the tokenizer's vocabulary (added tokens included).
+    """
+    return sorted({index for token, index in tokenizer.get_vocab().items() if "." in token})
+
+
+def stop_token_ids(tokenizer, ids, any_period=False):
+    """The ids a caption stops at: ``ids`` (in their order), and with ``any_period`` every token containing '.'."""
+    return list(dict.fromkeys([*ids, *(period_token_ids(tokenizer) if any_period else ())]))
 
 
 def caption_mask(tokens, stop_ids):
@@ -112,12 +128,14 @@ def generate_with(model, generation_config, sample=False, **inputs):
 class ConditionalCaptioner(nn.Module):
     """Decoding and scoring shared by captioners that condition a language model on an image.
 
-    A subclass sets ``tokenizer``, ``stop_ids`` and ``max_len`` and defines ``condition(sender_input)`` (the
+    A subclass sets ``tokenizer``, ``stop_ids`` (from ``stop_token_ids``: decoding, the log-probability mask and
+    the decoded text all stop at the first of them) and ``max_len`` and defines ``condition(sender_input)`` (the
     image representation the language model reads, with gradients where it trains), ``_decode_tokens(condition,
     **decoding) -> [B, max_len]`` (``transformers`` generation, padded after the stop token), ``_hidden(condition,
     tokens) -> [B, T, E]`` (teacher-forced last hidden states, each position predicting its token) and
     ``lm_head`` (the ``nn.Linear`` from hidden states to the vocabulary).  ``_decode_tokens`` decodes through
-    ``generate_with``: ``sample=True`` draws from the policy, other settings are ``GenerationConfig`` fields.
+    ``generate_with`` and ``_generation_config``: ``sample=True`` draws from the policy, other settings are
+    ``GenerationConfig`` fields.
 
     Rollouts are sampled without gradients and then scored in one teacher-forced pass with gradients, so the
     REINFORCE log-probability is that of the captions actually emitted.  Dropout is switched off for the same
@@ -130,13 +148,21 @@ class ConditionalCaptioner(nn.Module):
             if isinstance(sub, nn.Dropout):
                 sub.p = 0.0
 
-    def rollout(self, sender_input, greedy=False):
-        """Captions sampled from the policy (or its greedy argmax) with their summed log-probabilities."""
+    def rollout(self, sender_input, greedy=False, num_beams=1, kl_reference=None):
+        """Captions with their summed log-probabilities (with gradients): sampled from the policy, its greedy
+        argmax (``greedy``), or with ``num_beams`` > 1 the top beam-search caption.
+
+        ``kl_reference`` (``archs.FrozenReference`` or ``archs.LanguageModelReference``) adds the exact per-token
+        KL to it (``Rollout.kl``), computed in the scoring pass from the same hidden states.
+        """
         condition = self.condition(sender_input)
         with torch.no_grad():
-            tokens = self._decode(condition.detach(), sample=not greedy)
-        log_prob, entropy = self._score(condition, tokens)
-        return self._finish(tokens, log_prob, entropy)
+            if num_beams > 1:
+                tokens = self._decode(condition.detach(), num_beams=num_beams)
+            else:
+                tokens = self._decode(condition.detach(), sample=not greedy)
+        log_prob, entropy, kl = self._score(condition, tokens, kl_reference, sender_input)
+        return self._finish(tokens, log_prob, entropy, kl)
 
     @torch.no_grad()
     def generate(self, sender_input, num_beams=5):
@@ -147,7 +173,7 @@ class ConditionalCaptioner(nn.Module):
 
     def score(self, sender_input, tokens):
         """Summed log-probability and mean entropy of given caption tokens ``[B, T]`` (with gradients)."""
-        return self._score(self.condition(sender_input), tokens)
+        return self._score(self.condition(sender_input), tokens)[:2]
 
     def decode(self, tokens, mask):
         """Caption strings of ``tokens`` [B, T], keeping the positions in ``mask`` (a ``caption_mask``)."""
@@ -162,14 +188,24 @@ class ConditionalCaptioner(nn.Module):
     def _logits(self, condition, tokens):
         return self.lm_head(self._hidden(condition, tokens))  # [B, T, V]
 
-    def _score(self, condition, tokens):
+    def _generation_config(self, pad_id, **settings):
+        """Decoding settings every captioner shares: at most ``max_len`` new tokens, stopping at ``stop_ids``."""
+        return GenerationConfig(max_new_tokens=self.max_len, eos_token_id=list(self.stop_ids), pad_token_id=pad_id,
+                                **settings)  # fmt: skip
+
+    def _score(self, condition, tokens, kl_reference=None, sender_input=None):
+        """Summed log-probability, mean entropy and (with ``kl_reference``) summed exact KL, ``[B]`` each."""
         mask = caption_mask(tokens, self.stop_ids)  # [B, T]
         width = int(mask.sum(1).max())  # the batch's longest caption: the positions after it are all padding
         tokens, mask = tokens[:, :width], mask[:, :width]  # [B, width]
-        token_log_prob, entropy = head_token_log_probs(self._hidden(condition, tokens), self.lm_head, tokens)
+        hidden = self._hidden(condition, tokens)  # [B, width, E]
+        token_log_prob, entropy = head_token_log_probs(hidden, self.lm_head, tokens)
         mask = mask.float()
-        return (token_log_prob * mask).sum(1), (entropy * mask).sum(1) / mask.sum(1).clamp(min=1)  # [B] each
+        kl = None
+        if kl_reference is not None:
+            kl = (kl_reference.token_kl(sender_input, tokens, hidden.detach(), self.lm_head) * mask).sum(1)  # [B]
+        return (token_log_prob * mask).sum(1), (entropy * mask).sum(1) / mask.sum(1).clamp(min=1), kl
 
-    def _finish(self, tokens, log_prob, entropy):
+    def _finish(self, tokens, log_prob, entropy, kl=None):
         mask = caption_mask(tokens, self.stop_ids)  # [B, T]
-        return Rollout(tokens, log_prob, entropy, mask.sum(1).float(), self.decode(tokens, mask))
+        return Rollout(tokens, log_prob, entropy, mask.sum(1).float(), self.decode(tokens, mask), kl)

@@ -2,7 +2,8 @@
 
 The paper uses BLIP base finetuned on COCO captioning from LAVIS.  LAVIS pins transformers < 4.27 and cannot
 share an environment with transformers 5, so BLIP goes through transformers instead, where the same model is
-``Salesforce/blip-image-captioning-base``.  Captions continue LAVIS's prompt "a picture of" and end at [SEP].
+``Salesforce/blip-image-captioning-base``.  Captions continue LAVIS's prompt "a picture of" and end at [SEP]
+(with ``--stop_at_any_period``, also at any token containing '.').
 By default the vision encoder is frozen and only the text decoder trains (``--blip_train_vision`` trains both).
 """
 
@@ -11,14 +12,14 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import BlipForConditionalGeneration, BlipProcessor, GenerationConfig
+from transformers import BlipForConditionalGeneration, BlipProcessor
 
 from ..checkpointing import atomic_directory
 from ..choices import BLIP_PROMPT
 from ..errors import missing_weights
 from ..frozen import FrozenModule
 from ..pretrained import from_pretrained_strict
-from .base import ConditionalCaptioner, generate_with, pad_batch, pad_to
+from .base import ConditionalCaptioner, generate_with, pad_batch, pad_to, stop_token_ids
 
 DEFAULT_PROMPT = BLIP_PROMPT
 
@@ -78,7 +79,8 @@ class BlipCaptioner(ConditionalCaptioner):
 
     cache_inputs = False
 
-    def __init__(self, model, processor, prompt=DEFAULT_PROMPT, max_len=40, train_vision=False):
+    def __init__(self, model, processor, prompt=DEFAULT_PROMPT, max_len=40, train_vision=False,
+                 stop_at_any_period=False):  # fmt: skip
         super().__init__()
         self.switch_off_dropout(model)
         self.blip_config = model.config
@@ -89,7 +91,7 @@ class BlipCaptioner(ConditionalCaptioner):
         self.max_len = max_len
         text_config = model.config.text_config
         self.sep_id, self.pad_id = text_config.sep_token_id, text_config.pad_token_id
-        self.stop_ids = [self.sep_id]
+        self.stop_ids = stop_token_ids(self.tokenizer, [self.sep_id], any_period=stop_at_any_period)
         # The prompt as BLIP's decoder reads it: [DEC] instead of [CLS], without the closing [SEP].
         prompt_ids = self.tokenizer(prompt).input_ids[:-1]
         prompt_ids[0] = text_config.bos_token_id
@@ -147,9 +149,7 @@ class BlipCaptioner(ConditionalCaptioner):
 
     def _generate(self, image_embeds, sample=False, **settings):
         """``generate``'s output: sequences ``[B, P + T]``, the prompt then the caption."""
-        generation = GenerationConfig(
-            max_new_tokens=self.max_len, eos_token_id=self.sep_id, pad_token_id=self.pad_id, **settings
-        )
+        generation = self._generation_config(self.pad_id, **settings)
         ones = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=image_embeds.device)
         return generate_with(
             self.text_decoder,
@@ -191,6 +191,6 @@ def load_blip_captioner(opts):
         processor = BlipProcessor.from_pretrained(opts.blip_model)
     except (OSError, ValueError) as error:
         raise missing_weights("the BLIP processor", opts.blip_model, "--blip_model", error) from error
-    return BlipCaptioner(
-        model, processor, prompt=opts.blip_prompt, max_len=opts.max_len, train_vision=opts.blip_train_vision
-    )
+    return BlipCaptioner(model, processor, prompt=opts.blip_prompt, max_len=opts.max_len,
+                         train_vision=opts.blip_train_vision,
+                         stop_at_any_period=getattr(opts, "stop_at_any_period", False))  # fmt: skip

@@ -10,14 +10,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import GenerationConfig
 from transformers.activations import ACT2FN, NewGELUActivation
 
 from ..checkpointing import atomic_save
 from ..choices import CLIPCAP_MAPPING_TYPES
 from ..errors import UsageError
 from ..frozen import FrozenModule
-from .base import ConditionalCaptioner, generate_with, pad_batch, pad_to
+from .base import ConditionalCaptioner, generate_with, pad_batch, pad_to, stop_token_ids
 
 MAPPING_TYPES = CLIPCAP_MAPPING_TYPES
 
@@ -200,12 +199,14 @@ class ClipCapCaptioner(ConditionalCaptioner):
     """ClipCap as a captioner: rollouts with per-caption log-probabilities, beam-search decoding, MLE loss.
 
     Its input (``sender_input``) is CLIP image features; ``image_encoder`` computes them from pixels once, so
-    they can be cached.  Captions end at the first '.' or end-of-text token, after at most ``max_len`` tokens.
+    they can be cached.  Captions end at the first '.' or end-of-text token (ClipCap's own rule), after at most
+    ``max_len`` tokens; with ``stop_at_any_period`` at the first token whose string contains '.' ("Ġ.", "...",
+    ...), as the authors' DiscriTune code decodes.
     """
 
     cache_inputs = True  # the image encoder is frozen: its features are computed once per image
 
-    def __init__(self, model, tokenizer, image_encoder, max_len=40):
+    def __init__(self, model, tokenizer, image_encoder, max_len=40, stop_at_any_period=False):
         super().__init__()
         self.switch_off_dropout(model)
         self.model = model
@@ -217,7 +218,7 @@ class ClipCapCaptioner(ConditionalCaptioner):
         if self.eos_id is None or period_id is None or period_id == tokenizer.unk_token_id:
             raise UsageError("the ClipCap tokenizer needs an end-of-text token and a '.' token")
         self.period_id = period_id
-        self.stop_ids = [self.eos_id, period_id]
+        self.stop_ids = stop_token_ids(tokenizer, [self.eos_id, period_id], any_period=stop_at_any_period)
 
     @property
     def config(self):
@@ -248,9 +249,7 @@ class ClipCapCaptioner(ConditionalCaptioner):
 
     def _generate(self, prefix, sample=False, **settings):
         """``generate``'s output after the prefix (new tokens only, ``[B, T <= max_len]``)."""
-        generation = GenerationConfig(
-            max_new_tokens=self.max_len, eos_token_id=self.stop_ids, pad_token_id=self.eos_id, **settings
-        )
+        generation = self._generation_config(self.eos_id, **settings)
         attention_mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
         return generate_with(self.model.gpt, generation, sample, inputs_embeds=prefix, attention_mask=attention_mask)
 

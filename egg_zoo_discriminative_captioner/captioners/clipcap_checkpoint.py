@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel
 
 from ..clip_models import load_clip
 from ..errors import UsageError, missing_weights, unreadable_file
+from ..pretrained import from_pretrained_strict
 from .clipcap import ClipCapCaptioner, ClipCapConfig, ClipCapModel, ClipImageEncoder
 
 RELEASED_FILES = "coco_weights.pt or conceptual_weights.pt from github.com/rmokady/CLIP_prefix_caption"
@@ -127,4 +128,11 @@ def load_clipcap_captioner(opts):
     gpt, tokenizer = load_language_model(opts.language_model)
     model = ClipCapModel(clipcap_config(opts, state_dict, clip_model.visual.output_dim), gpt)
     load_clipcap_state_dict(model, state_dict, source=opts.clipcap_checkpoint)
-    return ClipCapCaptioner(model, tokenizer, ClipImageEncoder(clip_model, transform), max_len=opts.max_len)
+    return ClipCapCaptioner(model, tokenizer, ClipImageEncoder(clip_model, transform), max_len=opts.max_len,
+                            stop_at_any_period=getattr(opts, "stop_at_any_period", False))  # fmt: skip
+
+
+def load_pretrained_language_model(source):
+    """The pretrained GPT-2 of ``--language_model`` (weights included, loaded strictly): the authors' KL
+    reference, the language model ClipCap was initialised from, read without any image."""
+    return from_pretrained_strict(GPT2LMHeadModel, source, "--language_model", "the GPT-2 language model")

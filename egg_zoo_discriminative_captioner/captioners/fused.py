@@ -117,6 +117,51 @@ def head_token_log_probs(hidden, head, tokens):
     return log_prob.view(batch, width), entropy.view(batch, width)
 
 
+@torch.no_grad()
+def head_kl(hidden, head, reference_hidden, reference_head):
+    """Exact KL divergence ``KL(q || p)`` ``[B, T]`` (fp32, no gradients) at each position, over the whole
+    vocabulary, from the policy ``p = softmax(head(hidden))`` to the reference ``q =
+    softmax(reference_head(reference_hidden))``.
+
+    ``KL(q || p) = sum_v q_v (log q_v - log p_v)`` is the authors' ``KLRegularizer``:
+    ``kl_div(log p, log q, log_target=True).sum(-1)``.  With ``l`` and ``m`` the two heads' logits,
+    ``KL = sum_v exp(m_v - lse(m)) (m_v - l_v) - lse(m) + lse(l)``: the heads are computed in the same vocabulary
+    slices as the scoring pass, and both log-sum-exps and the weighted sum are accumulated online, so no
+    ``[B, T, V]`` tensor is materialised.  ``hidden`` [B, T, E] and ``reference_hidden`` [B, T, E'] are the two
+    models' last hidden states at the positions predicting the same tokens.
+    """
+    if head.weight.shape[0] != reference_head.weight.shape[0]:
+        raise ValueError(
+            f"the policy's vocabulary ({head.weight.shape[0]}) and the reference's "
+            f"({reference_head.weight.shape[0]}) differ: a KL needs one vocabulary"
+        )
+    batch, width = hidden.shape[:2]
+    flat = hidden.reshape(batch * width, -1).float()  # [N, E]
+    reference_flat = reference_hidden.reshape(batch * width, -1).float()  # [N, E']
+    weight, bias = head.weight.float(), None if head.bias is None else head.bias.float()
+    reference_weight = reference_head.weight.float()
+    reference_bias = None if reference_head.bias is None else reference_head.bias.float()
+    rows = flat.shape[0]
+    top_p = torch.full((rows,), -float("inf"), device=flat.device)  # [N] running maxima, as in the forward above
+    top_q = torch.full_like(top_p, -float("inf"))
+    total_p, total_q, weighted = torch.zeros_like(top_p), torch.zeros_like(top_p), torch.zeros_like(top_p)
+    for start, end in _slices(weight.shape[0], flat.device):
+        logits = _head_slice(flat, weight, bias, start, end)  # [N, c]
+        reference_logits = _head_slice(reference_flat, reference_weight, reference_bias, start, end)  # [N, c]
+        new_top_p = torch.maximum(top_p, logits.amax(dim=1))
+        total_p = total_p * (top_p - new_top_p).exp() + (logits - new_top_p[:, None]).exp().sum(dim=1)
+        top_p = new_top_p
+        new_top_q = torch.maximum(top_q, reference_logits.amax(dim=1))
+        rescale = (top_q - new_top_q).exp()
+        q = (reference_logits - new_top_q[:, None]).exp()  # [N, c], unnormalised
+        terms = torch.where(q > 0, q * (reference_logits - logits), torch.zeros_like(q))  # 0 log 0 = 0
+        total_q = total_q * rescale + q.sum(dim=1)
+        weighted = weighted * rescale + terms.sum(dim=1)
+        top_q = new_top_q
+    kl = weighted / total_q - (top_q + total_q.log()) + (top_p + total_p.log())  # [N]
+    return kl.clamp_(min=0).view(batch, width)  # a divergence: rounding may leave it a hair below zero
+
+
 class _SlicedHead(nn.Module):
     """``head`` (an ``nn.Linear``, its parameters shared) computed in slices of the vocabulary on the CPU."""
 

@@ -4,6 +4,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.base import retrieval_batches
+from ..losses import strict_hits  # the game's scoring rule, P@1's too
 
 PROTOCOL = (
     "text-to-image P@1 among {candidates} candidates: each image is the target of its caption once, its "
@@ -29,14 +30,6 @@ def encode_captions(retriever, captions, batch_size=500, device="cpu"):
     for start in range(0, len(captions), batch_size):
         rows.append(retriever.encode_texts(list(captions[start : start + batch_size])).float().cpu())
     return torch.cat(rows)
-
-
-def strict_hits(scores, targets):
-    """``scores`` ``[T, C]``, ``targets`` ``[T]`` (a column per row) -> ``[T]`` bool: the target's score is
-    strictly above every other candidate's (the paper's ``>``; a tie is a miss, unlike ``argmax``)."""
-    target_scores = scores.gather(1, targets.view(-1, 1))  # [T, 1]
-    others = scores.scatter(1, targets.view(-1, 1), float("-inf"))  # [T, C]
-    return target_scores.squeeze(1) > others.max(dim=1).values
 
 
 def precision_at_1(text_embeddings, image_embeddings, candidates=100, seed=0, targets=None):

@@ -10,7 +10,9 @@ from ..errors import UsageError, run_command
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(prog="python -m egg.zoo.discriminative_captioner.study", description=__doc__.replace("``", ""))
+    parser = argparse.ArgumentParser(
+        prog="python -m egg.zoo.discriminative_captioner.study", description=__doc__.replace("``", "")
+    )  # the docstring's reST quotes are not for a terminal
     commands = parser.add_subparsers(dest="command", required=True)
 
     build = commands.add_parser("build", help="build a study from a stimuli directory (written by evaluate)")
