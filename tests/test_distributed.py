@@ -261,6 +261,12 @@ def test_torchrun_trains_like_one_process(tiny_run_args, tmp_path):
     assert states[0].keys() == states[1].keys()
     for key, value in states[1].items():
         if torch.is_tensor(value) and value.is_floating_point():
-            # 12 Adam steps; Adam turns the float noise of gradients that are zero in theory into small steps
-            assert torch.allclose(states[0][key], value, atol=1e-4), key
+            # 12 Adam steps; Adam turns the float noise of gradients that are zero in theory into small steps.
+            # GPT-2's key bias is one such: it adds the same score to every key a query meets, which the softmax
+            # cancels; its noise moves it by up to lr per step (lr 1e-4, 12 updates).
+            got, tolerance = states[0][key].clone(), torch.full_like(value, 1e-4)
+            if key.endswith("attn.c_attn.bias"):
+                width = value.shape[0] // 3  # query, key, value biases
+                tolerance[width : 2 * width] = 12 * 1e-4
+            assert ((got - value).abs() <= tolerance).all(), key
     assert sorted(os.listdir(tmp_path / "two")) == sorted(os.listdir(tmp_path / "one"))
