@@ -7,6 +7,7 @@ test split at the end.  A run resumes exactly from any of its checkpoints, inclu
 ``--checkpoint_every`` and the one written on SIGTERM / SIGINT.
 """
 
+import contextlib
 import json
 import os
 import pickle
@@ -15,7 +16,7 @@ import shutil
 import sys
 import tempfile
 
-from . import distributed
+from . import distributed, locks
 from .callbacks import (
     LOG_FILE,
     CheckpointWriter,
@@ -96,23 +97,45 @@ def check_run_directory(opts):
         )
 
 
+def lock_run_directory(opts):
+    """Takes ``<checkpoint_dir>/.lock`` for the whole run, or refuses the run in one line naming the process that
+    holds it.  Only the leader of a data-parallel run writes there, so only the leader locks.  The directory is
+    made here; a run that fails before writing into it removes it again with the lock."""
+    if opts.checkpoint_dir is None or not opts.distributed_context.is_leader:
+        return None
+    return locks.acquire(os.path.join(opts.checkpoint_dir, locks.LOCK_NAME), f"--checkpoint_dir {opts.checkpoint_dir}",
+                         advice="wait for that run to end, or choose another --checkpoint_dir",
+                         remove_created=True)  # fmt: skip
+
+
 def prepare_run(opts):
-    """Checks paths and checkpoint files in seconds, before anything heavy; returns the resume state or None."""
+    """Checks paths and checkpoint files in seconds, before anything heavy, and locks the run directory; returns
+    the resume state (or None) and the lock (None without a --checkpoint_dir, and on ranks that do not write)."""
     training_precision(opts)  # an impossible precision fails here, before the models load
     if opts.hard_distractors and not 1 <= opts.hard_distractors < opts.batch_size:
         raise UsageError(f"--hard_distractors {opts.hard_distractors} must be between 1 and --batch_size - 1")
     opts.checkpoint_dir = opts.checkpoint_dir or None  # --checkpoint_dir "" switches the game file's one off
-    if opts.preemptable:
-        if opts.checkpoint_dir is None:
-            raise UsageError("--preemptable resumes from the newest checkpoint in --checkpoint_dir: set one")
-        if opts.load_from_checkpoint is None:
-            opts.load_from_checkpoint = newest_checkpoint(opts.checkpoint_dir)
+    if opts.preemptable and opts.checkpoint_dir is None:
+        raise UsageError("--preemptable resumes from the newest checkpoint in --checkpoint_dir: set one")
     if opts.checkpoint_dir is not None:
-        check_run_directory(opts)
         check_writable(opts.checkpoint_dir)
+    lock = lock_run_directory(opts)  # before reading the directory: what it holds cannot change under this run
+    try:
+        if opts.preemptable and opts.load_from_checkpoint is None:
+            opts.load_from_checkpoint = newest_checkpoint(opts.checkpoint_dir)
+        if opts.checkpoint_dir is not None:
+            check_run_directory(opts)
+        return check_resume(opts), lock
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def check_resume(opts):
+    """The resume state of --load_from_checkpoint (None without one, or for a checkpoint without a state)."""
     if opts.load_from_checkpoint is None:
         return None
-
     path = opts.load_from_checkpoint
     completed = read_checkpoint(path).epoch
     resume = load_resume_state(path)
@@ -152,7 +175,13 @@ def build_trainer(opts, game, optimizer, train_loader, validation_loader, callba
 def finetune(opts, params):
     """Finetunes a captioner with DiscriTune (``params``: the command line, for the printed resume command);
     returns the test-split metrics of the finetuned captioner."""
-    resume = prepare_run(opts)
+    resume, lock = prepare_run(opts)
+    with lock or contextlib.nullcontext():  # released however the run ends: done, an error, SIGTERM's exit
+        return train_run(opts, params, resume)
+
+
+def train_run(opts, params, resume):
+    """The run itself, once ``prepare_run`` has checked it (``resume``: the state it continues, or None)."""
     data_seed = distributed.setup(opts)  # the same on every rank
     context = opts.distributed_context
     rank, world_size = context.rank, context.world_size

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -30,7 +31,7 @@ def test_one_epoch_logs_epoch_zero_then_each_epoch_and_saves_checkpoints(tiny_ru
         assert {"loss", "acc", "reward", "mode", "epoch"} <= set(line)
     assert 0 <= results["acc"] <= 1
     assert sorted(os.listdir(run)) == [
-        "1.resume.pt", "1.tar", "clipcap.pt", "data_counts.json", "final.resume.pt", "final.tar", "opts.json"
+        "1.resume.pt", "1.tar", "clipcap.pt", "data_counts.json", "final.resume.pt", "final.tar", "log.jsonl", "opts.json"
     ]  # fmt: skip
     mask = os.umask(0)
     os.umask(mask)
@@ -169,20 +170,18 @@ def run_cli(*args):
                           capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
 
 
-def test_command_line_errors_are_one_line_with_a_nonzero_exit(tiny_run_args, world_cache):
+def test_command_line_errors_are_one_line_with_a_nonzero_exit(tiny_run_args, world_cache, tmp_path):
     unknown = run_cli("--dataset", "imagenet")
     assert unknown.returncode != 0
     assert unknown.stderr.strip().count("\n") == 0 and "invalid choice: 'imagenet'" in unknown.stderr
 
+    # a corrupted copy of the session's world (rebuilding the world itself would cost a build)
     directory = next(entry.path for entry in os.scandir(world_cache) if entry.name.startswith("synthetic-"))
-    with open(os.path.join(directory, "captioner.pt"), "r+b") as f:
+    copy = tmp_path / os.path.basename(directory)
+    shutil.copytree(directory, copy)
+    with open(copy / "captioner.pt", "r+b") as f:
         f.write(b"garbage")
-    try:
-        corrupted = run_cli(*tiny_run_args)
-        assert corrupted.returncode != 0
-        assert corrupted.stderr.strip().splitlines()[-1].startswith("error: synthetic world cache")
-        assert "Traceback" not in corrupted.stderr and "--rebuild" in corrupted.stderr
-    finally:
-        from egg.zoo.discriminative_captioner.synthetic import load_world
-
-        load_world(world_cache, "tiny", rebuild=True, progress=False)
+    corrupted = run_cli(*tiny_run_args, "--cache_dir", str(tmp_path))  # the last --cache_dir wins
+    assert corrupted.returncode != 0
+    assert corrupted.stderr.strip().splitlines()[-1].startswith("error: synthetic world cache")
+    assert "Traceback" not in corrupted.stderr and "--rebuild" in corrupted.stderr

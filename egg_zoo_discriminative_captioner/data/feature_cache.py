@@ -14,7 +14,8 @@ The key is the encoder's model name, its preprocessing, and hashes of the image 
 cache whose manifest records another key is *stale* and rebuilt.  A build that stops at any point (a job killed
 with SIGKILL) resumes at the first missing shard, provided ``building.json`` records the same key, and ends with
 the same bytes as a build in one go (nothing in the cache depends on when or how fast it was built).  Every file
-appears by an atomic rename; a resumed build removes the temporary files a killed one left.  Opening a cache
+appears by an atomic rename; a resumed build removes the temporary files a killed one left.  One process builds
+a cache at a time, holding ``<cache dir>.lock`` beside it (``locks.py``); another waits for it.  Opening a cache
 checks every file's size (a truncated shard is refused in one line); ``verify_cache`` also checks the sha256
 sums (``data_scripts/check_data.py --verify_cache``).  Broken images are counted as unreadable in the build, so a
 run with a matching cache never decodes an image.
@@ -36,6 +37,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .. import locks
 from ..atomic import atomic_path, atomic_write_text, remove_leftovers
 from ..errors import UsageError
 from .images import IMAGE_ERRORS
@@ -306,10 +308,23 @@ def build_cache(directory, split, encoder, transform, key, batch_size=256, devic
 
     Each shard is written to a temporary file, its record (size, sha256, unreadable images) next, and then the
     shard is renamed into place: killed between any two of these writes, the build resumes with the same result.
+    One process builds a cache at a time: it holds ``<directory>.lock`` (beside the cache, which the build
+    deletes and recreates); another builder waits for it, then finds the cache built (or resumes the partial build
+    of a killed one).  Reading a built cache takes no lock.
     """
     status = "missing" if rebuild else cache_status(directory, key)
     if status == "ok":
         return FeatureCache(directory)
+    with locks.wait(os.path.abspath(directory) + ".lock", f"feature cache {directory}"):
+        if not rebuild:
+            status = cache_status(directory, key)  # another builder may have finished it while this one waited
+        if status == "ok":
+            return FeatureCache(directory)
+        return _build(directory, split, encoder, transform, key, status, batch_size, device, num_workers, desc)
+
+
+def _build(directory, split, encoder, transform, key, status, batch_size, device, num_workers, desc):
+    """``build_cache`` once it holds the cache's lock: resumes a ``"partial"`` build, or builds from scratch."""
     if status == "partial":
         remove_leftovers(directory)  # a killed build's half-written temporary files
     else:
