@@ -7,9 +7,11 @@ import pytest
 
 from egg.zoo.discriminative_captioner import evaluate, train
 from egg.zoo.discriminative_captioner.errors import UsageError
+from egg.zoo.discriminative_captioner.synthetic import PRESETS
 
-# The tiny world's untrained CLIP puts all images close together: no neighbour is dropped as a near-duplicate.
-EVAL_ARGS = ["--hard_sets", "20", "--near_duplicate_cosine", "1.0", "--no-spice"]
+# Hard sets under the default near-duplicate threshold: the tiny world's retriever spreads its images.
+EVAL_ARGS = ["--hard_sets", "20", "--no-spice"]
+N_TEST = PRESETS["tiny"][0].n_test  # both domains' test splits
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,7 @@ def test_evaluate_writes_records_tables_captions_stimuli_and_plots(tiny_run_args
         (m, d) for d in ("synthetic", "synthetic_descriptive") for m in ("pretrained", "discritune", "clipcap")
     ]
     for r in records:
-        assert r["n_images"] == 200 and r["candidates"] == 100
+        assert r["n_images"] == N_TEST and r["candidates"] == 100
         for key in ("p_at_1", "p_at_1_references", "bleu4", "meteor", "rouge_l", "cider", "p_at_1_nearest_neighbours"):
             assert 0 <= r[key] <= 10, key
         assert r["spice"] is None and r["spice_error"]
@@ -40,7 +42,7 @@ def test_evaluate_writes_records_tables_captions_stimuli_and_plots(tiny_run_args
     assert by["clipcap", "synthetic"]["cider"] == pytest.approx(by["discritune", "synthetic"]["cider"])
     assert json.loads((out / "results.json").read_text()) == records
     rows = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 * 3 * 200 and {"model", "dataset", "image_id", "caption", "references"} <= set(rows[0])
+    assert len(rows) == 2 * 3 * N_TEST and {"model", "dataset", "image_id", "caption", "references"} <= set(rows[0])
     descriptive = [row for row in rows if row["dataset"] == "synthetic_descriptive"]
     assert all(len(row["references"]) == 5 for row in descriptive)
     tables = (out / "tables.md").read_text()

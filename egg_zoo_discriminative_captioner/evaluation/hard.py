@@ -27,12 +27,67 @@ class HardSet:
     target: int
 
 
+@dataclass
+class NeighbourSetCounts:
+    """What ``nearest_neighbour_sets`` did with the targets it drew, to say why it built fewer sets than asked.
+
+    A drawn target is either already in an earlier set, or completes a set, or falls short: fewer than
+    ``set_size - 1`` admissible images among its ``neighbours`` nearest.  A short target is counted under
+    near-duplicates when its neighbours not yet in a set would have completed it but for the near-duplicate
+    filter (above ``max_cosine`` with it or a chosen distractor), else under images already in a set.
+    """
+
+    asked: int
+    n_images: int
+    set_size: int
+    max_cosine: float
+    neighbours: int
+    targets_drawn: int = 0
+    built: int = 0
+    target_in_a_set: int = 0
+    short_near_duplicates: int = 0
+    short_images_used: int = 0
+
+    def note(self, threshold="cosine"):
+        """One line on why fewer sets than asked were built (``threshold`` names the cosine limit, e.g. the
+        option that set it), or None when every asked set exists."""
+        if self.built >= self.asked:
+            return None
+        cap = self.n_images // self.set_size
+        facts = [f"{self.n_images} images"]
+        if cap < self.asked:
+            facts[0] += f", at most {cap} disjoint sets of {self.set_size}"
+        facts.append(f"{self.targets_drawn} targets drawn")
+        outcomes = []
+        if self.target_in_a_set:
+            outcomes.append(f"{self.target_in_a_set} already in an earlier set")
+        short = self.short_near_duplicates + self.short_images_used
+        if short:
+            outcomes.append(
+                f"{short} without {self.set_size - 1} admissible images among their {self.neighbours} nearest "
+                f"({self.short_near_duplicates} for near-duplicates above {threshold} {self.max_cosine:g}, "
+                f"{self.short_images_used} for want of images not yet in a set)"
+            )
+        return f"{self.built} of {self.asked} asked ({'; '.join(facts)}: {', '.join(outcomes) or 'none short'})"
+
+
+class HardSets(list):
+    """A list of ``HardSet`` that also carries the ``NeighbourSetCounts`` it was built with (``counts``) and, once
+    a caller has worded it for its user, the line on why there are fewer than asked (``note``, None if not)."""
+
+    def __init__(self, sets, counts):
+        super().__init__(sets)
+        self.counts = counts
+        self.note = counts.note()
+
+
 @torch.no_grad()
 def nearest_neighbour_sets(image_embeddings, n_sets=500, set_size=10, max_cosine=0.8, seed=0, chunk=1024):
     """Sets of a target and its ``set_size - 1`` nearest neighbours (cosine of the normalised ``image_embeddings``
     ``[N, D]``), for ``n_sets`` targets drawn with ``seed``.  A neighbour above ``max_cosine`` with the target or
     with an already chosen distractor is a near-duplicate and skipped; a target without enough neighbours is left
-    out.  The target sits first (the study shuffles the display order itself).
+    out.  The target sits first (the study shuffles the display order itself).  Returns ``HardSets``, a list
+    whose ``counts`` say why fewer than ``n_sets`` sets were built.
 
     Test splits have at most ~10K images, so the similarities of a chunk of targets against the whole split
     (``[chunk, N]``, 40 MB at N = 10K) and their top-k fit in memory: an exact matmul + topk needs no index.
@@ -43,6 +98,7 @@ def nearest_neighbour_sets(image_embeddings, n_sets=500, set_size=10, max_cosine
         raise ValueError(f"a split of {n} images cannot make sets of {set_size}")
     targets = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(n_sets, n)].tolist()
     k = min(n, 20 * set_size)  # enough neighbours to survive the near-duplicate filter
+    counts = NeighbourSetCounts(n_sets, n, set_size, max_cosine, min(k, n - 1), targets_drawn=len(targets))
     sets, used = [], set()  # as in the paper, no image appears in two sets
     for start in range(0, len(targets), chunk):
         rows = torch.tensor(targets[start : start + chunk])
@@ -51,16 +107,27 @@ def nearest_neighbour_sets(image_embeddings, n_sets=500, set_size=10, max_cosine
         neighbours = similarity.topk(k, dim=1).indices  # [chunk, k]
         for target, row in zip(rows.tolist(), neighbours.tolist()):
             if target in used:
+                counts.target_in_a_set += 1
                 continue
-            chosen = [target]
+            chosen, duplicates = [target], 0
             for candidate in row:
-                if candidate not in used and (embeddings[candidate] @ embeddings[chosen].T).max() <= max_cosine:
-                    chosen.append(candidate)
-                    if len(chosen) == set_size:
-                        sets.append(HardSet(chosen, 0))
-                        used.update(chosen)
-                        break
-    return sets
+                if candidate == target or candidate in used:  # the target is the last of k when k = N
+                    continue
+                if (embeddings[candidate] @ embeddings[chosen].T).max() > max_cosine:
+                    duplicates += 1
+                    continue
+                chosen.append(candidate)
+                if len(chosen) == set_size:
+                    sets.append(HardSet(chosen, 0))
+                    used.update(chosen)
+                    break
+            else:  # short: would its neighbours not yet in a set have completed it but for the near-duplicates?
+                if len(chosen) - 1 + duplicates >= set_size - 1:
+                    counts.short_near_duplicates += 1
+                else:
+                    counts.short_images_used += 1
+    counts.built = len(sets)
+    return HardSets(sets, counts)
 
 
 @torch.no_grad()

@@ -36,14 +36,24 @@ def sender_inputs(captioner, split, device):
 
 
 def hard_sets_of(name, split, image_embeddings, opts):
-    """``{source: [HardSet]}``: ImageCoDe's own sets for the data set ``name`` = imagecode, nearest-neighbour sets."""
+    """``{source: [HardSet]}``: ImageCoDe's own sets for the data set ``name`` = imagecode, nearest-neighbour sets.
+
+    When fewer nearest-neighbour sets than ``--hard_sets`` exist, one line says why; the sets' ``note`` holds
+    the same words."""
     sets = {}
     if name == "imagecode":
         sets["imagecode"] = [hard.HardSet(indices, target) for indices, target in imagecode_sets(split)]
-    if opts.hard_sets > 0 and len(split) >= 10:
-        sets["nearest_neighbours"] = hard.nearest_neighbour_sets(
+    if opts.hard_sets > 0 and len(split) < 10:
+        print(f"hard sets {name}: none of {opts.hard_sets} asked (the {split.name} split has {len(split)} images, "
+              "fewer than one set of 10)", flush=True)  # fmt: skip
+    elif opts.hard_sets > 0:
+        found = hard.nearest_neighbour_sets(
             image_embeddings, opts.hard_sets, max_cosine=opts.near_duplicate_cosine, seed=opts.eval_seed
         )
+        found.note = found.counts.note(threshold="--near_duplicate_cosine")
+        if found.note:
+            print(f"hard sets {name}: {found.note}", flush=True)
+        sets["nearest_neighbours"] = found
     return sets
 
 
@@ -79,6 +89,8 @@ def evaluate_dataset(opts, name, specs, lemmatizer, out):
     for source, source_sets in sets.items():
         scores = {kind: hard.hard_set_accuracy(e, images, source_sets) for kind, e in embeddings.items()}
         hard_results[source] = {"n_sets": len(source_sets), "p_at_1": {k: v[0] for k, v in scores.items()}}
+        if getattr(source_sets, "note", None):  # why fewer sets than asked
+            hard_results[source]["note"] = source_sets.note
         if source_sets:
             hard_results[source]["stimuli"] = hard.write_stimuli(
                 os.path.join(out, f"stimuli_{name}_{source}"),
