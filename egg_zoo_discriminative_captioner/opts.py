@@ -204,7 +204,7 @@ def check_options(opts, training=True):
         raise UsageError(f"--kl_coeff with --rollouts {rollouts} needs --kl_estimator exact: on {rollouts} "
                          "captions the sampled estimate log p - log p_ref is a log-ratio, not a KL, and can be "
                          "negative")  # fmt: skip
-    if training and getattr(opts, "kl_reference", None) == "language_model" and opts.captioner == "blip":
+    if kl_on and getattr(opts, "kl_reference", None) == "language_model" and opts.captioner == "blip":
         raise UsageError("--kl_reference language_model has no meaning for BLIP (its text decoder reads the "
                          "image in every layer; there is no plain language model to compare with): use "
                          "captioner")  # fmt: skip

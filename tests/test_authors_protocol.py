@@ -336,6 +336,8 @@ def test_kl_options_the_paper_files_and_blip(capsys):
     assert (opts.kl_reference, opts.kl_estimator) == ("captioner", "sampled")  # this project's, as before
     with pytest.raises(UsageError, match="no meaning for BLIP"):
         get_opts(["--captioner", "blip", "--kl_reference", "language_model"])
+    # a game file's KL reference matters only with a KL penalty: flickr's (kl_coeff 0) does not stop BLIP
+    assert get_opts(["--game", "flickr", "--captioner", "blip"]).captioner == "blip"
     with pytest.raises(SystemExit):
         get_opts(["--help"])
     text = " ".join(capsys.readouterr().out.split())
