@@ -12,7 +12,7 @@ outputs can be computed once per image), ``config`` (a dataclass saved with chec
 the names without importing torch).
 """
 
-import importlib
+from ..lazy import exports, load
 
 CAPTIONERS = {
     "clipcap": (".clipcap_checkpoint", "load_clipcap_captioner"),
@@ -23,14 +23,10 @@ _EXPORTS = {"BlipCaptioner": ".blip", "ClipCapCaptioner": ".clipcap", "Rollout":
 
 def build_captioner(opts):
     """The captioner named by ``--captioner``."""
-    module_name, function = CAPTIONERS[opts.captioner]
-    return getattr(importlib.import_module(module_name, package=__name__), function)(opts)
+    return load(__name__, CAPTIONERS[opts.captioner])(opts)
 
 
-def __getattr__(name):  # the classes load on first use (PEP 562)
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name], package=__name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = exports(__name__, _EXPORTS)  # the classes load on first use (PEP 562)
 
 
 __all__ = ["BlipCaptioner", "CAPTIONERS", "ClipCapCaptioner", "Rollout", "build_captioner"]

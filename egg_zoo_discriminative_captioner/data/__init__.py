@@ -7,9 +7,8 @@ sets are read from ``--data_root`` (default: ``$DISCRITUNE_DATA/<directory>``, s
 in their published formats, one reader module each.
 """
 
-import importlib
-
 from ..errors import UsageError
+from ..lazy import exports, load
 
 DATASETS = {
     "synthetic": ("..synthetic", "load_dataset"),
@@ -43,14 +42,10 @@ def check_batch_size(batch_size):
 
 def load_dataset(opts):
     """The data set named by ``--dataset``."""
-    module_name, function = DATASETS[opts.dataset]
-    return getattr(importlib.import_module(module_name, package=__name__), function)(opts)
+    return load(__name__, DATASETS[opts.dataset])(opts)
 
 
-def __getattr__(name):  # the torch parts load on first use (PEP 562): the option parser needs only the names
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name], package=__name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = exports(__name__, _EXPORTS)  # the classes load on first use (PEP 562)
 
 
 __all__ = [

@@ -6,7 +6,7 @@ temperature its own training used, 1 / exp(logit_scale)).  CLIP has two backends
 code and files, the default) and transformers' ``CLIPModel``.  Each loads only when chosen.
 """
 
-import importlib
+from ..lazy import exports, load
 
 CLIP_BACKENDS = {"openai": (".clip", "load_clip_retriever"), "transformers": (".hf_clip", "load_hf_clip_retriever")}
 RETRIEVERS = ("clip",)
@@ -15,14 +15,10 @@ _EXPORTS = {"ClipRetriever": ".clip", "HFClipRetriever": ".hf_clip"}
 
 def build_retriever(opts):
     """The retriever named by ``--retriever`` (and ``--clip_backend``)."""
-    module_name, function = CLIP_BACKENDS[opts.clip_backend]
-    return getattr(importlib.import_module(module_name, package=__name__), function)(opts)
+    return load(__name__, CLIP_BACKENDS[opts.clip_backend])(opts)
 
 
-def __getattr__(name):  # the classes load on first use (PEP 562)
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name], package=__name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = exports(__name__, _EXPORTS)  # the classes load on first use (PEP 562)
 
 
 __all__ = ["CLIP_BACKENDS", "ClipRetriever", "HFClipRetriever", "RETRIEVERS", "build_retriever"]
