@@ -75,7 +75,9 @@ class RetrieverReceiver(nn.Module):
     """EGG Receiver around a frozen retriever: caption-candidate cosine similarities ``[B, N]`` in fp32.
 
     ``receiver_input`` holds the candidates' image embeddings ``[N, D]`` (normalised, e.g. cached) or their
-    preprocessed pixels ``[N, 3, H, W]``.
+    preprocessed pixels ``[N, 3, H, W]``.  When ``aux_input`` brings each target's hard distractors
+    (``neighbour_images`` ``[B, k, D]``, ``neighbour_index`` ``[B, k]``), each caption is scored against its own
+    N candidates instead: ``[B, N + k]``, see ``own_candidate_scores``.
     """
 
     def __init__(self, retriever):
@@ -86,7 +88,37 @@ class RetrieverReceiver(nn.Module):
         with full_precision(receiver_input.device.type):  # also under EGG's --fp16, which autocasts the game
             images = receiver_input if receiver_input.dim() == 2 else self.retriever.encode_images(receiver_input)
             texts = self.retriever.encode_texts(message).float()  # [B, D]
-            return texts @ images.float().T  # [B, N]
+            scores = texts @ images.float().T  # [B, N]
+            if aux_input is None or "neighbour_images" not in aux_input:
+                return scores
+            neighbour_scores = torch.einsum("bd,bkd->bk", texts, aux_input["neighbour_images"].float())  # [B, k]
+            candidate_index = aux_input.get("candidate_index", aux_input["image_index"])  # [N]
+            return own_candidate_scores(scores, neighbour_scores, aux_input["image_index"], candidate_index,
+                                        aux_input["neighbour_index"])  # fmt: skip
+
+
+def own_candidate_scores(scores, neighbour_scores, image_index, candidate_index, neighbour_index):
+    """Each caption's own N candidates (paper appendix D.2): its target, its k nearest neighbours and N - 1 - k
+    random ones of the batch's other images.
+
+    ``scores`` ``[B, N]`` are the captions' cosines with the batch's N images (split indices ``candidate_index``
+    ``[N]``; caption i's target is the one whose index is ``image_index[i]``), ``neighbour_scores`` ``[B, k]``
+    with each target's neighbours (indices ``neighbour_index`` ``[B, k]``).  Returns ``[B, N + k]``: the batch's
+    columns, then the neighbours'; a batch image left out of a caption's set scores ``-inf`` (no weight in the
+    reward's softmax, never above the target), so the labels still index the target's own column.  Left out
+    are the batch's copies of the target's neighbours (they take part once, as neighbours) and as many more as it
+    takes to leave N - 1 - k: the first images after the target in the batch's order, which is random, are kept.
+    """
+    b, n = scores.shape
+    k = neighbour_index.shape[1]
+    own = candidate_index.view(1, n) == image_index.view(b, 1)  # [B, N]: the target's column
+    is_neighbour = (candidate_index.view(1, n, 1) == neighbour_index.view(b, 1, k)).any(dim=2)  # [B, N]
+    eligible = ~own & ~is_neighbour
+    after_target = (own.int().argmax(dim=1, keepdim=True) + torch.arange(n, device=scores.device)) % n  # [B, N]
+    eligible_in_order = eligible.gather(1, after_target)
+    kept_in_order = eligible_in_order & (eligible_in_order.cumsum(dim=1) <= n - 1 - k)
+    keep = torch.zeros_like(eligible).scatter(1, after_target, kept_in_order) | own  # [B, N]
+    return torch.cat([scores.masked_fill(~keep, float("-inf")), neighbour_scores], dim=1)  # [B, N + k]
 
 
 class FrozenReference(FrozenModule):

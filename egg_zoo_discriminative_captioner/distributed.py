@@ -10,7 +10,9 @@ so GPUs only; the bundled core: NCCL on GPUs, gloo on the CPU), and its Trainer 
 - In-batch distractors span the global batch, as on one process: the retriever is frozen, so the candidates'
   image embeddings are all-gathered without gradient and each rank scores its own captions against all
   B_global candidates (``GlobalBatchReceiver``).  A caption's reward depends only on its own row of scores, so
-  its text embedding never needs to leave its rank.  Rewards are then exactly the single-process ones.
+  its text embedding never needs to leave its rank.  Rewards are then exactly the single-process ones.  With
+  hard distractors, each target's neighbour embeddings come with its rank's share of the batch, and the batch's
+  image indices are gathered with the embeddings to find the in-batch copies of a target's neighbours.
 - Each rank back-propagates the mean over its share; the shares are equal, so DDP's gradient average is the
   gradient of the global mean, as on one process.
 - Batch statistics see the global batch: the running-mean baseline is updated with every rank's costs (so all
@@ -128,7 +130,9 @@ class GlobalBatchReceiver(nn.Module):
         images = receiver_input
         if images.dim() != 2:  # pixels: each rank encodes its own share once
             images = self.receiver.retriever.encode_images(images)  # [B_local, D]
-        return self.receiver(message, all_gather(images), aux_input)  # [B_local, B_global]
+        if aux_input is not None and "neighbour_images" in aux_input:  # hard distractors: which images the batch has
+            aux_input = {**aux_input, "candidate_index": all_gather(aux_input["image_index"])}  # [B_global]
+        return self.receiver(message, all_gather(images), aux_input)  # [B_local, B_global] (+ k, hard distractors)
 
 
 def data_parallel_game(opts, receiver):

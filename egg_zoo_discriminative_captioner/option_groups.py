@@ -132,8 +132,9 @@ def add_data_location_options(group):
         "--hard_distractors",
         type=int,
         default=0,
-        help="training batches made of groups of an image and its k nearest neighbours by CLIP image cosine "
-        "(faiss over the retriever's cached features), the rest random (paper appendix D.2); 0 = random batches",
+        help="every training caption is scored against its target's k nearest neighbours by CLIP image cosine "
+        "(faiss over the retriever's cached features) and --batch_size - 1 - k random images of its batch "
+        "(paper appendix D.2); 0 = the batch's other images only",
     )
     group.add_argument(
         "--validation_images",

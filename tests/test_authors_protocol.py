@@ -1,6 +1,7 @@
-"""The authors' protocol beside this project's choices (issue 15): length-normalised log-probabilities, stopping
-at any token containing '.', beam rollouts with a greedy baseline, and the exact KL against a plain language
-model.  Each option's default keeps this project's behaviour; the paper's game files select the authors'."""
+"""The authors' protocol beside this project's choices (issue 15): per-target hard distractors, length-normalised
+log-probabilities, stopping at any token containing '.', beam rollouts with a greedy baseline, and the exact KL
+against a plain language model.  Each option's default keeps this project's behaviour; the paper's game files
+select the authors'."""
 
 import argparse
 
@@ -22,6 +23,8 @@ from egg.zoo.discriminative_captioner.captioners.base import Rollout, caption_ma
 from egg.zoo.discriminative_captioner.captioners.blip import BlipCaptioner
 from egg.zoo.discriminative_captioner.captioners.clipcap import ClipCapCaptioner, ClipCapConfig, ClipCapModel
 from egg.zoo.discriminative_captioner.core import NoBaseline
+from egg.zoo.discriminative_captioner.data import EncodedSplit, ImageSplit
+from egg.zoo.discriminative_captioner.data.hard_distractors import hard_distractor_loader
 from egg.zoo.discriminative_captioner.errors import UsageError
 from egg.zoo.discriminative_captioner.losses import DiscriminationLoss
 from egg.zoo.discriminative_captioner.opts import get_opts
@@ -35,6 +38,83 @@ PAPER_GAMES = ("conceptual", "coco", "flickr")  # the ClipCap experiments; blip_
 def images_and_features(size=4, seed=0):
     torch.manual_seed(seed)
     return torch.randn(size, 32), torch.arange(size), nn.functional.normalize(torch.randn(size, 32), dim=-1)
+
+
+# --- 1. per-target hard distractors ----------------------------------------------------------------------------
+
+
+def clustered_split(n_clusters=30, size=10, dim=16, seed=0):
+    """An ``EncodedSplit`` of clustered unit embeddings (each image's neighbours are its cluster's)."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(n_clusters, dim, generator=generator).repeat_interleave(size, dim=0)
+    embeddings = nn.functional.normalize(centres + 0.3 * torch.randn(len(centres), dim, generator=generator), dim=-1)
+    n = len(embeddings)
+    split = ImageSplit("train", images=[None] * n, references=[["a caption"]] * n)
+    return EncodedSplit(split, torch.randn(n, 8, generator=generator), embeddings)
+
+
+def brute_force_neighbours(embeddings, k):
+    cosine = embeddings @ embeddings.T
+    cosine.fill_diagonal_(float("-inf"))
+    return cosine.topk(k, dim=1).indices  # [N, k]
+
+
+def test_every_image_is_the_target_once_per_epoch_with_its_brute_force_neighbours():
+    dataset, k, batch_size = clustered_split(), 4, 20
+    true = brute_force_neighbours(dataset.receiver_inputs, k)
+    loader = hard_distractor_loader(dataset, k, batch_size, seed=3)
+    for epoch in (1, 2):
+        loader.batch_sampler.set_epoch(epoch)
+        targets = []
+        for _, labels, receiver_input, aux_input in loader:
+            index, neighbours = aux_input["image_index"], aux_input["neighbour_index"]  # [B], [B, k]
+            assert torch.equal(labels, torch.arange(batch_size))
+            assert torch.equal(receiver_input, dataset.receiver_inputs[index])
+            assert all(set(row.tolist()) == set(true[i].tolist()) for i, row in zip(index.tolist(), neighbours))
+            assert torch.equal(aux_input["neighbour_images"], dataset.receiver_inputs[neighbours])  # [B, k, D]
+            targets += index.tolist()
+        assert sorted(targets) == list(range(len(dataset)))  # each image the target exactly once
+    with pytest.raises(UsageError, match="--hard_distractors 20 must be between 1 and --batch_size - 1"):
+        hard_distractor_loader(dataset, batch_size, batch_size, seed=3)
+
+
+class FixedTexts:
+    """A retriever stand-in whose caption embeddings are given."""
+
+    def __init__(self, texts):
+        self.texts = texts
+
+    def encode_texts(self, message):
+        return self.texts
+
+
+def test_each_caption_is_scored_against_its_own_target_neighbours_and_random_batch_images():
+    dataset, k, batch_size, temperature = clustered_split(), 4, 20, 0.05
+    embeddings = dataset.receiver_inputs
+    true = brute_force_neighbours(embeddings, k)
+    loader = hard_distractor_loader(dataset, k, batch_size, seed=5)
+    loader.batch_sampler.set_epoch(1)
+    loss, neighbours_in_batch = DiscriminationLoss("logprob", temperature), 0
+    for _, labels, receiver_input, aux_input in loader:
+        texts = nn.functional.normalize(embeddings[aux_input["image_index"]] + torch.randn(batch_size, 16), dim=-1)
+        scores = RetrieverReceiver(FixedTexts(texts))(None, receiver_input, aux_input)  # [B, B + k]
+        assert scores.shape == (batch_size, batch_size + k)
+        _, aux = loss(None, None, receiver_input, scores, labels)
+        batch = aux_input["image_index"].tolist()
+        for row, target in enumerate(batch):
+            kept = [batch[c] for c in range(batch_size) if scores[row, c] > float("-inf")]
+            neighbours = aux_input["neighbour_index"][row].tolist()
+            neighbours_in_batch += len(set(neighbours) & set(batch))
+            candidates = kept + neighbours
+            assert len(candidates) == len(set(candidates)) == batch_size  # the target and B - 1 distractors
+            assert target in kept and set(true[target].tolist()) <= set(candidates)
+            # Against an independent reference: the softmax over this target's own candidates, built by hand.
+            match = texts[row] @ embeddings[candidates].T / temperature  # [B]
+            expected = torch.log_softmax(match, dim=0)[kept.index(target)]
+            assert aux["reward"][row].item() == pytest.approx(expected.item(), abs=1e-5)
+            hit = match[kept.index(target)] > torch.cat([match[: kept.index(target)], match[kept.index(target) + 1 :]])
+            assert aux["acc"][row].item() == float(hit.all())
+    assert neighbours_in_batch > 0  # the batch's copies of a target's neighbours were met (and left out)
 
 
 # --- 3. log-probability normalisation ------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Data-parallel finetuning: two CPU processes (gloo) against one process on the same global batches.
 
 Each run goes through the real code paths: ``core.init`` detects the torchrun variables and starts the process
-group, ``games.build_game`` makes the distractors span the global batch, ``data.training_loader`` and
-``data.retrieval_loader`` hand each rank its share, and the Trainer wraps the game in DistributedDataParallel.
+group, ``games.build_game`` makes the distractors span the global batch, ``data.training_loader`` (or
+``hard_distractor_loader``) and ``data.retrieval_loader`` hand each rank its share, and the Trainer wraps the game
+in DistributedDataParallel.
 Rollouts are greedy so that both runs caption identically; everything downstream (rewards, baselines, KL,
 gradients, optimizer steps, the logged validation and test scores) must agree.  The optimizer is SGD: Adam would
 turn the float noise of gradients that are zero in exact arithmetic (GPT-2's attention key biases) into full-size
@@ -28,6 +29,7 @@ from egg.zoo.discriminative_captioner.clip_models import clip_transform
 from egg.zoo.discriminative_captioner.core import core
 from egg.zoo.discriminative_captioner.data import EncodedSplit, ImageSplit, retrieval_loader, training_loader
 from egg.zoo.discriminative_captioner.data.base import retrieval_share
+from egg.zoo.discriminative_captioner.data.hard_distractors import hard_distractor_loader
 from egg.zoo.discriminative_captioner.errors import UsageError
 from egg.zoo.discriminative_captioner.games import build_game, build_optimizer
 from egg.zoo.discriminative_captioner.retrievers.clip import ClipRetriever
@@ -45,6 +47,9 @@ CONFIGURATIONS = {
     "mean baseline, KL, entropy": dict(baseline="mean", kl_coeff=0.2, entropy_coeff=0.01, standardize_advantage=False),
     "standardised advantage": dict(baseline="none", kl_coeff=0.0, entropy_coeff=0.0, standardize_advantage=True),
     "greedy baseline": dict(baseline="greedy", kl_coeff=0.0, entropy_coeff=0.05, standardize_advantage=False),
+    # Each caption against its target's 2 nearest neighbours, which travel with the rank's share, and 5 batch images.
+    "hard distractors": dict(baseline="mean", kl_coeff=0.0, entropy_coeff=0.0, standardize_advantage=False,
+                             hard_distractors=2),
 }  # fmt: skip
 
 
@@ -115,8 +120,11 @@ def train_one_epoch(configuration):
     optimizer = build_optimizer(game)
     parameters = list(captioner.trainable_parameters())
 
-    loader = training_loader(tiny_split("train"), GLOBAL_BATCH, seed=0, rank=context.rank,
-                             world_size=context.world_size)  # fmt: skip
+    shares = dict(seed=0, rank=context.rank, world_size=context.world_size)
+    if configuration.get("hard_distractors"):
+        loader = hard_distractor_loader(tiny_split("train"), configuration["hard_distractors"], GLOBAL_BATCH, **shares)
+    else:
+        loader = training_loader(tiny_split("train"), GLOBAL_BATCH, **shares)
     recorder = Recorder(optimizer, parameters)
     captioned = record_captioned(game.sender)
     callbacks = [EpochSetter(loader.batch_sampler), recorder, ConsoleLogger()]  # on every rank, to compare them

@@ -44,7 +44,8 @@ def test_retrieval_loader_gives_the_game_each_target_once_with_100_candidates():
     from egg.zoo.discriminative_captioner.data import EncodedSplit, ImageSplit, retrieval_loader
 
     n = 130
-    dataset = EncodedSplit(ImageSplit("test", [None] * n, [["ref"]] * n), torch.arange(n).float().view(-1, 1), torch.eye(n))
+    split = ImageSplit("test", [None] * n, [["ref"]] * n)
+    dataset = EncodedSplit(split, torch.arange(n).float().view(-1, 1), torch.eye(n))
     batches = list(retrieval_loader(dataset, 100, seed=1))
     assert torch.cat([aux["image_index"] for *_, aux in batches]).sort().values.tolist() == list(range(n))
     for (sender, labels, receiver, aux), (targets, fillers) in zip(batches, retrieval_batches(n, 100, seed=1)):
@@ -187,6 +188,16 @@ def test_nearest_neighbour_sets_skip_near_duplicates_and_never_repeat_an_image()
         if j != target and len(kept) < 10 and all(float(embeddings[j] @ embeddings[k]) <= 0.8 for k in kept):
             kept.append(j)
     assert sets[0].indices == kept
+
+
+def test_targets_are_drawn_until_as_many_sets_as_asked_exist_or_the_split_runs_out():
+    embeddings = torch.nn.functional.normalize(torch.randn(1000, 16, generator=torch.Generator().manual_seed(0)), dim=1)
+    sets = hard.nearest_neighbour_sets(embeddings, n_sets=60, max_cosine=1.0)
+    assert len(sets) == 60 and sets.note is None
+    assert sets.counts.targets_drawn > 60  # targets already in a set, or short, were passed over, not counted
+    every = hard.nearest_neighbour_sets(embeddings, n_sets=500, max_cosine=1.0)  # more than 1000 images allow
+    assert every.counts.targets_drawn == 1000 and 60 < len(every) < 100  # every image was drawn as a target
+    assert every[:60] == list(sets) and every.note.startswith(f"{len(every)} of 500 asked (1000 images, at most 100")
 
 
 def test_hard_set_accuracy_and_stimuli_format(tmp_path):

@@ -49,12 +49,18 @@ def captioner_state(run_dir):
     return torch.load(run_dir / "clipcap.pt", map_location="cpu", weights_only=True)
 
 
-@pytest.mark.parametrize("egg_source", EGG_SOURCES)
-def test_a_run_interrupted_mid_epoch_and_resumed_matches_a_straight_run(egg_source, tiny_run_args, tmp_path):
+# Each core; and, on the bundled one, hard distractors (their neighbour table is read back from the feature cache).
+CASES = [pytest.param(*source.values, [], marks=source.marks, id=source.id) for source in EGG_SOURCES]
+CASES.append(pytest.param(None, ["--hard_distractors", "3"], id="hard-distractors"))
+
+
+@pytest.mark.parametrize("egg_source, options", CASES)
+def test_a_run_interrupted_mid_epoch_and_resumed_matches_a_straight_run(egg_source, options, tiny_run_args,
+                                                                        tmp_path):  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     if egg_source:
         env["PYTHONPATH"] = str(egg_tree(tmp_path / "site", egg_source))
-    args = tiny_run_args + ["--n_epochs", "2", "--random_seed", "3"]
+    args = tiny_run_args + ["--n_epochs", "2", "--random_seed", "3"] + options
     straight_dir, interrupted_dir = tmp_path / "straight", tmp_path / "interrupted"
     straight = run(args + ["--checkpoint_dir", str(straight_dir)], env, tmp_path)
 

@@ -6,7 +6,9 @@ A batch is EGG's ``(sender_input, labels, receiver_input, aux_input)``:
 - ``labels``: the index of each target among the batch's candidates, ``arange(B)``      ``[B]``
   (in a distributed run, among the global batch's: ``rank * B + arange(B)``)
 - ``receiver_input``: the candidates' retriever image embeddings                       ``[B, D]``
-- ``aux_input``: ``{"image_index": [B]}``, each image's index in its split
+- ``aux_input``: ``{"image_index": [B]}``, each image's index in its split; with hard distractors
+  (``hard_distractors.py``) also each target's k nearest neighbours, ``neighbour_images`` ``[B, k, D]`` and
+  ``neighbour_index`` ``[B, k]``
 
 Every image of a training batch is a target and the other B - 1 are its distractors, as in the paper.  An
 evaluation batch is one candidate set of the retrieval protocol (``retrieval_loader``).
@@ -94,10 +96,11 @@ def training_loader(dataset, batch_size, seed, num_workers=0, rank=0, world_size
     return sampled_loader(dataset, sampler, seed, num_workers)
 
 
-def sampled_loader(dataset, sampler, seed, num_workers=0):
-    """A DataLoader of game batches from an ``EpochBatchSampler``; labels index the sampler's global batch."""
+def sampled_loader(dataset, sampler, seed, num_workers=0, collate=collate_game_batch):
+    """A DataLoader of game batches from an ``EpochBatchSampler``; labels index the sampler's global batch.
+    ``collate(items, label_offset)`` makes the batch (``collate_game_batch``, or one that adds to its aux_input)."""
     offset = sampler.rank * (sampler.batch_size // sampler.world_size)  # this rank's first target in the global batch
-    collate = functools.partial(collate_game_batch, label_offset=offset)
+    collate = functools.partial(collate, label_offset=offset)
     generator = torch.Generator().manual_seed(seed)  # seeds workers only; the order is the sampler's
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
                       generator=generator)  # fmt: skip

@@ -377,7 +377,7 @@ def _build(directory, split, encoder, transform, key, status, batch_size, device
 
 class CachedRows:
     """The rows of a ``FeatureCache`` at ``indices`` (a split without its unreadable images), indexable by
-    position and by slice, like the tensors ``EncodedSplit`` also accepts."""
+    position, by slice and by an array of positions, like the tensors ``EncodedSplit`` also accepts."""
 
     def __init__(self, cache: FeatureCache, indices):
         self.cache = cache
@@ -389,6 +389,8 @@ class CachedRows:
     def __getitem__(self, index):
         if isinstance(index, slice):
             return self.cache.rows(self.indices[index])
+        if isinstance(index, (list, np.ndarray, torch.Tensor)):
+            return self.cache.rows(self.indices[np.asarray(index, dtype=np.int64)])
         return self.cache.rows([self.indices[index]])[0]
 
     def all(self, chunk=100_000):

@@ -5,11 +5,12 @@ embeddings (read from the feature cache) with faiss: an exact inner-product inde
 an inverted-file index with fp16 codes beyond (Conceptual Captions' 2.8M images).  The table is saved next to
 the features, so it is computed once.
 
-``HardDistractorSampler`` builds each global batch of B from groups: an *anchor* taken from the epoch's shuffled
-order together with its k nearest neighbours, ``B // (k + 1)`` groups per batch, the remaining places filled with
-further images of the shuffled order (random distractors).  Every anchor therefore meets its k nearest
-neighbours, and every neighbour meets its anchor and the anchor's other neighbours.  An epoch keeps ``N // B``
-batches, the updates of a run with random batches, and its order is a function of (seed, epoch) alone.
+``hard_distractor_loader`` gives every target its own k nearest neighbours: the epoch's batches are the plain
+shuffled ones (every image the target once per epoch, resumed exactly), and each item brings the retriever
+embeddings of its image's k neighbours (``NeighbourSplit``), which travel with a data-parallel rank's share.  The
+game then scores each caption against its own candidate set, the target, its k neighbours and B - 1 - k of the
+batch's other images (``archs.own_candidate_scores``): the paper's "k most similar distractors ... the remaining
+99 - k distractors are picked randomly" at B = 100.
 """
 
 import hashlib
@@ -17,12 +18,13 @@ import os
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..checkpointing import atomic_path
 from ..errors import UsageError
-from .base import sampled_loader
-from .samplers import EpochBatchSampler, epoch_generator
+from .base import collate_game_batch, sampled_loader
+from .samplers import EpochBatchSampler
 
 EXACT_LIMIT = 200_000
 QUERY_CHUNK = 10_000
@@ -62,7 +64,10 @@ def nearest_neighbours(features, k):
 
 
 def cached_neighbours(rows, k):
-    """``nearest_neighbours`` of a ``CachedRows`` (the retriever's features), saved beside its feature cache."""
+    """``nearest_neighbours`` of a ``CachedRows`` (the retriever's features), saved beside its feature cache;
+    of a tensor ``[N, D]``, computed."""
+    if isinstance(rows, torch.Tensor):
+        return nearest_neighbours(rows.float().numpy(), k)
     digest = hashlib.sha256(rows.indices.tobytes()).hexdigest()[:12]
     path = os.path.join(rows.cache.directory, f"neighbours-k{k}-{digest}.npy")
     if os.path.isfile(path):
@@ -74,44 +79,40 @@ def cached_neighbours(rows, k):
     return neighbours
 
 
-class HardDistractorSampler(EpochBatchSampler):
-    """Global batches of anchors with their k nearest neighbours, filled up with random images."""
+class NeighbourSplit(Dataset):
+    """An ``EncodedSplit`` whose items also carry the image's k nearest neighbours (``neighbours`` ``[N, k]``):
+    ``(sender_input, receiver_input, index, neighbour_inputs [k, D], neighbour_indices [k])``."""
 
-    def __init__(self, neighbours, k, batch_size, seed, rank=0, world_size=1):
-        super().__init__(len(neighbours), batch_size, seed, rank=rank, world_size=world_size)
-        if not 1 <= k < batch_size:
-            raise UsageError(f"--hard_distractors {k} must be between 1 and --batch_size - 1 ({batch_size - 1})")
-        self.neighbours = np.asarray(neighbours)[:, :k]
-        self.k = k
+    def __init__(self, dataset, neighbours):
+        if len(neighbours) != len(dataset):
+            raise ValueError(f"{len(neighbours)} rows of neighbours for a split of {len(dataset)} images")
+        self.dataset = dataset
+        self.neighbours = torch.as_tensor(np.asarray(neighbours), dtype=torch.long)  # [N, k]
 
-    def global_batches(self, epoch):
-        order = torch.randperm(self.n_items, generator=epoch_generator(self.seed, epoch)).tolist()
-        groups_per_batch = self.batch_size // (self.k + 1)
-        batches, cursor = [], 0
-        for _ in range(self.n_items // self.batch_size):
-            batch, members = [], set()
+    def __len__(self):
+        return len(self.dataset)
 
-            def add(image):
-                if image not in members:
-                    members.add(image)
-                    batch.append(image)
+    def __getitem__(self, index):
+        neighbours = self.neighbours[index]  # [k]
+        return (*self.dataset[index], self.dataset.receiver_inputs[neighbours], neighbours)
 
-            for _ in range(groups_per_batch):  # each group adds at most k + 1 images: they always fit
-                anchor = order[cursor % self.n_items]
-                cursor += 1
-                add(anchor)
-                for neighbour in self.neighbours[anchor].tolist():
-                    add(neighbour)
-            while len(batch) < self.batch_size:  # random distractors
-                add(order[cursor % self.n_items])
-                cursor += 1
-            batches.append(batch)
-        return batches
+
+def collate_hard_batch(items, label_offset=0):
+    """EGG's batch of ``NeighbourSplit`` items: ``collate_game_batch``'s, with each target's neighbours in
+    ``aux_input``: ``neighbour_images`` ``[B, k, D]`` (their retriever embeddings) and ``neighbour_index``
+    ``[B, k]`` (their indices in the split)."""
+    sender_inputs, labels, receiver_inputs, aux_input = collate_game_batch([item[:3] for item in items], label_offset)
+    aux_input["neighbour_images"] = torch.stack([item[3] for item in items])
+    aux_input["neighbour_index"] = torch.stack([item[4] for item in items])
+    return sender_inputs, labels, receiver_inputs, aux_input
 
 
 def hard_distractor_loader(dataset, k, batch_size, seed, num_workers=0, rank=0, world_size=1):
-    """Training batches of the ``EncodedSplit`` ``dataset`` with k hard distractors per anchor (its receiver
-    inputs must be the retriever's cached features)."""
+    """Training batches of the ``EncodedSplit`` ``dataset`` in which every target brings its k nearest neighbours
+    (by the cached retriever embeddings, its receiver inputs): the epoch's order is ``training_loader``'s, so
+    every image is the target once per epoch and resuming is exact."""
+    if not 1 <= k < batch_size:
+        raise UsageError(f"--hard_distractors {k} must be between 1 and --batch_size - 1 ({batch_size - 1})")
+    sampler = EpochBatchSampler(len(dataset), batch_size, seed, rank=rank, world_size=world_size)  # checks sizes
     neighbours = cached_neighbours(dataset.receiver_inputs, k)
-    sampler = HardDistractorSampler(neighbours, k, batch_size, seed, rank=rank, world_size=world_size)
-    return sampled_loader(dataset, sampler, seed, num_workers)
+    return sampled_loader(NeighbourSplit(dataset, neighbours), sampler, seed, num_workers, collate=collate_hard_batch)

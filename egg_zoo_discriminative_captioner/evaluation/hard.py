@@ -83,11 +83,12 @@ class HardSets(list):
 
 @torch.no_grad()
 def nearest_neighbour_sets(image_embeddings, n_sets=500, set_size=10, max_cosine=0.8, seed=0, chunk=1024):
-    """Sets of a target and its ``set_size - 1`` nearest neighbours (cosine of the normalised ``image_embeddings``
-    ``[N, D]``), for ``n_sets`` targets drawn with ``seed``.  A neighbour above ``max_cosine`` with the target or
-    with an already chosen distractor is a near-duplicate and skipped; a target without enough neighbours is left
-    out.  The target sits first (the study shuffles the display order itself).  Returns ``HardSets``, a list
-    whose ``counts`` say why fewer than ``n_sets`` sets were built.
+    """``n_sets`` sets of a target and its ``set_size - 1`` nearest neighbours (cosine of the normalised
+    ``image_embeddings`` ``[N, D]``).  Targets are drawn in a random order (``seed``) until ``n_sets`` sets exist or
+    every image has been drawn, as the paper iterated over the test images.  A neighbour above ``max_cosine`` with
+    the target or with an already chosen distractor is a near-duplicate and skipped; a target already in a set, or
+    without enough neighbours, is passed over.  The target sits first (the study shuffles the display order
+    itself).  Returns ``HardSets``, a list whose ``counts`` say why fewer than ``n_sets`` sets were built.
 
     Test splits have at most ~10K images, so the similarities of a chunk of targets against the whole split
     (``[chunk, N]``, 40 MB at N = 10K) and their top-k fit in memory: an exact matmul + topk needs no index.
@@ -96,16 +97,21 @@ def nearest_neighbour_sets(image_embeddings, n_sets=500, set_size=10, max_cosine
     n = len(embeddings)
     if n < set_size:
         raise ValueError(f"a split of {n} images cannot make sets of {set_size}")
-    targets = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(n_sets, n)].tolist()
+    targets = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     k = min(n, 20 * set_size)  # enough neighbours to survive the near-duplicate filter
-    counts = NeighbourSetCounts(n_sets, n, set_size, max_cosine, min(k, n - 1), targets_drawn=len(targets))
+    counts = NeighbourSetCounts(n_sets, n, set_size, max_cosine, min(k, n - 1))
     sets, used = [], set()  # as in the paper, no image appears in two sets
     for start in range(0, len(targets), chunk):
+        if len(sets) >= n_sets:
+            break
         rows = torch.tensor(targets[start : start + chunk])
         similarity = embeddings[rows] @ embeddings.T  # [chunk, N]
         similarity[torch.arange(len(rows)), rows] = float("-inf")  # never the target itself
         neighbours = similarity.topk(k, dim=1).indices  # [chunk, k]
         for target, row in zip(rows.tolist(), neighbours.tolist()):
+            if len(sets) >= n_sets:
+                break
+            counts.targets_drawn += 1
             if target in used:
                 counts.target_in_a_set += 1
                 continue
