@@ -42,7 +42,10 @@ setup(
         f"{PACKAGE}.game_files": "games",  # the repository's games/ directory
         **{f"{PACKAGE}.{sub}": f"{SOURCE}/{sub}" for sub in SUBPACKAGES},
     },
-    package_data={f"{PACKAGE}.game_files": ["*.json"], f"{PACKAGE}.study": ["templates/*.html", "static/*"]},
+    package_data={
+        f"{PACKAGE}.game_files": ["*.json", "ablations/*.json"],
+        f"{PACKAGE}.study": ["templates/*.html", "static/*"],
+    },
     install_requires=[
         "torch>=2.4",  # torch.serialization.add_safe_globals (checkpoints load with weights_only)
         "torchvision",

@@ -4,6 +4,7 @@ They work on both cores (facebookresearch EGG's Trainer and the bundled one).  I
 ``InitialValidation`` first, ``EpochSetter`` before ``CheckpointWriter`` (which reads its position).
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -12,9 +13,9 @@ import time
 
 from tqdm.auto import tqdm
 
-from .checkpointing import RESUME_SUFFIX, atomic_save, resume_state_path, rng_states, save_resume_state, set_rng_states
+from .checkpointing import RESUME_SUFFIX, resume_state_path, rng_states, save_checkpoint_pair, set_rng_states
 from .core import core
-from .errors import UsageError
+from .errors import UsageError, WriteError
 
 
 class InitialValidation(core.Callback):
@@ -103,7 +104,10 @@ class CheckpointWriter(core.CheckpointSaver):
       (on an epoch's last batch it is written at the epoch's end instead);
     - SIGTERM (what SLURM sends before preempting a job) and SIGINT (Ctrl-C) let the current update finish,
       then write ``latest.tar``, print one line naming it and the command that resumes it, and exit with
-      128 + the signal number.  A second signal acts at once.
+      128 + the signal number.  A second signal acts at once.  During a validation, the checkpoint waits for
+      its end; after the last one, ``final.tar`` is the checkpoint (the final evaluation is what is left).
+    - a mid-epoch checkpoint that cannot be written (a full disk) is reported in one line and training goes on;
+      any other failed write ends the run with that line (``WriteError``).  The previous files stay intact.
     """
 
     LATEST = "latest"
@@ -143,7 +147,14 @@ class CheckpointWriter(core.CheckpointSaver):
         if batches_done >= self.position.n_batches():
             self.pending = True  # the epoch is over: on_epoch_end writes it as a complete epoch
             return
-        path = self.save_checkpoint(self.LATEST, completed=self.position.epoch - 1, batches_done=batches_done)
+        try:
+            path = self.save_checkpoint(self.LATEST, completed=self.position.epoch - 1, batches_done=batches_done)
+        except WriteError as error:
+            if self.signal is not None:  # stopping: the run ends with the error, the older checkpoints intact
+                raise
+            print(f"warning: {error}; training goes on, and tries again at the next mid-epoch checkpoint",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            return
         self._stop_if_signalled(path)
 
     def on_epoch_end(self, loss, logs, epoch):
@@ -160,12 +171,17 @@ class CheckpointWriter(core.CheckpointSaver):
             self._stop_if_signalled(self.save_checkpoint(self.LATEST, completed=epoch))
 
     def on_train_end(self):
-        super().on_train_end()
+        super().on_train_end()  # final.tar
         for signum, handler in self.previous_handlers.items():
             signal.signal(signum, handler)
         self.previous_handlers = {}
-        if self.signal is not None:  # arrived after the last update: act on it as if it came now
-            signal.raise_signal(self.signal)
+        if self.signal is not None:  # arrived after the last update and validation: training is complete
+            final = os.path.join(self.checkpoint_path, "final.tar")
+            name = signal.Signals(self.signal).name
+            print(f"{name}: training is complete ({final}), its final test evaluation is not: resume with: "
+                  f"{self.resume_command} --load_from_checkpoint {final} (it runs the final evaluation only)",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            sys.exit(128 + self.signal)
 
     # --- files ---------------------------------------------------------------------------------------------
 
@@ -177,8 +193,8 @@ class CheckpointWriter(core.CheckpointSaver):
         if len(self.get_checkpoint_files()) > self.max_checkpoints:
             self.remove_oldest_checkpoint()
         path = os.path.join(self.checkpoint_path, f"{filename}.tar")
-        atomic_save(self.get_checkpoint()._replace(epoch=completed), path)
-        save_resume_state(self.position.state(completed + 1, batches_done, self.updates), path)
+        checkpoint = self.get_checkpoint()._replace(epoch=completed)
+        save_checkpoint_pair(checkpoint, self.position.state(completed + 1, batches_done, self.updates), path)
         return path
 
     def remove_oldest_checkpoint(self):
@@ -207,6 +223,26 @@ class CheckpointWriter(core.CheckpointSaver):
         print(f"{name}: checkpoint written to {path}; resume with: {self.resume_command} --load_from_checkpoint "
               f"{path}", file=sys.stderr, flush=True)  # fmt: skip
         sys.exit(128 + self.signal)
+
+
+@contextlib.contextmanager
+def stop_on_signal(message):
+    """SIGTERM and SIGINT end the block at once: one line, ``"<SIGNAL>: <message>"``, and exit 128 + the signal
+    number (for work that leaves nothing to save, such as the final evaluation of a run whose final.tar exists).
+    Outside the main thread signals keep their handlers."""
+    def stop(signum, frame):
+        print(f"{signal.Signals(signum).name}: {message}", file=sys.stderr, flush=True)
+        sys.exit(128 + signum)
+
+    try:
+        previous = {signum: signal.signal(signum, stop) for signum in CheckpointWriter.SIGNALS}
+    except ValueError:  # not the main thread
+        previous = {}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def checkpoint_files(directory):

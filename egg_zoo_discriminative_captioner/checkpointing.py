@@ -13,16 +13,26 @@ import random
 import numpy as np
 import torch
 
-from .atomic import atomic_directory, atomic_path, atomic_write_text  # noqa: F401 (used from here too)
+from .atomic import RecordingFile, atomic_directory, atomic_path, atomic_write_text  # noqa: F401 (used from here too)
 from .errors import UsageError, unreadable_file
 
 RESUME_SUFFIX = ".resume.pt"
 
 
 def atomic_save(obj, path):
-    """``torch.save`` that never leaves a truncated file at ``path``."""
+    """``torch.save`` that never leaves a truncated file at ``path``; a failed write raises ``WriteError``."""
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        _save(obj, tmp)
+
+
+def _save(obj, path):
+    with RecordingFile(path, "wb") as f:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as error:
+            if f.error is None:
+                raise
+            raise f.error from error  # the file system's reason, which atomic_path reports
 
 
 # --- resume state ----------------------------------------------------------------------------------------------
@@ -68,6 +78,16 @@ def fingerprint(path, tail=1 << 16):
 def save_resume_state(state, checkpoint_path):
     """Writes ``state`` beside the (already written) checkpoint, tied to it by its fingerprint."""
     atomic_save({**state, "checkpoint": fingerprint(checkpoint_path)}, resume_state_path(checkpoint_path))
+
+
+def save_checkpoint_pair(checkpoint, state, path):
+    """Writes ``checkpoint`` to ``path`` and the resume ``state`` beside it, both in full before either replaces
+    its file: a failed write (``WriteError``) leaves the previous pair as it was."""
+    with atomic_path(path) as checkpoint_tmp:
+        _save(checkpoint, checkpoint_tmp)
+        state = {**state, "checkpoint": fingerprint(checkpoint_tmp)}
+        with atomic_path(resume_state_path(path)) as state_tmp:
+            _save(state, state_tmp)
 
 
 def load_resume_state(checkpoint_path):

@@ -20,6 +20,18 @@ class UsageError(Exception):
         self.multiline = multiline
 
 
+class WriteError(UsageError):
+    """A file that could not be written (no space, an I/O error, a read-only file system): its path and the
+    operating system's reason, in one line.  The file it was to replace is left as it was."""
+
+    def __init__(self, path, error):
+        reason = error.strerror or str(error)
+        kept = " (the previous file is intact)" if os.path.exists(path) else ""
+        super().__init__(f"cannot write {path}: {reason}{kept}")
+        self.path = path
+        self.reason = reason
+
+
 def missing_weights(what, source, flag, error):
     """A UsageError for weights that could not be loaded or downloaded, naming the flag that takes a local path."""
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -26,6 +26,7 @@ from .callbacks import (
     ProgressBar,
     checkpoint_files,
     log_line,
+    stop_on_signal,
 )
 from .checkpointing import atomic_write_text, load_resume_state, read_checkpoint
 from .core import core
@@ -36,7 +37,8 @@ from .experiment import build_experiment, training_splits, write_data_counts
 from .games import build_game, build_optimizer
 from .precision import training_precision
 
-RUN_FILES = ("opts.json", "clipcap.pt", "blip", LOG_FILE, "data_counts.json")  # what a run leaves, checkpoints aside
+FINAL_RESULTS = "final.json"  # the final test evaluation's results, written last: a run with it is complete
+RUN_FILES = ("opts.json", "clipcap.pt", "blip", LOG_FILE, "data_counts.json", FINAL_RESULTS)  # checkpoints aside
 
 
 def newest_checkpoint(directory):
@@ -110,7 +112,8 @@ def lock_run_directory(opts):
 
 def prepare_run(opts):
     """Checks paths and checkpoint files in seconds, before anything heavy, and locks the run directory; returns
-    the resume state (or None) and the lock (None without a --checkpoint_dir, and on ranks that do not write)."""
+    the resume state (or None), the results of a complete run being resumed (or None; see ``check_resume``) and
+    the lock (None without a --checkpoint_dir, and on ranks that do not write)."""
     training_precision(opts)  # an impossible precision fails here, before the models load
     if opts.hard_distractors and not 1 <= opts.hard_distractors < opts.batch_size:
         raise UsageError(f"--hard_distractors {opts.hard_distractors} must be between 1 and --batch_size - 1")
@@ -125,7 +128,7 @@ def prepare_run(opts):
             opts.load_from_checkpoint = newest_checkpoint(opts.checkpoint_dir)
         if opts.checkpoint_dir is not None:
             check_run_directory(opts)
-        return check_resume(opts), lock
+        return *check_resume(opts), lock
     except BaseException:
         if lock is not None:
             lock.release()
@@ -133,19 +136,42 @@ def prepare_run(opts):
 
 
 def check_resume(opts):
-    """The resume state of --load_from_checkpoint (None without one, or for a checkpoint without a state)."""
+    """``(resume state, results)`` of --load_from_checkpoint, ``(None, None)`` without one.
+
+    The resume state is None for a checkpoint without one.  A checkpoint that has trained all --n_epochs resumes
+    to the final test evaluation alone (a run stopped during it, or before it); the results are those of its
+    run's ``final.json`` when that run is complete and this launch continues it (then nothing is left to do).
+    """
     if opts.load_from_checkpoint is None:
-        return None
+        return None, None
     path = opts.load_from_checkpoint
     completed = read_checkpoint(path).epoch
     resume = load_resume_state(path)
-    if opts.n_epochs <= completed:
-        raise UsageError(f"{path} has trained {completed} epochs: nothing left to do with --n_epochs {opts.n_epochs} "
-                         f"(resume with a larger --n_epochs, e.g. --n_epochs {completed + 1})")  # fmt: skip
-    if resume is None:
+    if opts.n_epochs < completed:
+        raise UsageError(f"{path} has trained {completed} epochs, more than --n_epochs {opts.n_epochs}: resume it "
+                         f"with --n_epochs {completed} (its final evaluation) or more")  # fmt: skip
+    if opts.n_epochs == completed:
+        results = final_results(os.path.dirname(os.path.abspath(path)), completed)
+        if results is not None and (opts.checkpoint_dir is None or resumes_in_place(opts)):
+            return resume, results
+        print(f"# {path} has trained all {completed} epochs: running the final test evaluation only",
+              file=sys.stderr, flush=True)  # fmt: skip
+    elif resume is None:
         print(f"# {path} has no resume state (not written by this game?): resuming after epoch {completed} with "
               "this launch's random state", file=sys.stderr)  # fmt: skip
-    return resume
+    return resume, None
+
+
+def final_results(directory, epochs):
+    """The test results in ``directory``'s ``final.json`` if they are those of a run of ``epochs`` epochs."""
+    try:
+        with open(os.path.join(directory, FINAL_RESULTS)) as f:
+            results = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(results, dict) or results.get("epoch") != epochs:
+        return None
+    return {key: value for key, value in results.items() if key != "epoch"}
 
 
 def save_options(opts, directory):
@@ -175,8 +201,14 @@ def build_trainer(opts, game, optimizer, train_loader, validation_loader, callba
 def finetune(opts, params):
     """Finetunes a captioner with DiscriTune (``params``: the command line, for the printed resume command);
     returns the test-split metrics of the finetuned captioner."""
-    resume, lock = prepare_run(opts)
+    resume, results, lock = prepare_run(opts)
     with lock or contextlib.nullcontext():  # released however the run ends: done, an error, SIGTERM's exit
+        if results is not None:  # e.g. a requeued --preemptable job whose run had ended
+            directory = os.path.dirname(os.path.abspath(opts.load_from_checkpoint))
+            print(f"run complete: its final test results are in {os.path.join(directory, FINAL_RESULTS)} "
+                  f"(P@1 {results.get('acc', float('nan')):.4f}); nothing left to do (train further with a larger "
+                  f"--n_epochs)", flush=True)  # fmt: skip
+            return results
         return train_run(opts, params, resume)
 
 
@@ -207,12 +239,12 @@ def train_run(opts, params, resume):
     if context.is_leader:  # the other ranks of a distributed run neither print nor save
         log_file = os.path.join(opts.checkpoint_dir, LOG_FILE) if opts.checkpoint_dir else None
         callbacks += [ConsoleLogger(log_file=log_file), ProgressBar(len(train_loader))]
+    resume_command = ("python -m egg.zoo.discriminative_captioner.train " + shlex.join(params)).strip()
     if opts.checkpoint_dir and context.is_leader:
-        resume_command = "python -m egg.zoo.discriminative_captioner.train " + shlex.join(params)
         callbacks.append(
             CheckpointWriter(opts.checkpoint_dir, position, checkpoint_freq=opts.checkpoint_freq,
                              checkpoint_every=opts.checkpoint_every, update_freq=opts.update_freq,
-                             resume_command=resume_command.strip(), updates=resume["updates"] if resume else 0)
+                             resume_command=resume_command, updates=resume["updates"] if resume else 0)
         )  # fmt: skip
     trainer = build_trainer(opts, game, optimizer, train_loader, validation_loader, callbacks)
     if opts.checkpoint_dir and context.is_leader:
@@ -222,14 +254,21 @@ def train_run(opts, params, resume):
         write_data_counts(opts.checkpoint_dir, [train_set, validation_set, test_set])
     trainer.train(n_epochs=opts.n_epochs)
 
-    loss, logs = trainer.eval(retrieval_loader(test_set, opts.eval_candidates, **evaluation_options))
-    results = {"loss": loss, **{key: value.mean().item() for key, value in logs.aux.items()}}
-    if context.is_leader:
-        log_line({**results, "mode": "final", "split": "test", "epoch": opts.n_epochs}, log_file)
-    if opts.checkpoint_dir and context.is_leader:
-        saved = experiment.captioner.save_pretrained(opts.checkpoint_dir)
-        print(f"run in {opts.checkpoint_dir}/: checkpoints final.tar and <epoch>.tar, the finetuned captioner "
-              f"{saved}, opts.json, {LOG_FILE}", flush=True)
+    writes = opts.checkpoint_dir and context.is_leader
+    final = os.path.join(opts.checkpoint_dir or "", "final.tar")
+    stopped = (f"training is complete ({final}), its final test evaluation is not: resume with: {resume_command} "
+               f"--load_from_checkpoint {final} (it runs the final evaluation only)") if writes else ""  # fmt: skip
+    with stop_on_signal(stopped) if writes else contextlib.nullcontext():
+        loss, logs = trainer.eval(retrieval_loader(test_set, opts.eval_candidates, **evaluation_options))
+        results = {"loss": loss, **{key: value.mean().item() for key, value in logs.aux.items()}}
+        if context.is_leader:
+            log_line({**results, "mode": "final", "split": "test", "epoch": opts.n_epochs}, log_file)
+        if writes:
+            saved = experiment.captioner.save_pretrained(opts.checkpoint_dir)
+            final_json = json.dumps({**results, "epoch": opts.n_epochs}, indent=2)
+            atomic_write_text(final_json, os.path.join(opts.checkpoint_dir, FINAL_RESULTS))  # last: the run is done
+            print(f"run in {opts.checkpoint_dir}/: checkpoints final.tar and <epoch>.tar, the finetuned captioner "
+                  f"{saved}, {FINAL_RESULTS}, opts.json, {LOG_FILE}", flush=True)
     core.close()
     distributed.close()
     return results

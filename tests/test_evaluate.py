@@ -55,6 +55,8 @@ def test_evaluate_writes_records_tables_captions_stimuli_and_plots(tiny_run_args
     assert (out / "p_at_1.png").read_bytes()[:4] == b"\x89PNG"
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["lemmas"]) == {"synthetic", "synthetic_descriptive"}
+    hard_sets = summary["hard_sets"]["synthetic"]["nearest_neighbours"]  # the stimuli where they are, not staged
+    assert hard_sets["stimuli"] == str(out / "stimuli_synthetic_nearest_neighbours" / "stimuli.json")
 
 
 def test_training_curves_from_a_log(tiny_run_args, tmp_path):
@@ -63,7 +65,8 @@ def test_training_curves_from_a_log(tiny_run_args, tmp_path):
                    '{"loss": 1, "acc": 0.3, "reward": -2, "mode": "train", "epoch": 1}\n'
                    '{"loss": 1, "acc": 0.4, "reward": -1, "mode": "test", "epoch": 1}\n')  # fmt: skip
     out = tmp_path / "eval"
-    evaluate.main(tiny_run_args + ["--no-nlg", "--hard_sets", "0", "--training_log", str(log), "--output_dir", str(out)])
+    options = ["--no-nlg", "--hard_sets", "0", "--training_log", str(log), "--output_dir", str(out)]
+    evaluate.main(tiny_run_args + options)
     assert (out / "training_train.png").read_bytes()[:4] == b"\x89PNG"
 
 

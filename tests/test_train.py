@@ -31,7 +31,8 @@ def test_one_epoch_logs_epoch_zero_then_each_epoch_and_saves_checkpoints(tiny_ru
         assert {"loss", "acc", "reward", "mode", "epoch"} <= set(line)
     assert 0 <= results["acc"] <= 1
     assert sorted(os.listdir(run)) == [
-        "1.resume.pt", "1.tar", "clipcap.pt", "data_counts.json", "final.resume.pt", "final.tar", "log.jsonl", "opts.json"
+        "1.resume.pt", "1.tar", "clipcap.pt", "data_counts.json", "final.json", "final.resume.pt", "final.tar",
+        "log.jsonl", "opts.json",
     ]  # fmt: skip
     mask = os.umask(0)
     os.umask(mask)
@@ -142,19 +143,22 @@ def test_a_run_never_replaces_another_runs_results(tiny_run_args, tmp_path, no_h
     run = previous_run(tmp_path / "run")
     with pytest.raises(UsageError, match="holds another run .*--overwrite"):
         train.main(tiny_run_args + ["--checkpoint_dir", str(run)])
-    with pytest.raises(UsageError, match="cannot resume from .*final.tar: it is a PyTorch file but not an EGG checkpoint"):
+    not_a_checkpoint = "cannot resume from .*final.tar: it is a PyTorch file but not an EGG checkpoint"
+    with pytest.raises(UsageError, match=not_a_checkpoint):
         train.main(tiny_run_args + ["--checkpoint_dir", str(run), "--load_from_checkpoint", str(run / "final.tar")])
     assert (run / "opts.json").read_text() == '{"previous": true}' and (run / "clipcap.pt").read_bytes() == b"weights"
     with pytest.raises(AssertionError, match="heavy work started"):  # told to: it goes ahead
         train.main(tiny_run_args + ["--checkpoint_dir", str(run), "--overwrite"])
 
 
-def test_resuming_needs_epochs_left(tiny_run_args, tmp_path, no_heavy_work):
+def test_resuming_needs_no_more_epochs_than_asked(tiny_run_args, tmp_path, no_heavy_work):
     run = tmp_path / "run"
     run.mkdir()
     torch.save(Checkpoint(epoch=2, model_state_dict={}, optimizer_state_dict={}, optimizer_scheduler_state_dict=None),
                run / "2.tar")  # fmt: skip
-    with pytest.raises(UsageError, match="has trained 2 epochs: nothing left to do with --n_epochs 2"):
+    with pytest.raises(UsageError, match="has trained 2 epochs, more than --n_epochs 1: resume it with --n_epochs 2"):
+        train.main(tiny_run_args + ["--load_from_checkpoint", str(run / "2.tar"), "--n_epochs", "1"])
+    with pytest.raises(AssertionError, match="heavy work started"):  # all epochs trained: the final evaluation
         train.main(tiny_run_args + ["--load_from_checkpoint", str(run / "2.tar"), "--n_epochs", "2"])
 
 

@@ -92,7 +92,7 @@ def evaluate_dataset(opts, name, specs, lemmatizer, out):
         if getattr(source_sets, "note", None):  # why fewer sets than asked
             hard_results[source]["note"] = source_sets.note
         if source_sets:
-            hard_results[source]["stimuli"] = hard.write_stimuli(
+            written = hard.write_stimuli(
                 os.path.join(out, f"stimuli_{name}_{source}"),
                 source_sets,
                 split,
@@ -101,6 +101,8 @@ def evaluate_dataset(opts, name, specs, lemmatizer, out):
                 dataset=name,
                 source=source,
             )
+            # where it will be once the staged outputs are moved into --output_dir
+            hard_results[source]["stimuli"] = os.path.join(opts.output_dir, os.path.relpath(written, out))
 
     references = {image_id: refs for image_id, refs in zip(split.ids, split.references)}
     records, caption_rows = [], []
