@@ -25,12 +25,12 @@ BUDGET = 30.0
 
 def world_inputs(n_images, cache_dir):
     """The world's CLIP, ``n_images`` images' embeddings (train split first rows) and their alt-text captions."""
+    import clip
+
     from egg.zoo.discriminative_captioner.clip_models import clip_transform
     from egg.zoo.discriminative_captioner.data import encode_images
     from egg.zoo.discriminative_captioner.retrievers.clip import ClipRetriever
     from egg.zoo.discriminative_captioner.synthetic import load_world
-
-    import clip
 
     world = load_world(cache_dir, "default", progress=False)
     state = torch.load(os.path.join(world.directory, "retriever.pt"), map_location="cpu", weights_only=True)

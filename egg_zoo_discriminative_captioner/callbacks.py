@@ -13,6 +13,7 @@ import time
 
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpointing import RESUME_SUFFIX, resume_state_path, rng_states, save_checkpoint_pair, set_rng_states
 from .core import core
 from .errors import UsageError, WriteError
@@ -49,7 +50,9 @@ class EpochSetter(core.Callback):
 
     Each epoch's order is a function of (seed, epoch).  ``resume_from(state)`` takes a resume state (see
     ``checkpointing``): the sampler's seed, the epoch in progress, the batches of it already trained, and the
-    random generators' states, which are restored right before that epoch's first remaining batch.
+    random generators' states, which are restored right before that epoch's first remaining batch.  In a
+    data-parallel run the state holds every rank's generators (``rank_rng``), and each rank restores its own;
+    resumed with another number of ranks (``--allow_world_size_change``), each keeps this launch's.
     """
 
     def __init__(self, sampler):
@@ -79,20 +82,27 @@ class EpochSetter(core.Callback):
             if state["epoch"] != epoch:
                 raise RuntimeError(f"the resume state continues epoch {state['epoch']}, the Trainer starts {epoch}")
             self.offset = self.sampler.start_batch = state["batches_done"]
-            set_rng_states(state["rng"])
+            rank, world_size = distributed.rank_and_world_size()
+            ranks = state.get("rank_rng") or [state["rng"]]  # states written before rank_rng hold the leader's
+            if len(ranks) == world_size:
+                set_rng_states(ranks[rank])
 
     def n_batches(self):
         """Batches in a whole epoch."""
         return len(self.sampler)
 
     def state(self, epoch, batches_done, updates):
-        """A resume state that continues ``epoch`` after ``batches_done`` of its batches."""
+        """A resume state that continues ``epoch`` after ``batches_done`` of its batches.  A collective in a
+        data-parallel run: every rank's generators are gathered (``rank_rng``, in rank order)."""
+        ranks = distributed.gather_objects(rng_states())
         return {
             "sampler": self.sampler.state_dict(),
             "epoch": epoch,
             "batches_done": batches_done,
             "updates": updates,
-            "rng": rng_states(),
+            "rng": ranks[0],
+            "rank_rng": ranks,
+            "world_size": len(ranks),
         }
 
 
@@ -108,14 +118,18 @@ class CheckpointWriter(core.CheckpointSaver):
       its end; after the last one, ``final.tar`` is the checkpoint (the final evaluation is what is left).
     - a mid-epoch checkpoint that cannot be written (a full disk) is reported in one line and training goes on;
       any other failed write ends the run with that line (``WriteError``).  The previous files stay intact.
+    - in a data-parallel run every rank has one (``writes`` on the leader only): the ranks agree on each update
+      whether a signal has come to any of them, gather their random states into the leader's checkpoint, and
+      stop together once it is written.
     """
 
     LATEST = "latest"
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self, checkpoint_path, position, checkpoint_freq=1, checkpoint_every=0, update_freq=1,
-                 resume_command="", updates=0):  # fmt: skip
+                 resume_command="", updates=0, writes=True):  # fmt: skip
         super().__init__(checkpoint_path, checkpoint_freq=checkpoint_freq)
+        self.writes = writes
         self.position = position
         self.checkpoint_every = checkpoint_every
         self.update_freq = update_freq
@@ -140,7 +154,7 @@ class CheckpointWriter(core.CheckpointSaver):
         if not is_training or (batch_id + 1) % self.update_freq:
             return
         self.updates += 1
-        due = self.signal is not None or (self.checkpoint_every and self.updates % self.checkpoint_every == 0)
+        due = self._signalled() or (self.checkpoint_every and self.updates % self.checkpoint_every == 0)
         if not due:
             return
         batches_done = self.position.offset + batch_id + 1
@@ -149,17 +163,17 @@ class CheckpointWriter(core.CheckpointSaver):
             return
         try:
             path = self.save_checkpoint(self.LATEST, completed=self.position.epoch - 1, batches_done=batches_done)
-        except WriteError as error:
+        except WriteError as error:  # only the leader writes
             if self.signal is not None:  # stopping: the run ends with the error, the older checkpoints intact
                 raise
             print(f"warning: {error}; training goes on, and tries again at the next mid-epoch checkpoint",
                   file=sys.stderr, flush=True)  # fmt: skip
-            return
+            path = None
         self._stop_if_signalled(path)
 
     def on_epoch_end(self, loss, logs, epoch):
         super().on_epoch_end(loss, logs, epoch)
-        stop_now = self.signal is not None and not self._validates(epoch)
+        stop_now = self._signalled() and not self._validates(epoch)
         if self.pending or stop_now:
             self.pending = False
             path = self.save_checkpoint(self.LATEST, completed=epoch)
@@ -167,7 +181,7 @@ class CheckpointWriter(core.CheckpointSaver):
                 self._stop_if_signalled(path)
 
     def on_validation_end(self, loss, logs, epoch):
-        if self.signal is not None:
+        if self._signalled():
             self._stop_if_signalled(self.save_checkpoint(self.LATEST, completed=epoch))
 
     def on_train_end(self):
@@ -175,13 +189,12 @@ class CheckpointWriter(core.CheckpointSaver):
         for signum, handler in self.previous_handlers.items():
             signal.signal(signum, handler)
         self.previous_handlers = {}
-        if self.signal is not None:  # arrived after the last update and validation: training is complete
+        signum = self._signalled()
+        if signum:  # arrived after the last update and validation: training is complete
             final = os.path.join(self.checkpoint_path, "final.tar")
-            name = signal.Signals(self.signal).name
-            print(f"{name}: training is complete ({final}), its final test evaluation is not: resume with: "
-                  f"{self.resume_command} --load_from_checkpoint {final} (it runs the final evaluation only)",
-                  file=sys.stderr, flush=True)  # fmt: skip
-            sys.exit(128 + self.signal)
+            self._exit(signum, f"training is complete ({final}), its final test evaluation is not: resume with: "
+                               f"{self.resume_command} --load_from_checkpoint {final} (it runs the final evaluation "
+                               "only)")  # fmt: skip
 
     # --- files ---------------------------------------------------------------------------------------------
 
@@ -189,12 +202,14 @@ class CheckpointWriter(core.CheckpointSaver):
         """Writes ``<filename>.tar`` (resuming continues after ``completed`` epochs and ``batches_done`` batches of
         the next one) and its resume state; returns the path."""
         completed = self.epoch_counter if completed is None else completed
+        path = os.path.join(self.checkpoint_path, f"{filename}.tar")
+        state = self.position.state(completed + 1, batches_done, self.updates)  # on every rank: it gathers
+        if not self.writes:
+            return path
         os.makedirs(self.checkpoint_path, exist_ok=True)
         if len(self.get_checkpoint_files()) > self.max_checkpoints:
             self.remove_oldest_checkpoint()
-        path = os.path.join(self.checkpoint_path, f"{filename}.tar")
-        checkpoint = self.get_checkpoint()._replace(epoch=completed)
-        save_checkpoint_pair(checkpoint, self.position.state(completed + 1, batches_done, self.updates), path)
+        save_checkpoint_pair(self.get_checkpoint()._replace(epoch=completed), state, path)
         return path
 
     def remove_oldest_checkpoint(self):
@@ -216,22 +231,38 @@ class CheckpointWriter(core.CheckpointSaver):
             return False
         return epoch % trainer.validation_freq == 0
 
+    def _signalled(self):
+        """The signal that has come to this process or, in a data-parallel run, to any rank (0: none).  A
+        collective there: every rank asks at the same points, so all checkpoint and stop at the same update."""
+        return distributed.max_over_ranks(self.signal or 0)
+
     def _stop_if_signalled(self, path):
-        if self.signal is None:
-            return
-        name = signal.Signals(self.signal).name
-        print(f"{name}: checkpoint written to {path}; resume with: {self.resume_command} --load_from_checkpoint "
-              f"{path}", file=sys.stderr, flush=True)  # fmt: skip
-        sys.exit(128 + self.signal)
+        """Stops if a signal has come (a collective); ``path`` is the checkpoint just written, None if it failed."""
+        signum = self._signalled()
+        if signum and path is None:
+            self._exit(signum, f"the checkpoint could not be written (above); resume from the newest one in "
+                               f"{self.checkpoint_path} with: {self.resume_command} --preemptable")  # fmt: skip
+        if signum:
+            self._exit(signum, f"checkpoint written to {path}; resume with: {self.resume_command} "
+                               f"--load_from_checkpoint {path}")  # fmt: skip
+
+    def _exit(self, signum, message):
+        """Every rank exits with 128 + ``signum`` once the leader's files are written; the leader says why."""
+        distributed.barrier()
+        if self.writes:
+            print(f"{signal.Signals(signum).name}: {message}", file=sys.stderr, flush=True)
+        distributed.close()
+        sys.exit(128 + signum)
 
 
 @contextlib.contextmanager
-def stop_on_signal(message):
-    """SIGTERM and SIGINT end the block at once: one line, ``"<SIGNAL>: <message>"``, and exit 128 + the signal
-    number (for work that leaves nothing to save, such as the final evaluation of a run whose final.tar exists).
-    Outside the main thread signals keep their handlers."""
+def stop_on_signal(message=None):
+    """SIGTERM and SIGINT end the block at once: one line, ``"<SIGNAL>: <message>"`` (none without a message), and
+    exit 128 + the signal number (for work that leaves nothing to save, such as the final evaluation of a run
+    whose final.tar exists).  Outside the main thread signals keep their handlers."""
     def stop(signum, frame):
-        print(f"{signal.Signals(signum).name}: {message}", file=sys.stderr, flush=True)
+        if message:
+            print(f"{signal.Signals(signum).name}: {message}", file=sys.stderr, flush=True)
         sys.exit(128 + signum)
 
     try:

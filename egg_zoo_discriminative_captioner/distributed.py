@@ -18,6 +18,9 @@ so GPUs only; the bundled core: NCCL on GPUs, gloo on the CPU), and its Trainer 
 - Batch statistics see the global batch: the running-mean baseline is updated with every rank's costs (so all
   ranks hold the same baseline, equal to the single-process one), and ``--standardize_advantage`` uses the
   global batch's mean and standard deviation.
+- Checkpoints: every rank runs the checkpoint callback, the leader alone writes.  The ranks agree after each
+  update whether a signal has come to any of them (``max_over_ranks``), so all stop at the same update, and each
+  checkpoint gathers every rank's random states (``gather_objects``), which each rank restores on resume.
 - Evaluation is split too.  Each candidate set of the retrieval protocol is one batch: every rank loads the set's C
   candidates (cached retriever embeddings) and captions a contiguous share of ceil(T / W) of its T targets, W being
   the number of ranks (``data.retrieval_loader``); shares that come up short are filled with copies of the set's
@@ -101,14 +104,47 @@ def leader_first(opts):
 
 def close():
     """Leaves the process group at the end of a run (a no-op in a single-process run)."""
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.destroy_process_group()
+
+
+def is_initialized():
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank_and_world_size():
+    """``(rank, world size)`` of this process: ``(0, 1)`` outside a process group."""
+    return (dist.get_rank(), dist.get_world_size()) if is_initialized() else (0, 1)
+
+
+def max_over_ranks(value):
+    """The largest of every rank's integer ``value`` (a collective: every rank calls it at the same point);
+    ``value`` itself in a single-process run."""
+    if not is_initialized():
+        return value
+    reduced = torch.tensor([value], dtype=torch.long, device=_backend_device())
+    dist.all_reduce(reduced, op=dist.ReduceOp.MAX)
+    return int(reduced.item())
+
+
+def gather_objects(value):
+    """Every rank's picklable ``value``, in rank order (a collective); ``[value]`` in a single-process run."""
+    if not is_initialized():
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def barrier():
+    if is_initialized():
+        dist.barrier()
 
 
 def all_gather(values):
     """Every rank's ``values`` ``[B_local, ...]`` concatenated in rank order, ``[B_global, ...]``, without
     gradient; the values themselves in a single-process run."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_initialized():
         return values
     return gather_tensor(values)
 

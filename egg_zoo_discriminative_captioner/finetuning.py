@@ -150,6 +150,7 @@ def check_resume(opts):
     if opts.n_epochs < completed:
         raise UsageError(f"{path} has trained {completed} epochs, more than --n_epochs {opts.n_epochs}: resume it "
                          f"with --n_epochs {completed} (its final evaluation) or more")  # fmt: skip
+    check_world_size(opts, path, resume)
     if opts.n_epochs == completed:
         results = final_results(os.path.dirname(os.path.abspath(path)), completed)
         if results is not None and (opts.checkpoint_dir is None or resumes_in_place(opts)):
@@ -160,6 +161,21 @@ def check_resume(opts):
         print(f"# {path} has no resume state (not written by this game?): resuming after epoch {completed} with "
               "this launch's random state", file=sys.stderr)  # fmt: skip
     return resume, None
+
+
+def check_world_size(opts, path, resume):
+    """A checkpoint resumes exactly only with the number of processes that wrote it: each restores its own random
+    state.  Another number is refused unless --allow_world_size_change."""
+    saved = (resume or {}).get("world_size", 1)
+    world_size = opts.distributed_context.world_size
+    if resume is None or saved == world_size:
+        return
+    if not getattr(opts, "allow_world_size_change", False):
+        raise UsageError(f"{path} was written by {saved} processes, this run has {world_size}: resume it with "
+                         f"{saved}, or pass --allow_world_size_change (the epoch goes on from its saved batch, "
+                         "with other random states)")  # fmt: skip
+    print(f"# {path} was written by {saved} processes, this run has {world_size}: the epoch goes on from batch "
+          f"{resume['batches_done']}, with this launch's random states", file=sys.stderr, flush=True)  # fmt: skip
 
 
 def final_results(directory, epochs):
@@ -240,11 +256,12 @@ def train_run(opts, params, resume):
         log_file = os.path.join(opts.checkpoint_dir, LOG_FILE) if opts.checkpoint_dir else None
         callbacks += [ConsoleLogger(log_file=log_file), ProgressBar(len(train_loader))]
     resume_command = ("python -m egg.zoo.discriminative_captioner.train " + shlex.join(params)).strip()
-    if opts.checkpoint_dir and context.is_leader:
+    if opts.checkpoint_dir:  # on every rank: the ranks checkpoint and stop together, the leader writes
         callbacks.append(
             CheckpointWriter(opts.checkpoint_dir, position, checkpoint_freq=opts.checkpoint_freq,
                              checkpoint_every=opts.checkpoint_every, update_freq=opts.update_freq,
-                             resume_command=resume_command, updates=resume["updates"] if resume else 0)
+                             resume_command=resume_command, updates=resume["updates"] if resume else 0,
+                             writes=context.is_leader)
         )  # fmt: skip
     trainer = build_trainer(opts, game, optimizer, train_loader, validation_loader, callbacks)
     if opts.checkpoint_dir and context.is_leader:
@@ -257,8 +274,8 @@ def train_run(opts, params, resume):
     writes = opts.checkpoint_dir and context.is_leader
     final = os.path.join(opts.checkpoint_dir or "", "final.tar")
     stopped = (f"training is complete ({final}), its final test evaluation is not: resume with: {resume_command} "
-               f"--load_from_checkpoint {final} (it runs the final evaluation only)") if writes else ""  # fmt: skip
-    with stop_on_signal(stopped) if writes else contextlib.nullcontext():
+               f"--load_from_checkpoint {final} (it runs the final evaluation only)") if writes else None  # fmt: skip
+    with stop_on_signal(stopped) if opts.checkpoint_dir else contextlib.nullcontext():
         loss, logs = trainer.eval(retrieval_loader(test_set, opts.eval_candidates, **evaluation_options))
         results = {"loss": loss, **{key: value.mean().item() for key, value in logs.aux.items()}}
         if context.is_leader:

@@ -25,7 +25,7 @@ RETRIEVER_GROUP = "retriever"
 TRAINING_ONLY = {
     "random_seed", "checkpoint_dir", "preemptable", "checkpoint_freq", "validation_freq", "n_epochs", "optimizer",
     "lr", "update_freq", "tensorboard", "tensorboard_dir", "distributed_port", "fp16", "greedy_rollouts",
-    "checkpoint_every", "hard_distractors", "blip_train_vision", "validation_images",
+    "checkpoint_every", "hard_distractors", "blip_train_vision", "validation_images", "allow_world_size_change",
 }  # fmt: skip
 UNUSED = {
     "train": set(),
@@ -334,6 +334,13 @@ def add_run_options(parser):
         type=int,
         default=0,
         help="also write a resumable checkpoint (latest.tar) every N optimizer updates, within epochs (0: off)",
+    )
+    group.add_argument(
+        "--allow_world_size_change",
+        action="store_true",
+        help="resume a checkpoint written by another number of processes: the interrupted epoch goes on from the "
+        "saved batch, but the processes' random states cannot be carried over (the rollouts differ from an "
+        "uninterrupted run's)",
     )
 
 

@@ -127,7 +127,7 @@ def write_concadia(root):
         names = [f"{row + i}.jpg" for i in range(GOOD + 3)]
         write_images(os.path.join(root, "images"), names, seed=row)
         for name in names:
-            text = lambda kind: {"raw": f"{kind} of {name}", "tokens": [kind, "of", name]}  # noqa: E731
+            text = lambda kind, name=name: {"raw": f"{kind} of {name}", "tokens": [kind, "of", name]}  # noqa: E731
             entries.append({"article_id": row // 4, "filename": name, "orig_filename": f"File:{name}",
                             "split": split, "caption": text("caption"), "description": text("description"),
                             "context": text("context")})  # fmt: skip

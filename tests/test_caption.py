@@ -28,8 +28,8 @@ def test_caption_files_folders_and_globs_skipping_unreadable_images(tiny_run_arg
                                          "--batch_size", "2", "--output", str(out)])  # fmt: skip
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert written == rows
-    assert [r["image"] for r in rows] == [str(images / p) for p in
-                                          ("photos/a.png", "photos/b.jpg", "photos/more/c.png", "single.png")]  # fmt: skip
+    expected = ("photos/a.png", "photos/b.jpg", "photos/more/c.png", "single.png")
+    assert [r["image"] for r in rows] == [str(images / p) for p in expected]
     assert all(isinstance(r["caption"], str) for r in rows)
     err = capsys.readouterr().err
     assert "skipped " + str(images / "photos/broken.png") in err and "missing.png" in err

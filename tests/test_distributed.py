@@ -15,21 +15,25 @@ import contextlib
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from egg.zoo.discriminative_captioner import distributed
+from egg.zoo.discriminative_captioner import distributed, finetuning, train
 from egg.zoo.discriminative_captioner.callbacks import ConsoleLogger, EpochSetter
 from egg.zoo.discriminative_captioner.captioners.clipcap import ClipCapCaptioner, ClipCapConfig, ClipCapModel
+from egg.zoo.discriminative_captioner.checkpointing import save_checkpoint_pair
 from egg.zoo.discriminative_captioner.clip_models import clip_transform
-from egg.zoo.discriminative_captioner.core import core
+from egg.zoo.discriminative_captioner.core import Checkpoint, core
 from egg.zoo.discriminative_captioner.data import EncodedSplit, ImageSplit, retrieval_loader, training_loader
 from egg.zoo.discriminative_captioner.data.base import retrieval_share
 from egg.zoo.discriminative_captioner.data.hard_distractors import hard_distractor_loader
+from egg.zoo.discriminative_captioner.data.samplers import EpochBatchSampler
 from egg.zoo.discriminative_captioner.errors import UsageError
 from egg.zoo.discriminative_captioner.games import build_game, build_optimizer
 from egg.zoo.discriminative_captioner.retrievers.clip import ClipRetriever
@@ -278,3 +282,60 @@ def test_torchrun_trains_like_one_process(tiny_run_args, tmp_path):
                 tolerance[width : 2 * width] = 12 * 1e-4
             assert ((got - value).abs() <= tolerance).all(), key
     assert sorted(os.listdir(tmp_path / "two")) == sorted(os.listdir(tmp_path / "one"))
+
+
+def torchrun(args, env, **kwargs):
+    """``train`` under ``torchrun --nproc_per_node 2`` (two CPU processes, gloo)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+               "egg.zoo.discriminative_captioner.train", *args]  # fmt: skip
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+@pytest.mark.slow  # three two-process runs per case (one to three minutes on a shared 2-core machine)
+@pytest.mark.parametrize("options", [[], ["--hard_distractors", "3"]], ids=["random", "hard-distractors"])
+def test_two_processes_stopped_by_sigterm_mid_epoch_resume_to_the_straight_runs_end(options, tiny_run_args, tmp_path):
+    """SIGTERM to torchrun (which passes it to both ranks) mid-epoch: the ranks agree on the update to stop at,
+    the leader's checkpoint holds both ranks' random states, and the resumed run ends bitwise where the straight
+    two-process run ends.  Rollouts are sampled, so each rank's own random state matters."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    args = tiny_run_args + ["--random_seed", "3"] + options
+    straight = torchrun(args + ["--checkpoint_dir", str(tmp_path / "straight")], env)
+    assert straight.wait(timeout=600) == 0, straight.communicate()[1][-3000:]
+
+    run = tmp_path / "run"
+    interrupted = torchrun(args + ["--checkpoint_dir", str(run), "--checkpoint_every", "1"], env)
+    deadline = time.monotonic() + 600
+    while not (run / "latest.resume.pt").exists():
+        assert interrupted.poll() is None and time.monotonic() < deadline, interrupted.communicate()[1][-3000:]
+        time.sleep(0.02)
+    interrupted.send_signal(signal.SIGTERM)
+    _, stderr = interrupted.communicate(timeout=600)
+    assert f"SIGTERM: checkpoint written to {run / 'latest.tar'}" in stderr, stderr[-3000:]
+    state = torch.load(run / "latest.resume.pt", weights_only=True)
+    assert state["world_size"] == 2 and len(state["rank_rng"]) == 2 and 0 < state["batches_done"] < 12
+    assert not torch.equal(state["rank_rng"][0]["torch"], state["rank_rng"][1]["torch"])
+
+    resumed = torchrun(args + ["--checkpoint_dir", str(run), "--load_from_checkpoint", str(run / "latest.tar")], env)
+    assert resumed.wait(timeout=600) == 0, resumed.communicate()[1][-3000:]
+    expected = torch.load(tmp_path / "straight" / "clipcap.pt", weights_only=True)
+    actual = torch.load(run / "clipcap.pt", weights_only=True)
+    assert all(torch.equal(actual[key], expected[key]) for key in expected)  # bitwise
+    final = [json.loads((directory / "final.json").read_text()) for directory in (tmp_path / "straight", run)]
+    assert final[0] == final[1]
+
+
+def test_a_checkpoint_resumes_only_with_the_number_of_processes_that_wrote_it(tiny_run_args, tmp_path, monkeypatch):
+    def refuse(opts):
+        raise AssertionError("heavy work started")
+
+    monkeypatch.setattr(finetuning, "build_experiment", refuse)
+    state = EpochSetter(EpochBatchSampler(600, 50, seed=0)).state(epoch=1, batches_done=5, updates=5)
+    state.update(world_size=2, rank_rng=[state["rng"], state["rng"]])  # as two processes write it
+    checkpoint = Checkpoint(epoch=0, model_state_dict={}, optimizer_state_dict={}, optimizer_scheduler_state_dict=None)
+    save_checkpoint_pair(checkpoint, state, str(tmp_path / "latest.tar"))
+    resume = tiny_run_args + ["--load_from_checkpoint", str(tmp_path / "latest.tar")]
+    with pytest.raises(UsageError, match="written by 2 processes, this run has 1: resume it with 2, or pass "
+                                         "--allow_world_size_change"):  # fmt: skip
+        train.main(resume)
+    with pytest.raises(AssertionError, match="heavy work started"):  # allowed: it goes ahead
+        train.main(resume + ["--allow_world_size_change"])

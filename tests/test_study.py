@@ -268,6 +268,29 @@ def test_an_answer_sent_twice_is_stored_once(client, tiny_study):
     assert stored_rows(study_dir) == before and len(before[0]) == 1
 
 
+def test_a_copy_from_another_tab_that_loses_the_race_still_counts_the_answer(client, tiny_study, monkeypatch):
+    """Two tabs send the same answer at once: both find the trial unanswered, the other tab's insert wins.
+
+    The losing copy stores nothing, yet its reply must count the trial as answered (it used to say
+    ``answered: 0`` for trial 0: benchmarks/study_load.py found it with two tabs).
+    """
+    from egg.zoo.discriminative_captioner.study import store
+
+    study_dir, design = tiny_study
+    participant = design["participants"][3]
+    client.post(f"/api/{participant['id']}/start")
+    add_answer = store.Store.add_answer
+
+    def other_tab_first(self, record):
+        with contextlib.closing(store.connect(store.database_path(study_dir))) as other:
+            assert add_answer(store.Store(other), dict(record))[1]  # the other tab's copy is stored first
+        return add_answer(self, record)
+
+    monkeypatch.setattr(store.Store, "add_answer", other_tab_first)
+    assert answer(client, participant, 0, 3).json() == {"stored": False, "trial": 0, "answered": 1}
+    assert [(r[0], r[1], r[6]) for r in stored_rows(study_dir)[0]] == [(participant["id"], 0, 3)]
+
+
 def test_every_bad_request_is_refused_and_writes_nothing(client, tiny_study):
     study_dir, design = tiny_study
     first, second = design["participants"][:2]

@@ -87,7 +87,9 @@ def build(args):
 
 def listening_socket(host, port):
     """A socket bound to ``host:port``, or a UsageError naming the port: a busy port fails before anything starts."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    # IPPROTO_TCP named: asyncio sets TCP_NODELAY on accepted connections only then; without it, a reused
+    # connection's replies waited ~44 ms on Nagle's algorithm (benchmarks/study_load.py)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a restart may reuse a TIME_WAIT port
     try:
         sock.bind((host, port))

@@ -297,7 +297,8 @@ def create_app(study_dir, admin_token=None):
             row, stored = db.add_answer(store.answer_record(participant["id"], body.trial, trial, target, body.choice))
         if row["choice"] != body.choice:
             raise HTTPException(409, f"trial {body.trial} is already answered with another choice")
-        return {"stored": stored, "trial": body.trial, "answered": len(answered) + stored}
+        # the trial is stored now, by this request or by a copy that won the insert (another tab)
+        return {"stored": stored, "trial": body.trial, "answered": max(len(answered), body.trial + 1)}
 
     @app.get("/images/{name}")
     def image(name: str):
