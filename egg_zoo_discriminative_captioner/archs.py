@@ -42,12 +42,12 @@ class CaptionerSender(nn.Module):
     def greedy_rollouts(self):
         return self.rollouts == "greedy"
 
-    def forward(self, sender_input, aux_input=None, decoding=None, score=None, kl_reference=None):
+    def forward(self, sender_input, aux_input=None, decoding=None, score=None, kl_reference=None, per_image=1):
         """A ``Rollout``; ``decoding`` overrides the mode's default (``rollouts`` in training, "beam" otherwise).
 
         Captions are scored (their log-probability, with gradients) unless ``score=False``, the default for beam
-        search in evaluation; unscored captions carry zero ``log_prob``.  ``kl_reference``: see
-        ``ConditionalCaptioner.rollout``.
+        search in evaluation; unscored captions carry zero ``log_prob``.  ``kl_reference`` and ``per_image`` (K
+        sampled captions per image): see ``ConditionalCaptioner.rollout``.
         """
         if decoding is None:
             decoding = self.rollouts if self.training else "beam"
@@ -59,6 +59,8 @@ class CaptionerSender(nn.Module):
         if not score and decoding != "sample":
             return self.captioner.generate(sender_input, num_beams=num_beams)
         extra = {} if kl_reference is None else {"kl_reference": kl_reference}
+        if per_image > 1:
+            extra["per_image"] = per_image
         return self.captioner.rollout(sender_input, greedy=decoding == "greedy", num_beams=num_beams, **extra)
 
     def get_extra_state(self):
@@ -210,6 +212,27 @@ class GreedyBaseline:
         return self.cost
 
 
+class GroupBaseline:
+    """Each rollout's baseline from the other rollouts of its image (``rollouts_per_image`` K > 1; image i's are
+    rows i*K ... i*K + K - 1): the mean cost of the other K - 1 (``leave_one_out``, RLOO / "new self-critical")
+    or of all K (the group mean of GRPO).  Nothing is accumulated across batches."""
+
+    def __init__(self, leave_one_out=True):
+        self.leave_one_out = leave_one_out
+        self.group_size = 2  # set by the game
+
+    def update(self, loss):
+        """Nothing to accumulate: the baseline comes from the batch itself."""
+
+    def predict(self, loss):
+        groups = loss.view(-1, self.group_size)  # [B, K]
+        if self.leave_one_out:
+            baseline = (groups.sum(1, keepdim=True) - groups) / (self.group_size - 1)
+        else:
+            baseline = groups.mean(1, keepdim=True).expand_as(groups)
+        return baseline.reshape(-1)  # [B * K]
+
+
 class DiscriminativeGame(nn.Module):
     """REINFORCE discrimination game (DiscriTune) between a captioner Sender and a frozen retriever Receiver.
 
@@ -228,6 +251,11 @@ class DiscriminativeGame(nn.Module):
     rescales ``cost - b`` to zero mean and unit variance within the batch; it removes any constant baseline, so
     with it a running-mean baseline makes no difference.  As in EGG, the returned loss also adds ``cost.mean()``, which
     carries no gradient here (the retriever is frozen) and makes the logged loss the mean negative reward.
+    ``rollouts_per_image`` K > 1 samples K captions of each image in training, each scored against the batch's
+    candidates, its cost compared with its image's other rollouts by a ``GroupBaseline`` (or any other baseline);
+    with the group baseline ``standardize_advantage`` divides by the image's group standard deviation (GRPO).  The
+    logs then hold each image's reward standard deviation over its rollouts (``group_reward_std``) and whether
+    they were all equal (``identical_rewards``, no learning signal).
     ``whole_batch`` (data-parallel runs, see ``distributed.py``) gathers a per-sample tensor from every rank's
     share of the global batch, so that the baseline's update and standardised advantages see the global batch.
     In evaluation, a batch whose ``aux_input`` has ``padding`` is this rank's share of a candidate set: the game
@@ -257,12 +285,20 @@ class DiscriminativeGame(nn.Module):
         test_logging_strategy=None,
         precision="fp32",
         whole_batch=None,
+        rollouts_per_image=1,
     ):
         super().__init__()
         self.sender = sender
         self.receiver = receiver
         self.loss = loss
         self.baseline = baseline_type()
+        if rollouts_per_image < 1:
+            raise ValueError(f"rollouts_per_image must be at least 1, got {rollouts_per_image}")
+        if isinstance(self.baseline, GroupBaseline):
+            if rollouts_per_image < 2:
+                raise ValueError("a group baseline needs rollouts_per_image of 2 or more")
+            self.baseline.group_size = rollouts_per_image
+        self.rollouts_per_image = rollouts_per_image
         self.entropy_coeff = entropy_coeff
         self.standardize_advantage = standardize_advantage
         if kl_coeff and reference is None:
@@ -288,7 +324,13 @@ class DiscriminativeGame(nn.Module):
 
     def forward(self, sender_input, labels, receiver_input=None, aux_input=None):
         exact_kl = self.training and self.reference is not None and self.kl_estimator == "exact"
-        rollout = self._send(sender_input, labels, aux_input, **({"kl_reference": self.reference} if exact_kl else {}))
+        per_image = self.rollouts_per_image if self.training else 1
+        decoding = {"kl_reference": self.reference} if exact_kl else {}
+        if per_image > 1:
+            decoding["per_image"] = per_image
+            image_labels, image_aux_input = labels, aux_input
+            labels, aux_input = labels.repeat_interleave(per_image), _per_rollout(aux_input, per_image)  # [B * K]
+        rollout = self._send(sender_input, labels, aux_input, **decoding)
         cost, aux, scores = self._cost(sender_input, rollout, labels, receiver_input, aux_input)
         if cost.shape != labels.shape:
             raise ValueError(
@@ -304,16 +346,22 @@ class DiscriminativeGame(nn.Module):
                         raise ValueError("the exact KL needs a sender whose rollouts carry it (Rollout.kl)")
                     kl = rollout.kl  # [B] summed over the caption's positions
                 else:
-                    kl = rollout.log_prob.detach() - self.reference(sender_input, rollout.message)  # [B]
+                    rows = sender_input.repeat_interleave(per_image, dim=0) if per_image > 1 else sender_input
+                    kl = rollout.log_prob.detach() - self.reference(rows, rollout.message)  # [B]
                 kl = self._normalized(kl, rollout)
                 cost_value = cost_value + self.kl_coeff * kl
                 aux["kl"] = kl
             if isinstance(self.baseline, GreedyBaseline):
-                self.baseline.cost = self._greedy_cost(sender_input, labels, receiver_input, aux_input)
+                greedy = (image_labels, image_aux_input) if per_image > 1 else (labels, aux_input)
+                self.baseline.cost = self._greedy_cost(sender_input, greedy[0], receiver_input, greedy[1])
+                self.baseline.cost = self.baseline.cost.repeat_interleave(per_image)  # [B * K]
             # A copy: upstream EGG's MeanBaseline updates the tensor it returned in place, in update() below.
             baseline = torch.as_tensor(self.baseline.predict(cost_value), device=cost.device).detach().clone()
             advantage = cost_value - baseline  # [B]
-            if self.standardize_advantage:
+            if self.standardize_advantage and isinstance(self.baseline, GroupBaseline):
+                spread = cost_value.view(-1, per_image).std(dim=1).repeat_interleave(per_image)  # [B * K]
+                advantage = advantage / (spread + 1e-8)  # GRPO: within each image's group
+            elif self.standardize_advantage:
                 whole = self.whole_batch(advantage)  # [B_global]
                 advantage = (advantage - whole.mean()) / (whole.std() + 1e-8)
             policy_loss = (advantage * log_prob).mean()
@@ -323,6 +371,10 @@ class DiscriminativeGame(nn.Module):
             baseline = torch.zeros(1, device=cost.device)
             policy_loss = entropy_loss = torch.zeros((), device=cost.device)
 
+        if per_image > 1:
+            groups = aux["reward"].view(-1, per_image)  # [B, K]
+            aux["group_reward_std"] = groups.std(dim=1).repeat_interleave(per_image)
+            aux["identical_rewards"] = (groups == groups[:, :1]).all(dim=1).float().repeat_interleave(per_image)
         aux["baseline"] = torch.as_tensor(baseline, device=cost.device).float().reshape(-1).detach().clone()
         aux["sender_entropy"] = rollout.entropy.detach()
         aux["length"] = rollout.length
@@ -389,6 +441,18 @@ class DiscriminativeGame(nn.Module):
 
     def set_extra_state(self, state):
         vars(self.baseline).update(state["baseline"])
+
+
+def _per_rollout(aux_input, per_image):
+    """``aux_input`` for K rollouts per image: every per-image tensor repeated K times; the batch's image indices
+    also stay as the candidates' (``candidate_index``), which the rollouts are scored against."""
+    if aux_input is None:
+        return None
+    repeated = {key: value.repeat_interleave(per_image, dim=0) for key, value in aux_input.items()
+                if key != "candidate_index"}  # fmt: skip
+    if "image_index" in aux_input:
+        repeated["candidate_index"] = aux_input.get("candidate_index", aux_input["image_index"])
+    return repeated
 
 
 def _this_batch(values):

@@ -5,7 +5,8 @@ live in their packages (``captioners/__init__.py``, ...), which load an implemen
 """
 
 REWARDS = ("logprob", "accuracy", "cosine")
-BASELINES = ("mean", "none", "greedy")
+BASELINES = ("mean", "none", "greedy", "rloo", "group")
+GROUP_BASELINES = ("rloo", "group")  # need --rollouts_per_image > 1
 PRECISIONS = ("fp32", "fp16", "bf16")
 CLIPCAP_MAPPING_TYPES = ("mlp", "transformer")
 BLIP_PROMPT = "a picture of"  # LAVIS's BLIP captioning prompt

@@ -167,7 +167,8 @@ class GlobalBatchReceiver(nn.Module):
         if images.dim() != 2:  # pixels: each rank encodes its own share once
             images = self.receiver.retriever.encode_images(images)  # [B_local, D]
         if aux_input is not None and "neighbour_images" in aux_input:  # hard distractors: which images the batch has
-            aux_input = {**aux_input, "candidate_index": all_gather(aux_input["image_index"])}  # [B_global]
+            local = aux_input.get("candidate_index", aux_input["image_index"])  # [B_local] (K rollouts: per image)
+            aux_input = {**aux_input, "candidate_index": all_gather(local)}  # [B_global]
         return self.receiver(message, all_gather(images), aux_input)  # [B_local, B_global] (+ k, hard distractors)
 
 

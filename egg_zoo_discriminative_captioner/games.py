@@ -1,5 +1,7 @@
 """Builds the DiscriTune game from options: captioner Sender + frozen retriever Receiver + reward loss."""
 
+import functools
+
 import torch
 
 from .archs import (
@@ -7,6 +9,7 @@ from .archs import (
     DiscriminativeGame,
     FrozenReference,
     GreedyBaseline,
+    GroupBaseline,
     LanguageModelReference,
     RetrieverReceiver,
 )
@@ -17,7 +20,13 @@ from .losses import DiscriminationLoss
 from .option_groups import resolve_rollouts
 from .precision import training_precision
 
-BASELINE_TYPES = {"mean": MeanBaseline, "none": NoBaseline, "greedy": GreedyBaseline}
+BASELINE_TYPES = {
+    "mean": MeanBaseline,
+    "none": NoBaseline,
+    "greedy": GreedyBaseline,
+    "rloo": functools.partial(GroupBaseline, leave_one_out=True),
+    "group": functools.partial(GroupBaseline, leave_one_out=False),
+}
 
 
 def build_game(opts, captioner, retriever):
@@ -40,6 +49,7 @@ def build_game(opts, captioner, retriever):
         kl_estimator=getattr(opts, "kl_estimator", "sampled"),
         log_prob_normalization=getattr(opts, "log_prob_normalization", "sum"),
         precision=training_precision(opts),
+        rollouts_per_image=getattr(opts, "rollouts_per_image", 1),
         **data_parallel_options,
     )
 

@@ -260,15 +260,25 @@ def add_game_options(parser):
         "--baseline",
         choices=BASELINES,
         default="mean",
-        help="REINFORCE baseline: running mean of past rewards, none, or the reward of the greedy caption",
+        help="REINFORCE baseline: running mean of past rewards, none, the reward of the greedy caption, or, with "
+        "--rollouts_per_image K > 1, rloo (the mean reward of the image's other K - 1 rollouts) or group (the "
+        "mean of its K rollouts; with --standardize_advantage divided by their standard deviation, as GRPO)",
+    )
+    group.add_argument(
+        "--rollouts_per_image",
+        type=int,
+        default=1,
+        help="sampled captions per training image, each scored against the batch's candidates; the image's "
+        "condition is computed once for all K",
     )
     group.add_argument("--entropy_coeff", type=float, default=0.0, help="weight of the sender entropy bonus")
     group.add_argument(
         "--standardize_advantage",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="rescale advantages to zero mean and unit variance within each batch; this removes any constant "
-        "baseline, so it makes the running-mean baseline irrelevant",
+        help="rescale advantages to zero mean and unit variance within each batch (with --baseline group: "
+        "divide by each image's group standard deviation); this removes any constant baseline, so it makes the "
+        "running-mean baseline irrelevant",
     )
     group.add_argument(
         "--kl_coeff",

@@ -18,6 +18,7 @@ import os
 import re
 import sys
 
+from .choices import GROUP_BASELINES
 from .data import DATASETS, OWN_MODELS, check_batch_size
 from .egg_options import EGG_HELP, EGG_OPTIMIZERS, EGG_OPTIONS, PLUGIN_DEFAULTS, add_common_options
 from .errors import UsageError
@@ -193,6 +194,15 @@ def check_options(opts, training=True):
         opts.rollouts = resolve_rollouts(opts)
         opts.greedy_rollouts = opts.rollouts == "greedy"
     rollouts = getattr(opts, "rollouts", None)
+    per_image, baseline = getattr(opts, "rollouts_per_image", 1), getattr(opts, "baseline", None)
+    if training and per_image < 1:
+        raise UsageError(f"--rollouts_per_image must be at least 1, got {per_image}")
+    if training and baseline in GROUP_BASELINES and per_image < 2:
+        raise UsageError(f"--baseline {baseline} compares an image's rollouts with each other: it needs "
+                         "--rollouts_per_image 2 or more")  # fmt: skip
+    if training and per_image > 1 and rollouts != "sample":
+        raise UsageError(f"--rollouts_per_image {per_image} needs --rollouts sample: {rollouts} decoding gives "
+                         "every rollout of an image the same caption")  # fmt: skip
     if rollouts == "greedy" and getattr(opts, "baseline", None) == "greedy":
         raise UsageError(
             "--rollouts greedy (--greedy_rollouts) with --baseline greedy gives every caption an advantage of exactly "

@@ -148,14 +148,19 @@ class ConditionalCaptioner(nn.Module):
             if isinstance(sub, nn.Dropout):
                 sub.p = 0.0
 
-    def rollout(self, sender_input, greedy=False, num_beams=1, kl_reference=None):
+    def rollout(self, sender_input, greedy=False, num_beams=1, kl_reference=None, per_image=1):
         """Captions with their summed log-probabilities (with gradients): sampled from the policy, its greedy
         argmax (``greedy``), or with ``num_beams`` > 1 the top beam-search caption.
 
         ``kl_reference`` (``archs.FrozenReference`` or ``archs.LanguageModelReference``) adds the exact per-token
-        KL to it (``Rollout.kl``), computed in the scoring pass from the same hidden states.
+        KL to it (``Rollout.kl``), computed in the scoring pass from the same hidden states.  ``per_image`` K > 1
+        decodes K captions per image, image i's at rows i*K ... i*K + K - 1: its condition is computed once and
+        shared by its K rollouts.
         """
         condition = self.condition(sender_input)
+        if per_image > 1:
+            condition = condition.repeat_interleave(per_image, dim=0)
+            sender_input = sender_input.repeat_interleave(per_image, dim=0)  # what the KL reference reads
         with torch.no_grad():
             if num_beams > 1:
                 tokens = self._decode(condition.detach(), num_beams=num_beams)
