@@ -48,7 +48,7 @@ class Experiment:
 def build_experiment(opts):
     """Checks every file first, then loads the data set, the captioner and the retriever (with the data set's
     model defaults)."""
-    check_files(opts, datasets=[opts.dataset])
+    check_files(opts, datasets=[opts.dataset], training=True)
     dataset = load_dataset(opts)
     apply_model_defaults(opts, dataset)
     captioner = build_captioner(opts).to(opts.device)

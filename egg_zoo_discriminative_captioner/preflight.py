@@ -132,6 +132,24 @@ def captioner_missing(opts):
     return missing
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def language_model_weights_missing(opts):
+    """The authors' KL reference (``--kl_reference language_model`` with a ``--kl_coeff``) loads GPT-2's weights,
+    where the captioner needs only its config and tokenizer."""
+    name = opts.language_model
+    if not (opts.kl_coeff > 0 and opts.kl_reference == "language_model") or name is None or opts.captioner == "blip":
+        return None
+    what, flag = "GPT-2 weights (the KL reference of --kl_reference language_model)", "--language_model"
+    if not os.path.isdir(name):
+        return check_hub_model(name, what, flag, needs="model.safetensors")
+    if any(os.path.isfile(os.path.join(name, file)) for file in WEIGHT_FILES):
+        return None
+    return Missing(what, f"{os.path.abspath(name)} (a directory without {' or '.join(WEIGHT_FILES)})", flag,
+                   "a directory saved with save_pretrained, weights included")  # fmt: skip
+
+
 def retriever_missing(opts):
     if opts.clip_model is None:
         return []
@@ -169,8 +187,9 @@ def merge_same_files(missing):
     return list(merged.values())
 
 
-def check_files(opts, datasets=(), captioner=True, retriever=True):
-    """Raises one UsageError listing every missing file of the captioner, the retriever and ``datasets``.
+def check_files(opts, datasets=(), captioner=True, retriever=True, training=False):
+    """Raises one UsageError listing every missing file of the captioner, the retriever and ``datasets`` (and, for
+    ``training``, the KL reference's).
 
     Model options a data set would fill in (the synthetic world's) are left to it; the released defaults are
     checked for every other data set.  Bare released file names are resolved in ``opts`` itself.
@@ -184,6 +203,8 @@ def check_files(opts, datasets=(), captioner=True, retriever=True):
         missing += captioner_missing(resolved)
     if retriever:
         missing += retriever_missing(resolved)
+    if training:
+        missing.append(language_model_weights_missing(resolved))
     missing = merge_same_files([m for m in missing if m is not None])
     if missing:
         raise UsageError(

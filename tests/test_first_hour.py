@@ -3,6 +3,7 @@ file errors, nothing overwritten, quiet and readable output."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -101,6 +102,22 @@ def test_a_conceptual_run_on_an_empty_machine_names_every_missing_file_at_once(t
     ):
         assert f"pass a path with: {flag}" in error
     assert not run.exists() and not (home / "runs").exists()  # a failed run leaves no empty run directory
+
+
+def test_the_authors_kl_reference_needs_the_language_models_weights_and_says_so(tiny_files, tmp_path):
+    config_only = tmp_path / "gpt2"  # what the captioner needs: config and tokenizer, no weights
+    shutil.copytree(tiny_files["language_model"], config_only,
+                    ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))  # fmt: skip
+    options = ["--dataset", "conceptual", "--data_root", str(tmp_path / "cc"), "--language_model", str(config_only),
+               "--kl_coeff", "0.2", "--kl_reference", "language_model"]  # fmt: skip
+    with pytest.raises(UsageError) as error:
+        train.main(options)
+    assert f"GPT-2 weights (the KL reference of --kl_reference language_model)\n      looked for: {config_only}" in (
+        str(error.value)
+    )  # fmt: skip
+    with pytest.raises(UsageError) as error:  # without a KL penalty the weights are not needed
+        train.main(options[:-4])
+    assert "GPT-2 weights" not in str(error.value)
 
 
 class Pickled:

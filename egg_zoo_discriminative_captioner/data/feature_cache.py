@@ -394,8 +394,12 @@ class CachedRows:
         return self.cache.rows([self.indices[index]])[0]
 
     def all(self, chunk=100_000):
-        """Every row as one ``[n, D]`` fp32 array, read a chunk at a time."""
-        return np.concatenate([self[start : start + chunk].numpy() for start in range(0, len(self), chunk)])
+        """Every row as one ``[n, D]`` fp32 array, read a chunk at a time into it (one copy in memory, not two:
+        6.8 GB at Conceptual Captions' 3.3M x 512)."""
+        out = np.empty((len(self), self.cache.dim or 0), dtype=np.float32)
+        for start in range(0, len(self), chunk):
+            out[start : start + chunk] = self[start : start + chunk].numpy()
+        return out
 
 
 def default_feature_cache_dir(cache_dir=None):

@@ -187,9 +187,10 @@ def evaluate(opts):
         raise UsageError("--models: give each model its own LABEL= (and none called 'human')")
     check_files(opts, datasets=opts.datasets, captioner=any(spec.kind == "pretrained" for spec in specs))
     lemmatizer = analysis.Lemmatizer()
+    stop = "any token containing '.'" if getattr(opts, "stop_at_any_period", False) else "'.'"
     protocol = PROTOCOL.format(candidates=opts.eval_candidates, seed=opts.eval_seed) + (
-        f"; captions by beam search ({opts.num_beams} beams, at most {opts.max_len} tokens, stopping at '.' or end "
-        f"of text) on the {opts.split} split; human P@1 uses each described image's first reference (images "
+        f"; captions by beam search ({opts.num_beams} beams, at most {opts.max_len} tokens, stopping at {stop} or "
+        f"end of text) on the {opts.split} split; human P@1 uses each described image's first reference (images "
         "without a reference are candidates, not targets), NLG metrics all of them"
     )
     records, caption_rows, summary = [], [], {"protocol": protocol, "hard_sets": {}, "lemmas": {}}
