@@ -291,6 +291,15 @@ def torchrun(args, env, **kwargs):
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+def finished(process):
+    """Waits for a torchrun process (reading its pipes, which could otherwise fill up); returns its stderr, or
+    fails with the lines that say why it failed."""
+    _, stderr = process.communicate(timeout=600)
+    reasons = [line for line in stderr.splitlines() if "Error" in line or "error" in line or "rank" in line.lower()]
+    assert process.returncode == 0, "\n".join(reasons[-60:])
+    return stderr
+
+
 @pytest.mark.slow  # three two-process runs per case (one to three minutes on a shared 2-core machine)
 @pytest.mark.parametrize("options", [[], ["--hard_distractors", "3"]], ids=["random", "hard-distractors"])
 def test_two_processes_stopped_by_sigterm_mid_epoch_resume_to_the_straight_runs_end(options, tiny_run_args, tmp_path):
@@ -299,8 +308,7 @@ def test_two_processes_stopped_by_sigterm_mid_epoch_resume_to_the_straight_runs_
     two-process run ends.  Rollouts are sampled, so each rank's own random state matters."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     args = tiny_run_args + ["--random_seed", "3"] + options
-    straight = torchrun(args + ["--checkpoint_dir", str(tmp_path / "straight")], env)
-    assert straight.wait(timeout=600) == 0, straight.communicate()[1][-3000:]
+    finished(torchrun(args + ["--checkpoint_dir", str(tmp_path / "straight")], env))
 
     run = tmp_path / "run"
     interrupted = torchrun(args + ["--checkpoint_dir", str(run), "--checkpoint_every", "1"], env)
@@ -315,8 +323,7 @@ def test_two_processes_stopped_by_sigterm_mid_epoch_resume_to_the_straight_runs_
     assert state["world_size"] == 2 and len(state["rank_rng"]) == 2 and 0 < state["batches_done"] < 12
     assert not torch.equal(state["rank_rng"][0]["torch"], state["rank_rng"][1]["torch"])
 
-    resumed = torchrun(args + ["--checkpoint_dir", str(run), "--load_from_checkpoint", str(run / "latest.tar")], env)
-    assert resumed.wait(timeout=600) == 0, resumed.communicate()[1][-3000:]
+    finished(torchrun(args + ["--checkpoint_dir", str(run), "--load_from_checkpoint", str(run / "latest.tar")], env))
     expected = torch.load(tmp_path / "straight" / "clipcap.pt", weights_only=True)
     actual = torch.load(run / "clipcap.pt", weights_only=True)
     assert all(torch.equal(actual[key], expected[key]) for key in expected)  # bitwise
