@@ -326,9 +326,9 @@ class DiscriminativeGame(nn.Module):
         exact_kl = self.training and self.reference is not None and self.kl_estimator == "exact"
         per_image = self.rollouts_per_image if self.training else 1
         decoding = {"kl_reference": self.reference} if exact_kl else {}
+        image_labels, image_aux_input = labels, aux_input  # one row per image; with K rollouts, K rows per image
         if per_image > 1:
             decoding["per_image"] = per_image
-            image_labels, image_aux_input = labels, aux_input
             labels, aux_input = labels.repeat_interleave(per_image), _per_rollout(aux_input, per_image)  # [B * K]
         rollout = self._send(sender_input, labels, aux_input, **decoding)
         cost, aux, scores = self._cost(sender_input, rollout, labels, receiver_input, aux_input)
@@ -352,9 +352,8 @@ class DiscriminativeGame(nn.Module):
                 cost_value = cost_value + self.kl_coeff * kl
                 aux["kl"] = kl
             if isinstance(self.baseline, GreedyBaseline):
-                greedy = (image_labels, image_aux_input) if per_image > 1 else (labels, aux_input)
-                self.baseline.cost = self._greedy_cost(sender_input, greedy[0], receiver_input, greedy[1])
-                self.baseline.cost = self.baseline.cost.repeat_interleave(per_image)  # [B * K]
+                greedy = self._greedy_cost(sender_input, image_labels, receiver_input, image_aux_input)  # [B]
+                self.baseline.cost = greedy.repeat_interleave(per_image)  # [B * K]
             # A copy: upstream EGG's MeanBaseline updates the tensor it returned in place, in update() below.
             baseline = torch.as_tensor(self.baseline.predict(cost_value), device=cost.device).detach().clone()
             advantage = cost_value - baseline  # [B]

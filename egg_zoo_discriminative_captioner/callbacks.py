@@ -191,10 +191,7 @@ class CheckpointWriter(core.CheckpointSaver):
         self.previous_handlers = {}
         signum = self._signalled()
         if signum:  # arrived after the last update and validation: training is complete
-            final = os.path.join(self.checkpoint_path, "final.tar")
-            self._exit(signum, f"training is complete ({final}), its final test evaluation is not: resume with: "
-                               f"{self.resume_command} --load_from_checkpoint {final} (it runs the final evaluation "
-                               "only)")  # fmt: skip
+            self._exit(signum, final_evaluation_left(self.checkpoint_path, self.resume_command))
 
     # --- files ---------------------------------------------------------------------------------------------
 
@@ -253,6 +250,13 @@ class CheckpointWriter(core.CheckpointSaver):
             print(f"{signal.Signals(signum).name}: {message}", file=sys.stderr, flush=True)
         distributed.close()
         sys.exit(128 + signum)
+
+
+def final_evaluation_left(checkpoint_dir, resume_command):
+    """What a run stopped after its training says: its final.tar, and the command that runs the rest."""
+    final = os.path.join(checkpoint_dir, "final.tar")
+    return (f"training is complete ({final}), its final test evaluation is not: resume with: {resume_command} "
+            f"--load_from_checkpoint {final} (it runs the final evaluation only)")  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ from .callbacks import (
     InitialValidation,
     ProgressBar,
     checkpoint_files,
+    final_evaluation_left,
     log_line,
     stop_on_signal,
 )
@@ -272,9 +273,7 @@ def train_run(opts, params, resume):
     trainer.train(n_epochs=opts.n_epochs)
 
     writes = opts.checkpoint_dir and context.is_leader
-    final = os.path.join(opts.checkpoint_dir or "", "final.tar")
-    stopped = (f"training is complete ({final}), its final test evaluation is not: resume with: {resume_command} "
-               f"--load_from_checkpoint {final} (it runs the final evaluation only)") if writes else None  # fmt: skip
+    stopped = final_evaluation_left(opts.checkpoint_dir, resume_command) if writes else None  # the leader says it
     with stop_on_signal(stopped) if opts.checkpoint_dir else contextlib.nullcontext():
         loss, logs = trainer.eval(retrieval_loader(test_set, opts.eval_candidates, **evaluation_options))
         results = {"loss": loss, **{key: value.mean().item() for key, value in logs.aux.items()}}
