@@ -52,6 +52,7 @@ setup(
         "transformers>=5.0",  # the v5 APIs (tokenizer constructors, feature getters) are the ones tested
         "tokenizers",
         "openai-clip",
+        "open-clip-torch>=3.0",  # --clip_backend open_clip (tested with 3.3): model names, tags, local-dir:
         "setuptools<81",  # openai-clip imports pkg_resources, removed in setuptools 81
         "ftfy",
         "regex",

@@ -127,12 +127,15 @@ class FrozenReference(FrozenModule):
     """A frozen copy of the pretrained captioner, scoring the policy's captions for the KL penalty (in fp32).
 
     Only the trainable part is copied: frozen parts (ClipCap's CLIP, BLIP's frozen vision encoder) are shared
-    with the policy, so the reference reuses the image features the policy computed for the same batch.
+    with the policy, so the reference reuses the image features the policy computed for the same batch.  With
+    LoRA only the adapters are copied, and as they start at zero the reference is the base model.
     """
 
     def __init__(self, captioner):
         super().__init__()
         shared = {id(module): module for module in captioner.modules() if isinstance(module, FrozenModule)}
+        # and every frozen parameter (a transformers captioner's vision tower, a LoRA captioner's whole base)
+        shared.update({id(p): p for p in captioner.parameters() if not p.requires_grad})
         self.captioner = copy.deepcopy(captioner, memo=shared)
         self.freeze()
 

@@ -39,7 +39,7 @@ from .games import build_game, build_optimizer
 from .precision import training_precision
 
 FINAL_RESULTS = "final.json"  # the final test evaluation's results, written last: a run with it is complete
-RUN_FILES = ("opts.json", "clipcap.pt", "blip", LOG_FILE, "data_counts.json", FINAL_RESULTS)  # checkpoints aside
+RUN_FILES = ("opts.json", "clipcap.pt", "blip", "hf", LOG_FILE, "data_counts.json", FINAL_RESULTS)  # checkpoints aside
 
 
 def newest_checkpoint(directory):

@@ -8,8 +8,8 @@ Importable without torch: the choices come from the registries and ``choices.py`
 
 import argparse
 
-from .captioners import CAPTIONERS
-from .choices import BASELINES, BLIP_PROMPT, CLIPCAP_MAPPING_TYPES, PRECISIONS, REWARDS
+from .captioner_options import add_captioner_options
+from .choices import BASELINES, PRECISIONS, REWARDS
 from .data import DATASETS
 from .retrievers import CLIP_BACKENDS, RETRIEVERS
 
@@ -145,73 +145,6 @@ def add_data_location_options(group):
     )
 
 
-def add_captioner_options(parser):
-    group = parser.add_argument_group("captioner")
-    group.add_argument("--captioner", choices=sorted(CAPTIONERS), default="clipcap", help="captioner to finetune")
-    group.add_argument(
-        "--clipcap_checkpoint",
-        default=None,
-        help="ClipCap weights: a released .pt file (coco_weights.pt, conceptual_weights.pt) or one this tool "
-        "wrote (default: the synthetic world's own captioner; required otherwise)",
-    )
-    group.add_argument(
-        "--language_model",
-        default=None,
-        help="GPT-2 config and tokenizer: a hub id or local directory (default: gpt2, or the synthetic world's)",
-    )
-    group.add_argument(
-        "--captioner_clip_model",
-        default=None,
-        help="ClipCap's frozen image encoder: a CLIP name or .pt path (default: ViT-B/32, or the synthetic world's)",
-    )
-    group.add_argument(
-        "--mapping_type",
-        choices=("auto",) + CLIPCAP_MAPPING_TYPES,
-        default="auto",
-        help="ClipCap mapper; auto: the kind the checkpoint holds",
-    )
-    group.add_argument(
-        "--prefix_length", type=int, default=None, help="ClipCap prefix length (default: read off the checkpoint)"
-    )
-    group.add_argument(
-        "--clip_length",
-        type=int,
-        default=None,
-        help="transformer mapper: positions the CLIP feature is unfolded into (default: read off the checkpoint)",
-    )
-    group.add_argument(
-        "--normalize_prefix",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="L2-normalise CLIP features before the mapper (default: on for transformer mappers, off for MLP "
-        "mappers, as the released checkpoints were trained)",
-    )
-    group.add_argument(
-        "--blip_model",
-        default="Salesforce/blip-image-captioning-base",
-        help="BLIP captioner: a transformers hub id or local directory (BlipForConditionalGeneration + processor)",
-    )
-    group.add_argument("--blip_prompt", default=BLIP_PROMPT, help="text BLIP's captions continue (LAVIS's)")
-    group.add_argument(
-        "--blip_train_vision",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="finetune BLIP's vision encoder too (off: frozen)",
-    )
-    group.add_argument(
-        "--num_beams", type=int, default=5, help="beam size for validation and test captions (and --rollouts beam)"
-    )
-    group.add_argument(
-        "--stop_at_any_period",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="end a caption at the first token whose string contains '.' (GPT-2: 'Ġ.', '...', '.\"', ...), in "
-        "training rollouts, their log-probabilities and evaluation's beams alike, as the authors' "
-        "StopTokenLogitsProcessor does (on in the paper's ClipCap game files); off: ClipCap stops at the '.' "
-        "token or end of text, BLIP at [SEP] (their own decoding rules)",
-    )
-
-
 def add_retriever_options(parser):
     group = parser.add_argument_group(RETRIEVER_GROUP)
     group.add_argument("--retriever", choices=RETRIEVERS, default="clip", help="frozen text-to-image retriever")
@@ -219,17 +152,33 @@ def add_retriever_options(parser):
         "--clip_backend",
         choices=sorted(CLIP_BACKENDS),
         default="openai",
-        help="CLIP implementation: OpenAI's clip package, or transformers' CLIPModel",
+        help="retriever implementation: openai, OpenAI CLIP through the clip package; open_clip, an open_clip "
+        "model with the weights of --clip_pretrained; transformers, a CLIP or SigLIP dual encoder (CLIPModel, "
+        "SiglipModel). Every retriever is frozen and scored in fp32 with its own tokenizer, text length and "
+        "preprocessing; the reward's temperature is the model's own 1/exp(logit_scale), SigLIP's included: its "
+        "pairwise sigmoid score cos*exp(logit_scale)+logit_bias enters the softmax over candidates, where the "
+        "bias cancels",
     )
     group.add_argument(
         "--clip_model",
         default=None,
-        help="retriever CLIP. openai backend: a name (ViT-B/32, ...) or a local .pt file, ViT-B/32 if unset; "
-        "transformers backend: a hub id or local directory, openai/clip-vit-base-patch32 if unset; the "
-        "synthetic world brings its own",
+        help="retriever model. openai backend: a name (ViT-B/32, ...) or a local .pt file, ViT-B/32 if unset; "
+        "open_clip backend: an open_clip model name (ViT-B-32, ViT-B-16-SigLIP, ...; ViT-B-32 if unset) or "
+        "local-dir:DIRECTORY / hf-hub:ORG/REPO; transformers backend: a hub id (openai/clip-vit-base-patch32 if "
+        "unset, google/siglip-base-patch16-224, ...) or a local directory, SigLIP captions padded to its 64 "
+        "tokens as it was trained; the synthetic world brings its own",
     )
     group.add_argument(
-        "--clip_download_root", default=None, help="where named CLIP models are looked up (default: ~/.cache/clip)"
+        "--clip_pretrained",
+        default=None,
+        help="open_clip backend only: the weights of --clip_model, a local checkpoint file (works offline) or a "
+        "pretrained tag such as laion2b_s34b_b79k (downloaded); required there",
+    )
+    group.add_argument(
+        "--clip_download_root",
+        default=None,
+        help="where named CLIP models (openai backend) and open_clip tags are looked up and downloaded (default: "
+        "~/.cache/clip; open_clip's hub tags: the Hugging Face cache)",
     )
     group.add_argument(
         "--retriever_precision",

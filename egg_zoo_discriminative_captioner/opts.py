@@ -26,7 +26,7 @@ from .option_groups import COMMAND_HELP, COMMANDS, UNUSED, UNUSED_GROUPS, add_pl
 
 # Model options whose default depends on the data set: the released models unless the data set brings its own.
 MODEL_DEFAULTS = {
-    "clip_model": {"openai": "ViT-B/32", "transformers": "openai/clip-vit-base-patch32"},
+    "clip_model": {"openai": "ViT-B/32", "open_clip": "ViT-B-32", "transformers": "openai/clip-vit-base-patch32"},
     "captioner_clip_model": "ViT-B/32",
     "clipcap_checkpoint": None,
     "language_model": "gpt2",
@@ -214,10 +214,31 @@ def check_options(opts, training=True):
         raise UsageError(f"--kl_coeff with --rollouts {rollouts} needs --kl_estimator exact: on {rollouts} "
                          "captions the sampled estimate log p - log p_ref is a log-ratio, not a KL, and can be "
                          "negative")  # fmt: skip
+    check_hf_options(opts)
     if kl_on and getattr(opts, "kl_reference", None) == "language_model" and opts.captioner == "blip":
         raise UsageError("--kl_reference language_model has no meaning for BLIP (its text decoder reads the "
                          "image in every layer; there is no plain language model to compare with): use "
                          "captioner")  # fmt: skip
+
+
+def check_hf_options(opts):
+    """``--captioner hf``'s options: a model to load, and LoRA settings that mean something."""
+    if getattr(opts, "lora_rank", 0) < 0:
+        raise UsageError(f"--lora_rank must not be negative, got {opts.lora_rank}")
+    if getattr(opts, "hf_image_size", None) is not None and opts.hf_image_size < 1:
+        raise UsageError(f"--hf_image_size must be positive, got {opts.hf_image_size}")
+    if getattr(opts, "captioner", None) != "hf":
+        return
+    if not opts.hf_model:
+        raise UsageError("--captioner hf needs --hf_model: a transformers hub id or a local directory")
+    lora_only = [f"--{name}" for name in ("lora_alpha", "lora_targets") if getattr(opts, name, None)]
+    lora_only += ["--merge_lora"] if getattr(opts, "merge_lora", False) else []
+    if lora_only and not opts.lora_rank:
+        raise UsageError(f"{', '.join(lora_only)} set LoRA's adapters: give --lora_rank r too")
+    if opts.lora_rank and opts.hf_train_vision:
+        raise UsageError("--lora_rank trains adapters on the language model only: drop --hf_train_vision")
+    if getattr(opts, "kl_coeff", 0) > 0 and getattr(opts, "kl_reference", None) == "language_model":
+        raise UsageError("--kl_reference language_model needs --captioner clipcap; use captioner")
 
 
 def find_game(name):

@@ -111,6 +111,11 @@ def captioner_missing(opts):
     if opts.captioner == "blip":
         missing.append(check_hub_model(opts.blip_model, "BLIP captioner", "--blip_model"))
         return missing
+    if opts.captioner == "hf":
+        adapters = os.path.isfile(os.path.join(opts.hf_model, "adapter_config.json"))
+        needs = "adapter_config.json" if adapters else "config.json"
+        missing.append(check_hub_model(opts.hf_model, "transformers captioner", "--hf_model", needs=needs))
+        return missing
     name = opts.clipcap_checkpoint
     if name is not None and not os.path.isfile(name):
         released = name in downloads.CLIPCAP_FILES

@@ -135,3 +135,101 @@ def model_files(root):
         torch.save(released_clipcap_state(kind, paths["language_model"]), paths[f"clipcap_{kind}"])
     save_blip(paths["blip"])
     return paths
+
+
+# open_clip and SigLIP retrievers (tests/test_retriever_backends.py)
+
+TINY_OPEN_CLIP = "DiscriTune-Tiny-ViT"  # no "siglip" in the name: open_clip would pick its SigLIP tokenizer
+TINY_OPEN_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
+}
+SIGLIP_WORDS = ["<pad>", "</s>", "<unk>"] + sorted({word.strip(".#") for text in SENTENCES for word in text.split()})
+
+
+def register_tiny_open_clip(directory):
+    """Writes the tiny open_clip architecture as a model config JSON and registers it by name; returns the name."""
+    import json
+
+    import open_clip
+
+    path = os.path.join(directory, f"{TINY_OPEN_CLIP}.json")
+    with open(path, "w") as f:
+        json.dump(TINY_OPEN_CLIP_CONFIG, f)
+    open_clip.add_model_config(path)
+    return TINY_OPEN_CLIP
+
+
+def tiny_open_clip(name=TINY_OPEN_CLIP, seed=0):
+    """A randomly initialised open_clip model of a registered config, logit scale 100 as the released ones."""
+    import open_clip
+
+    torch.manual_seed(seed)
+    model = open_clip.create_model(name)
+    with torch.no_grad():
+        model.logit_scale.fill_(4.6052)
+    return model.eval()
+
+
+def save_open_clip(path, name=TINY_OPEN_CLIP, seed=0):
+    """An open_clip checkpoint file (a state dict, as ``--clip_pretrained FILE`` reads it); returns the model."""
+    model = tiny_open_clip(name, seed)
+    torch.save(model.state_dict(), path)
+    return model
+
+
+def save_open_clip_directory(directory, seed=0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)):
+    """An open_clip ``local-dir:`` directory: open_clip_config.json (model and preprocessing) plus the weights."""
+    import json
+
+    os.makedirs(directory, exist_ok=True)
+    config = {"model_cfg": TINY_OPEN_CLIP_CONFIG,
+              "preprocess_cfg": {"mean": list(mean), "std": list(std), "interpolation": "bilinear",
+                                 "resize_mode": "squash"}}  # fmt: skip
+    with open(os.path.join(directory, "open_clip_config.json"), "w") as f:
+        json.dump(config, f)
+    torch.manual_seed(seed)
+    import open_clip
+
+    model = open_clip.create_model(f"local-dir:{directory}")  # no weights yet: random, from the config
+    torch.save(model.state_dict(), os.path.join(directory, "open_clip_pytorch_model.bin"))
+    return model.eval()
+
+
+def siglip_tokenizer(max_length=64):
+    """A word-level tokenizer with SigLIP's conventions: lowercased, '</s>' appended, and '</s>' as padding."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {word: i for i, word in enumerate(SIGLIP_WORDS)}
+    model = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    model.normalizer = normalizers.Lowercase()
+    model.pre_tokenizer = pre_tokenizers.Whitespace()
+    model.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=model, eos_token="</s>", pad_token="</s>", unk_token="<unk>",
+                                   model_max_length=max_length)  # fmt: skip
+
+
+def save_siglip(directory, image_size=32, seed=0, logit_bias=-10.0):
+    """A transformers SigLIP directory (SiglipModel, a SigLIP-style tokenizer, SiglipImageProcessor)."""
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    tokenizer = siglip_tokenizer()
+    config = SiglipConfig(
+        text_config=dict(vocab_size=len(SIGLIP_WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=64, pad_token_id=1, bos_token_id=1,
+                         eos_token_id=1),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=image_size, patch_size=16),
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = SiglipModel(config).eval()
+    with torch.no_grad():
+        model.logit_scale.fill_(2.3026)  # log(10), SigLIP's initial scale
+        model.logit_bias.fill_(logit_bias)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    SiglipImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(directory)
+    return model

@@ -17,8 +17,9 @@ from ..lazy import exports, load
 CAPTIONERS = {
     "clipcap": (".clipcap_checkpoint", "load_clipcap_captioner"),
     "blip": (".blip", "load_blip_captioner"),
+    "hf": (".hf", "load_hf_captioner"),
 }
-_EXPORTS = {"BlipCaptioner": ".blip", "ClipCapCaptioner": ".clipcap", "Rollout": ".base"}
+_EXPORTS = {"BlipCaptioner": ".blip", "ClipCapCaptioner": ".clipcap", "HFCaptioner": ".hf", "Rollout": ".base"}
 
 
 def build_captioner(opts):
@@ -29,4 +30,4 @@ def build_captioner(opts):
 __getattr__ = exports(__name__, _EXPORTS)  # the classes load on first use (PEP 562)
 
 
-__all__ = ["BlipCaptioner", "CAPTIONERS", "ClipCapCaptioner", "Rollout", "build_captioner"]
+__all__ = ["BlipCaptioner", "CAPTIONERS", "ClipCapCaptioner", "HFCaptioner", "Rollout", "build_captioner"]

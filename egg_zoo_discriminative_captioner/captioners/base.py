@@ -85,6 +85,17 @@ def sequence_log_prob(logits, tokens, mask):
     return (token_log_prob * mask).sum(1), (entropy * mask).sum(1) / lengths
 
 
+class BanTokens(LogitsProcessor):
+    """Adds ``ban`` [V] (``fused.BANNED`` at tokens a caption may not hold, such as a model's image placeholders)
+    to the scores, as the scoring pass adds it to the logits."""
+
+    def __init__(self, ban):
+        self.ban = ban
+
+    def __call__(self, input_ids, scores):
+        return scores + self.ban.to(scores.device, scores.dtype).clamp(min=torch.finfo(scores.dtype).min)
+
+
 class PolicySampler(LogitsProcessor):
     """Draws each next token from the softmax of the scores it receives, and makes greedy decoding pick it.
 
@@ -118,9 +129,11 @@ def own_generation_config(model):
         model.generation_config = saved
 
 
-def generate_with(model, generation_config, sample=False, **inputs):
-    """``model.generate(**inputs)`` under ``generation_config`` alone; ``sample``: draw from the raw policy."""
-    processors = LogitsProcessorList([PolicySampler()] if sample else [])
+def generate_with(model, generation_config, sample=False, ban=None, **inputs):
+    """``model.generate(**inputs)`` under ``generation_config`` alone; ``sample``: draw from the raw policy
+    (with ``ban``, the policy without the banned tokens, as ``BanTokens`` says)."""
+    processors = LogitsProcessorList([BanTokens(ban)] if ban is not None else [])
+    processors.extend([PolicySampler()] if sample else [])
     with own_generation_config(model):
         return model.generate(**inputs, generation_config=generation_config, logits_processor=processors)
 
@@ -204,7 +217,7 @@ class ConditionalCaptioner(nn.Module):
         width = int(mask.sum(1).max())  # the batch's longest caption: the positions after it are all padding
         tokens, mask = tokens[:, :width], mask[:, :width]  # [B, width]
         hidden = self._hidden(condition, tokens)  # [B, width, E]
-        token_log_prob, entropy = head_token_log_probs(hidden, self.lm_head, tokens)
+        token_log_prob, entropy = head_token_log_probs(hidden, self.lm_head, tokens, getattr(self, "ban", None))
         mask = mask.float()
         kl = None
         if kl_reference is not None:

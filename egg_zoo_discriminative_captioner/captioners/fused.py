@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 VOCAB_SLICE = {"cpu": 512, "cuda": 8192}  # columns of the head per matrix product, by device type
+BANNED = -1e30  # a banned token's logit offset: finite, so that exp(logit) * logit is 0, not nan
 
 
 def _slices(vocab_size, device):
@@ -40,7 +41,7 @@ def _head_slice(hidden, weight, bias, start, end):
 
 class _HeadTokenLogProbs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, tokens):
+    def forward(ctx, hidden, weight, bias, tokens, ban):
         ctx.set_materialize_grads(False)
         rows = hidden.shape[0]
         top = torch.full((rows,), -float("inf"), device=hidden.device)  # [N] running maximum (fp32)
@@ -51,7 +52,7 @@ class _HeadTokenLogProbs(torch.autograd.Function):
         for start, end in _slices(weight.shape[0], hidden.device):
             logits = _head_slice(hidden, weight, bias, start, end)  # [N, c], autocast's dtype when it is on
             slices.append(logits)
-            chunk = logits.float()
+            chunk = logits.float() if ban is None else logits.float() + ban[start:end]
             new_top = torch.maximum(top, chunk.amax(dim=1))  # [N]
             rescale = (top - new_top).exp()
             exp = (chunk - new_top[:, None]).exp_()  # [N, c]
@@ -62,6 +63,7 @@ class _HeadTokenLogProbs(torch.autograd.Function):
             token_logit[inside] = chunk[inside, tokens[inside] - start]
         log_z = top + total.log()  # [N]
         entropy = log_z - weighted / total
+        ctx.ban = ban
         ctx.save_for_backward(hidden, weight, tokens, log_z, entropy, *slices)
         ctx.has_bias = bias is not None
         return token_logit - log_z, entropy
@@ -70,7 +72,7 @@ class _HeadTokenLogProbs(torch.autograd.Function):
     def backward(ctx, grad_log_prob, grad_entropy):
         hidden, weight, tokens, log_z, entropy, *slices = ctx.saved_tensors
         if grad_log_prob is None and grad_entropy is None:
-            return None, None, None, None
+            return None, None, None, None, None
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         compute = slices[0].dtype
         grad_hidden = torch.zeros(hidden.shape, dtype=compute, device=hidden.device) if need_hidden else None
@@ -83,6 +85,8 @@ class _HeadTokenLogProbs(torch.autograd.Function):
         for (start, end), logits in zip(_slices(weight.shape[0], hidden.device), slices):
             # d log p(token) / d logits = onehot - p;  d entropy / d logits = -p * (log p + entropy).
             log_p = logits.float() - log_z[:, None]  # [N, c]
+            if ctx.ban is not None:
+                log_p += ctx.ban[start:end]
             p = log_p.exp()
             if grad_entropy is not None:
                 p.mul_(log_p.add_(entropy[:, None]).mul_(grad_entropy[:, None]).add_(scale))
@@ -101,19 +105,20 @@ class _HeadTokenLogProbs(torch.autograd.Function):
                 grad_bias[start:end] = grad.sum(0).float()
         if grad_hidden is not None:
             grad_hidden = grad_hidden.to(hidden.dtype)
-        return grad_hidden, grad_weight, grad_bias, None
+        return grad_hidden, grad_weight, grad_bias, None, None
 
 
-def head_token_log_probs(hidden, head, tokens):
+def head_token_log_probs(hidden, head, tokens, ban=None):
     """Log-probabilities ``[B, T]`` of ``tokens`` [B, T] and entropies ``[B, T]`` (fp32) under ``head(hidden)``.
 
     ``hidden`` [B, T, E] are the language model's last hidden states at the positions predicting ``tokens``;
     ``head`` is its output ``nn.Linear``.  Both results carry gradients; the entropy's costs nothing in the
-    backward unless the entropy is used in the loss.
+    backward unless the entropy is used in the loss.  ``ban`` [V] (fp32; 0, or ``BANNED`` at tokens a caption may
+    not hold) is added to the logits: the distribution is the one ``BanTokens`` samples from.
     """
     batch, width = tokens.shape
     flat = hidden.reshape(batch * width, hidden.shape[-1])  # [B * T, E]
-    log_prob, entropy = _HeadTokenLogProbs.apply(flat, head.weight, head.bias, tokens.reshape(-1))
+    log_prob, entropy = _HeadTokenLogProbs.apply(flat, head.weight, head.bias, tokens.reshape(-1), ban)
     return log_prob.view(batch, width), entropy.view(batch, width)
 
 
@@ -178,13 +183,29 @@ class _SlicedHead(nn.Module):
 
 
 @contextlib.contextmanager
-def vocabulary_slices(model, head):
-    """Within the block, ``model``'s output ``head`` (one of its submodules) computes in vocabulary slices."""
+def _swapped(model, head, replacement):
+    """Within the block, ``model``'s submodule ``head`` is ``replacement``."""
     path = next(name for name, module in model.named_modules() if module is head)
     parent_path, _, attribute = path.rpartition(".")
     parent = model.get_submodule(parent_path)
-    setattr(parent, attribute, _SlicedHead(head))
+    setattr(parent, attribute, replacement)
     try:
         yield
     finally:
         setattr(parent, attribute, head)
+
+
+def vocabulary_slices(model, head):
+    """Within the block, ``model``'s output ``head`` (one of its submodules) computes in vocabulary slices."""
+    return _swapped(model, head, _SlicedHead(head))
+
+
+class _Bypass(nn.Module):
+    def forward(self, hidden):
+        return hidden
+
+
+def bypassed_head(model, head):
+    """Within the block, ``model``'s output ``head`` returns its input: the model's "logits" are the hidden
+    states the head would read, for ``head_token_log_probs`` (no ``[B, T, V]`` logits are computed)."""
+    return _swapped(model, head, _Bypass())

@@ -1,9 +1,11 @@
 """The captioners that ``evaluate`` and ``caption`` take: ``[LABEL=]SPEC`` -> a captioner in eval mode.
 
 A SPEC is ``pretrained`` (the captioner the options describe), a run directory (its finetuned captioner:
-``clipcap.pt``, ``blip/`` or ``final.tar``), an EGG checkpoint of this game (``RUN/final.tar``), a ClipCap file
-(``RUN/clipcap.pt`` or a released one) or a BLIP directory.  A run's files are rebuilt with the captioner options
-the run saved in ``RUN/opts.json``, so they need neither the run's data set nor its retriever.
+``clipcap.pt``, ``blip/``, ``hf/`` or ``final.tar``), an EGG checkpoint of this game (``RUN/final.tar``), a
+ClipCap file (``RUN/clipcap.pt`` or a released one), a BLIP directory or any other transformers captioner's
+directory (``hf:DIR`` or ``hf:HUB_ID``; a PEFT adapter directory loads its base model with the adapters
+merged).  A run's files are rebuilt with the captioner options the run saved in ``RUN/opts.json``, so they need
+neither the run's data set nor its retriever.
 """
 
 import copy
@@ -18,12 +20,12 @@ from ..frozen import FrozenModule
 from ..opts import apply_model_defaults, build_parser
 
 CAPTIONER_KEYS = "sender.captioner."  # the captioner's parameters in a game checkpoint
-RUN_CAPTIONERS = ("clipcap.pt", "blip", "final.tar")  # what a run directory's finetuned captioner may be
+RUN_CAPTIONERS = ("clipcap.pt", "blip", "hf", "final.tar")  # what a run directory's finetuned captioner may be
 
 
 @dataclass
 class ModelSpec:
-    """A captioner to evaluate: ``kind`` is pretrained | checkpoint | clipcap | blip."""
+    """A captioner to evaluate: ``kind`` is pretrained | checkpoint | clipcap | blip | hf."""
 
     label: str
     kind: str
@@ -35,6 +37,8 @@ def parse_model(text, flag="--models"):
     label, _, what = text.partition("=") if "=" in text.split(os.sep)[0] else ("", "", text)
     if what == "pretrained":
         return ModelSpec(label or "pretrained", "pretrained")
+    if what.startswith("hf:"):  # a transformers captioner: a directory or a hub id
+        return ModelSpec(label or what[3:].rstrip("/").split("/")[-1], "hf", what[3:])
     if os.path.isdir(what) and os.path.isfile(os.path.join(what, "opts.json")):  # a run directory
         found = [name for name in RUN_CAPTIONERS if os.path.exists(os.path.join(what, name))]
         if not found:
@@ -43,10 +47,10 @@ def parse_model(text, flag="--models"):
                              "RUN/<epoch>.tar")  # fmt: skip
         what = os.path.join(what, found[0])
     if os.path.isdir(what):
-        if not os.path.isfile(os.path.join(what, "config.json")):
+        kind = transformers_kind(what)
+        if kind is None:
             raise UsageError(f"{flag} {text}: {what} is a directory, but neither a run directory (no opts.json) "
-                             "nor a transformers BLIP directory (no config.json)")  # fmt: skip
-        kind = "blip"
+                             "nor a transformers directory (no config.json or adapter_config.json)")  # fmt: skip
     elif os.path.isfile(what):
         kind = "checkpoint" if what.endswith(".tar") else "clipcap"
     else:
@@ -54,6 +58,18 @@ def parse_model(text, flag="--models"):
                          "RUN/final.tar, a ClipCap .pt file or a BLIP directory)")  # fmt: skip
     default_label = os.path.join(os.path.basename(os.path.dirname(os.path.abspath(what))), os.path.basename(what))
     return ModelSpec(label or default_label, kind, what)
+
+
+def transformers_kind(directory):
+    """``blip`` for a BLIP captioning directory, ``hf`` for any other transformers or PEFT adapter directory."""
+    if os.path.isfile(os.path.join(directory, "adapter_config.json")):
+        return "hf"
+    try:
+        with open(os.path.join(directory, "config.json")) as f:
+            model_type = json.load(f).get("model_type")
+    except (OSError, ValueError):
+        return None
+    return "blip" if model_type == "blip" else "hf"
 
 
 def captioner_option_names():
@@ -86,6 +102,10 @@ def model_options(opts, spec, dataset=None):
         model_opts.captioner, model_opts.clipcap_checkpoint = "clipcap", spec.path
     elif spec.kind == "blip":
         model_opts.captioner, model_opts.blip_model = "blip", spec.path
+    elif spec.kind == "hf":  # adapters in the directory are merged on loading: none are added
+        model_opts.captioner, model_opts.hf_model, model_opts.lora_rank = "hf", spec.path, 0
+        model_opts.lora_alpha = model_opts.lora_targets = None
+        model_opts.merge_lora = False
     return apply_model_defaults(model_opts, dataset)
 
 

@@ -2,15 +2,21 @@
 
 A retriever is a ``FrozenModule`` with ``encode_images(pixels) -> [N, D]``, ``encode_texts(list[str]) -> [N, D]``
 (both fp32 and L2-normalised), ``image_transform`` (PIL image -> pixel tensor) and ``temperature`` (the softmax
-temperature its own training used, 1 / exp(logit_scale)).  CLIP has two backends: the ``clip`` package (OpenAI's
-code and files, the default) and transformers' ``CLIPModel``.  Each loads only when chosen.
+temperature its own training used, 1 / exp(logit_scale)).  Three backends (``--clip_backend``), each with its own
+tokenizer, context length and preprocessing: ``openai``, OpenAI CLIP through the ``clip`` package (the default);
+``open_clip``, any open_clip model and pretrained tag (LAION, DataComp, SigLIP, ...); ``transformers``, CLIP and
+SigLIP dual encoders through transformers.  Each loads only when chosen.
 """
 
 from ..lazy import exports, load
 
-CLIP_BACKENDS = {"openai": (".clip", "load_clip_retriever"), "transformers": (".hf_clip", "load_hf_clip_retriever")}
+CLIP_BACKENDS = {
+    "openai": (".clip", "load_clip_retriever"),
+    "open_clip": (".open_clip", "load_open_clip_retriever"),
+    "transformers": (".hf_clip", "load_hf_clip_retriever"),
+}
 RETRIEVERS = ("clip",)
-_EXPORTS = {"ClipRetriever": ".clip", "HFClipRetriever": ".hf_clip"}
+_EXPORTS = {"ClipRetriever": ".clip", "HFClipRetriever": ".hf_clip", "OpenClipRetriever": ".open_clip"}
 
 
 def build_retriever(opts):
@@ -21,4 +27,4 @@ def build_retriever(opts):
 __getattr__ = exports(__name__, _EXPORTS)  # the classes load on first use (PEP 562)
 
 
-__all__ = ["CLIP_BACKENDS", "ClipRetriever", "HFClipRetriever", "RETRIEVERS", "build_retriever"]
+__all__ = ["CLIP_BACKENDS", "ClipRetriever", "HFClipRetriever", "OpenClipRetriever", "RETRIEVERS", "build_retriever"]

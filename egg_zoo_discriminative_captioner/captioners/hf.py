@@ -1,0 +1,508 @@
+"""Any transformers image-to-text model as a captioner (``--captioner hf --hf_model ID_OR_DIR``).
+
+What ``AutoModelForImageTextToText`` loads (BLIP-2, GIT, Florence-2, PaliGemma, Idefics3 / SmolVLM, Qwen2-VL,
+``VisionEncoderDecoderModel`` such as a ViT-GPT-2, ...) with its ``AutoProcessor``.  The model reads the image and
+a prompt (``--hf_prompt``, or with a chat template the user turn ``--hf_instruction``); the caption is the
+generated continuation only, and the image tokens and prompt are conditioning, never scored.
+
+Rollouts are on-policy as for ClipCap and BLIP (``base.ConditionalCaptioner``): the model's
+``generation_config`` is set aside, tokens are drawn from the raw softmax and scored again in one
+teacher-forced pass with gradients.  Where the model's logits are its output ``nn.Linear`` applied to its last
+hidden states (checked once on a probe image), scoring uses the fused head (``fused.py``); otherwise (a
+``final_logits_bias``, a soft cap) the full logits.  Captions stop at the model's EOS ids.
+
+What trains: the language part (every parameter outside the vision tower, its projector or Q-former), all of it
+with ``--hf_train_vision``, or with ``--lora_rank r`` PEFT LoRA adapters on the language part's linear layers
+only.  The KL reference (``archs.FrozenReference``) shares every frozen parameter: with LoRA it copies the
+adapters alone, which start at zero, so it is the base model.  Checkpoints hold what trains.
+"""
+
+import contextlib
+import copy
+import inspect
+import json
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from PIL import Image
+from torch import nn
+
+from ..checkpointing import atomic_directory
+from ..errors import UsageError, missing_weights
+from .base import (
+    ConditionalCaptioner,
+    caption_mask,
+    generate_with,
+    pad_batch,
+    pad_to,
+    sequence_log_prob,
+    stop_token_ids,
+)
+from .fused import BANNED, bypassed_head, head_token_log_probs
+
+# Name components of the parameters outside the language part: vision towers, their projectors and Q-formers.
+VISION_PARTS = {
+    "vision_tower", "vision_model", "visual", "image_encoder", "vision_encoder", "qformer", "query_tokens",
+    "multi_modal_projector", "language_projection", "visual_projection", "connector", "mm_projector",
+    "image_projection", "image_pos_embed", "visual_temporal_embed", "img_projection",
+}  # fmt: skip
+# Processor outputs aligned with the prompt's tokens, and their value at a caption's tokens: PaliGemma's prefix
+# (0) / suffix (1) marks, Qwen2-VL's text (0) / image (1) marks.
+PROMPT_ALIGNED = {"token_type_ids": 1, "mm_token_type_ids": 0}
+PROBE_SIZES = ((64, 48), (40, 72))  # two shapes of probe image: a processor whose outputs differ resizes first
+DEFAULT_IMAGE_SIZE = 224
+ADAPTER_CONFIG = "adapter_config.json"  # a PEFT adapter directory
+
+
+@dataclass
+class HFCaptionerConfig:
+    """What a checkpoint of the generic captioner must match when it is resumed."""
+
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    prompt: str
+    train_vision: bool
+    lora_rank: int
+    image_size: Optional[int]
+
+
+def _text_config(config):
+    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+
+
+def _ids(value):
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
+def eos_ids(model, tokenizer):
+    """The model's EOS ids: its generation config's, its text config's and the tokenizer's, in that order."""
+    generation = getattr(model, "generation_config", None)
+    found = [*_ids(getattr(generation, "eos_token_id", None)), *_ids(_text_config(model.config).eos_token_id),
+             *_ids(getattr(model.config, "eos_token_id", None)), *_ids(tokenizer.eos_token_id)]  # fmt: skip
+    if not found:
+        raise UsageError(f"{type(model).__name__}: neither its configs nor its tokenizer name an EOS token")
+    return list(dict.fromkeys(found))
+
+
+def placeholder_ids(model, processor):
+    """Token ids that stand for image content (image, video and vision-boundary placeholders): a caption that
+    held one would be read as an image slot by the scoring pass, so captions may not."""
+    ids = set()
+    for config in {id(c): c for c in (model.config, _text_config(model.config))}.values():
+        for key, value in config.to_dict().items():
+            if isinstance(value, int) and key.endswith(("_token_id", "_token_index")) and any(
+                    word in key for word in ("image", "video", "vision", "boi", "eoi")):  # fmt: skip
+                ids.add(value)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    for attribute in ("image_token", "video_token", "fake_image_token", "global_image_token", "boi_token",
+                      "eoi_token"):  # fmt: skip
+        token = getattr(processor, attribute, None)
+        if isinstance(token, str):
+            index = tokenizer.convert_tokens_to_ids(token)
+            if index is not None and index != tokenizer.unk_token_id:
+                ids.add(index)
+    return sorted(ids)
+
+
+def is_vision_parameter(name, encoder_decoder_vision):
+    """Whether parameter ``name`` lies outside the language part (``encoder_decoder_vision``: the top-level
+    ``encoder.`` is a vision encoder, as in ``VisionEncoderDecoderModel``)."""
+    parts = name.split(".")
+    return bool(VISION_PARTS.intersection(parts)) or (encoder_decoder_vision and parts[0] == "encoder")
+
+
+def language_linear_layers(model, encoder_decoder_vision):
+    """Full names of the language part's linear layers (GPT-2's ``Conv1D`` too), the output head left out."""
+    head = model.get_output_embeddings()
+    names = []
+    for name, module in model.named_modules():
+        linear = isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+        if linear and module is not head and not is_vision_parameter(name, encoder_decoder_vision):
+            names.append(name)
+    return names
+
+
+class HFCaptioner(ConditionalCaptioner):
+    """A transformers image-to-text model as a captioner: rollouts, beam search, MLE loss, LoRA.
+
+    Its input (``sender_input``) is one image's preprocessed pixels, as the model's image processor makes them
+    (``[3, H, W]``; a patch model's ``[patches, D]``); the processor's other image outputs (a patch grid, a pixel
+    mask) and the prompt's token ids are the same for every image and are kept from a probe.  A processor whose
+    output shapes depend on the image's size (Qwen2-VL, Idefics3) gets every image resized to ``image_size``
+    squared first.  The vision tower runs inside every rollout, so inputs are not cached.
+    """
+
+    cache_inputs = False
+
+    def __init__(self, model, processor, prompt="", instruction=None, max_len=40, train_vision=False,
+                 stop_at_any_period=False, image_size=None, lora=None, merge_lora=False):  # fmt: skip
+        super().__init__()
+        self.switch_off_dropout(model)
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.image_processor = getattr(processor, "image_processor", None)
+        if self.image_processor is None:
+            raise UsageError(f"{type(model).__name__}: its processor has no image processor")
+        self.encoder_decoder = bool(model.config.is_encoder_decoder)
+        self.encoder_decoder_vision = type(model).__name__ == "VisionEncoderDecoderModel"
+        if self.encoder_decoder_vision and (prompt or instruction):
+            raise UsageError("a VisionEncoderDecoderModel reads no text: leave --hf_prompt and --hf_instruction unset")
+        self.max_len = max_len
+        self.merge_lora = merge_lora
+        self.prompt = self._prompt_text(prompt, instruction)
+        self.stop_ids = stop_token_ids(self.tokenizer, eos_ids(model, self.tokenizer), any_period=stop_at_any_period)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
+        self.start_id = self._decoder_start(model) if self.encoder_decoder else None
+        banned = placeholder_ids(model, processor)
+        ban = None
+        if banned:
+            ban = torch.zeros(model.get_output_embeddings().weight.shape[0])
+            ban[banned] = BANNED
+        self.register_buffer("ban", ban, persistent=False)  # [V]: no caption holds an image placeholder
+        self._freeze_all_but_the_trained_part(model, train_vision, lora)
+        self.model = model
+        # the PeftModel wraps ``model`` (its adapters are inside it): kept outside the module tree, to save them
+        object.__setattr__(self, "peft", None if lora is None else self._add_lora(model, **lora))
+        self.image_size = self._resize_size(image_size)
+        self._probe()
+        self._fused = None  # whether scoring may use the fused head: checked on the first scoring pass
+        text = _text_config(model.config)
+        self._config = HFCaptionerConfig(
+            architecture=type(model).__name__, vocab_size=text.vocab_size, hidden_size=getattr(text, "hidden_size", 0),
+            prompt=self.prompt, train_vision=train_vision, lora_rank=(lora or {}).get("rank", 0),
+            image_size=self.image_size,
+        )  # fmt: skip
+        self._register_state_dict_hook(_drop_frozen_parameters)
+        self._register_load_state_dict_pre_hook(_keep_frozen_parameters, with_module=True)
+
+    # ---- building
+
+    def _prompt_text(self, prompt, instruction):
+        template = getattr(self.processor, "chat_template", None)
+        if instruction is not None or (template and not prompt):
+            if not template:
+                raise UsageError("--hf_instruction needs a model whose processor has a chat template")
+            content = [{"type": "image"}, {"type": "text", "text": instruction or "Describe the image."}]
+            return self.processor.apply_chat_template([{"role": "user", "content": content}],
+                                                      add_generation_prompt=True, tokenize=False)  # fmt: skip
+        return prompt
+
+    def _decoder_start(self, model):
+        for config in (model.generation_config, model.config, _text_config(model.config)):
+            start = getattr(config, "decoder_start_token_id", None)
+            if start is not None:
+                return int(start)
+        raise UsageError(f"{type(model).__name__} is an encoder-decoder without a decoder_start_token_id")
+
+    @staticmethod
+    def _freeze_all_but_the_trained_part(model, train_vision, lora):
+        encoder_decoder_vision = type(model).__name__ == "VisionEncoderDecoderModel"
+        vision = [name for name, _ in model.named_parameters() if is_vision_parameter(name, encoder_decoder_vision)]
+        if not vision:
+            raise UsageError(f"{type(model).__name__}: cannot tell its vision tower from its language model (no "
+                             f"parameter under any of {', '.join(sorted(VISION_PARTS))})")  # fmt: skip
+        for name, parameter in model.named_parameters():
+            trains = lora is None and (train_vision or not is_vision_parameter(name, encoder_decoder_vision))
+            parameter.requires_grad_(trains)
+
+    def _add_lora(self, model, rank, alpha=None, targets=None):
+        from peft import LoraConfig, get_peft_model
+
+        targets = list(targets) if targets else language_linear_layers(model, self.encoder_decoder_vision)
+        config = LoraConfig(r=rank, lora_alpha=alpha or 2 * rank, target_modules=targets, lora_dropout=0.0)
+        # get_peft_model puts the adapters into ``model`` itself; the PeftModel is kept to save them
+        return get_peft_model(model, config)
+
+    def _resize_size(self, image_size):
+        """``image_size`` when the processor's outputs depend on an image's size (or when asked), else None."""
+        if image_size is not None:
+            return image_size
+        shapes = [self._image_inputs(Image.new("RGB", size)) for size in PROBE_SIZES]
+        same = all(shapes[0][key].shape == shapes[1][key].shape for key in shapes[0])
+        same = same and all(torch.equal(shapes[0][k], shapes[1][k]) for k in shapes[0] if k != "pixel_values")
+        return None if same else DEFAULT_IMAGE_SIZE
+
+    def _image_inputs(self, image):
+        return dict(self.image_processor(images=[image.convert("RGB")], return_tensors="pt"))
+
+    def _probe(self):
+        """The prompt's token ids and the image inputs every image shares, from one probe image."""
+        image = self._resized(Image.new("RGB", PROBE_SIZES[0]))
+        inputs = self.processor(images=[image], text=[self.prompt], return_tensors="pt") if self.prompt or (
+            not self.encoder_decoder_vision) else self._image_inputs(image)  # fmt: skip
+        self.patches = "image_grid_thw" in inputs  # pixel values are one image's patches, concatenated per batch
+        prompt_ids = inputs.get("input_ids")
+        if prompt_ids is not None:
+            prompt_ids = prompt_ids[0]
+            sep = self.tokenizer.sep_token_id
+            if not self.encoder_decoder and sep is not None and sep != self.tokenizer.bos_token_id:
+                while len(prompt_ids) > 1 and int(prompt_ids[-1]) == sep:  # BERT's closing [SEP] (GIT)
+                    prompt_ids = prompt_ids[:-1]
+        self.register_buffer("prompt_ids", prompt_ids, persistent=False)  # [P] (None: no text input)
+        accepted = inspect.signature(self.model.forward).parameters  # a BERT tokenizer's token types mean nothing
+        self.prompt_aligned = {key: inputs[key][0, : len(prompt_ids)] for key in PROMPT_ALIGNED
+                               if key in inputs and key in accepted}  # fmt: skip
+        image_keys = set(self._image_inputs(image)) - {"pixel_values"}
+        self.shared_inputs = {key: inputs[key] for key in image_keys if torch.is_tensor(inputs.get(key))}
+        self.probe_pixels = self.image_transform(image)
+
+    def _resized(self, image):
+        if self.image_size is None:
+            return image
+        return image.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC)
+
+    @property
+    def fused(self):
+        """Whether the model's logits are its output ``nn.Linear`` of its hidden states (then scoring is fused)."""
+        if self._fused is None:
+            self._fused = self._head_is_linear()
+        return self._fused
+
+    @torch.no_grad()
+    def _head_is_linear(self):
+        head = self.lm_head
+        if not isinstance(head, nn.Linear):
+            return False
+        pixels = self.probe_pixels.unsqueeze(0).to(head.weight.device)
+        tokens = torch.tensor([self.stop_ids[:1] * 2], device=pixels.device)
+        logits = self._forward(pixels, tokens)
+        with bypassed_head(self, head):
+            hidden = self._forward(pixels, tokens)
+        return hidden.shape[-1] == head.in_features and torch.allclose(head(hidden), logits, atol=1e-5, rtol=1e-4)
+
+    # ---- the captioner protocol
+
+    @property
+    def config(self):
+        return self._config
+
+    @property
+    def lm_head(self):
+        return self.model.get_output_embeddings()
+
+    def image_transform(self, image):
+        """PIL image -> one image's pixels, through the model's own image processor."""
+        inputs = self._image_inputs(self._resized(image))
+        pixels = inputs["pixel_values"]
+        return pixels if self.patches else pixels[0]
+
+    def encode_images(self, pixels):
+        """The captioner's input is the pixels themselves."""
+        return pixels
+
+    def condition(self, pixels):
+        return pixels
+
+    def trainable_parameters(self):
+        """The language part's parameters (all of them with ``--hf_train_vision``; the adapters with LoRA)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def _model_inputs(self, pixels):
+        """The model's image inputs for a batch of pixels ``[B, ...]``."""
+        batch = pixels.shape[0]
+        inputs = {"pixel_values": pixels.flatten(0, 1) if self.patches else pixels}
+        for key, value in self.shared_inputs.items():  # one image's: [1, ...] -> [B, ...]
+            inputs[key] = value.to(pixels.device).repeat(batch, *[1] * (value.dim() - 1))
+        return inputs
+
+    def _prompt_batch(self, batch):
+        return self.prompt_ids.unsqueeze(0).expand(batch, -1)  # [B, P]
+
+    def _text_inputs(self, batch, tokens=None):
+        """``input_ids`` (the prompt, then ``tokens`` [B, T] if given), their attention mask and the processor's
+        prompt-aligned inputs, for a batch of ``batch``."""
+        ids = self._prompt_batch(batch)
+        if tokens is not None:
+            ids = torch.cat([ids, tokens], dim=1)  # [B, P + T]
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        for key, values in self.prompt_aligned.items():
+            values = values.to(ids.device).unsqueeze(0).expand(batch, -1)
+            if tokens is not None:
+                values = torch.cat([values, torch.full_like(tokens, PROMPT_ALIGNED[key])], dim=1)
+            inputs[key] = values
+        return inputs
+
+    def _forward(self, pixels, tokens):
+        """The model's output (logits, or hidden states with the head bypassed) at the positions predicting
+        ``tokens`` [B, T]: ``[B, T, V or E]``."""
+        batch, width = tokens.shape
+        inputs = self._model_inputs(pixels)
+        if self.encoder_decoder:
+            start = tokens.new_full((batch, 1), self.start_id)
+            if self.prompt_ids is not None:  # the encoder reads the prompt (Florence-2)
+                inputs.update(self._text_inputs(batch))
+            inputs["decoder_input_ids"] = torch.cat([start, tokens[:, :-1]], dim=1)
+            return self.model(**inputs, use_cache=False).logits  # [B, T, V]
+        inputs.update(self._text_inputs(batch, tokens))
+        output = self.model(**inputs, use_cache=False).logits  # [B, L, V]: GIT's L counts image tokens too
+        return output[:, -width - 1 : -1]  # the caption comes last: the positions before each of its tokens
+
+    def _hidden(self, pixels, tokens):
+        with bypassed_head(self, self.lm_head):
+            return self._forward(pixels, tokens)
+
+    def _score(self, condition, tokens, kl_reference=None, sender_input=None):
+        if self.fused:
+            return super()._score(condition, tokens, kl_reference, sender_input)
+        if kl_reference is not None:
+            raise UsageError(f"{self.config.architecture}: its logits are not a linear head of its hidden states, "
+                             "and the KL penalty needs one; set --kl_coeff 0")  # fmt: skip
+        mask = caption_mask(tokens, self.stop_ids)
+        width = int(mask.sum(1).max())
+        tokens, mask = tokens[:, :width], mask[:, :width]
+        log_prob, entropy = sequence_log_prob(self._logits(condition, tokens), tokens, mask)
+        return log_prob, entropy, None
+
+    def _logits(self, pixels, tokens):
+        """The full logits ``[B, T, V]`` (fp32) predicting ``tokens``, image placeholders banned."""
+        logits = self._forward(pixels, tokens).float()
+        return logits if self.ban is None else logits + self.ban
+
+    def _decode(self, condition, **decoding):
+        if self.fused:
+            return super()._decode(condition, **decoding)
+        return self._decode_tokens(condition, **decoding)
+
+    def _generate(self, pixels, sample=False, **settings):
+        """``generate``'s output: for a decoder-only model the prompt then the caption, else the decoder's start
+        token then the caption."""
+        batch = pixels.shape[0]
+        extra = {"decoder_start_token_id": self.start_id} if self.encoder_decoder else {}
+        generation = self._generation_config(self.pad_id, **extra, **settings)
+        inputs = self._model_inputs(pixels)
+        if self.prompt_ids is not None:
+            inputs.update(self._text_inputs(batch))
+        return generate_with(self.model, generation, sample, ban=self.ban, **inputs)
+
+    def _decode_tokens(self, pixels, **decoding):
+        sequences = self._generate(pixels, **decoding)
+        sequences = getattr(sequences, "sequences", sequences)
+        if self.encoder_decoder:
+            new = sequences[:, 1:]
+        else:
+            prompt = self.prompt_ids
+            starts_with_prompt = sequences.shape[1] >= len(prompt) and bool(
+                (sequences[:, : len(prompt)] == prompt).all())  # fmt: skip
+            new = sequences[:, len(prompt) :] if starts_with_prompt else sequences
+        return pad_to(new, self.max_len, self.pad_id)
+
+    def mle_loss(self, pixels, captions):
+        """Mean token cross-entropy of reference ``captions``, each followed by the first EOS id."""
+        rows = [self.tokenizer(caption, add_special_tokens=False).input_ids[: self.max_len - 1] + self.stop_ids[:1]
+                for caption in captions]  # fmt: skip
+        tokens, labels = pad_batch(rows, self.pad_id)
+        device = pixels.device
+        tokens, labels = tokens.to(device), labels.to(device)
+        if self.fused:
+            log_prob = head_token_log_probs(self._hidden(pixels, tokens), self.lm_head, tokens, self.ban)[0]
+        else:
+            log_prob = torch.log_softmax(self._logits(pixels, tokens), -1).gather(-1, tokens[..., None])[..., 0]
+        mask = (labels != -100).float()
+        return -(log_prob * mask).sum() / mask.sum()
+
+    def save_pretrained(self, directory):
+        """Writes ``directory/hf`` in transformers' format (with LoRA, PEFT's adapter directory; with
+        ``merge_lora``, the merged model instead), with the processor; returns its path."""
+        path = os.path.join(directory, "hf")
+        with atomic_directory(path) as staging:
+            if self.peft is not None and self.merge_lora:
+                copy.deepcopy(self.peft).merge_and_unload().save_pretrained(staging)
+            elif self.peft is not None:
+                self.peft.save_pretrained(staging)
+            else:
+                self.model.save_pretrained(staging)
+            self.processor.save_pretrained(staging)
+        return path
+
+    @contextlib.contextmanager
+    def adapters_off(self):
+        """Within the block, the model without its LoRA adapters (the base model)."""
+        if self.peft is None:
+            yield
+            return
+        with self.peft.disable_adapter():
+            yield
+
+
+def _drop_frozen_parameters(module, state_dict, prefix, local_metadata):
+    # Checkpoints hold what trains: the frozen base is rebuilt from --hf_model.
+    for name, parameter in module.named_parameters(remove_duplicate=False):
+        if not parameter.requires_grad:
+            state_dict.pop(f"{prefix}{name}", None)
+
+
+def _keep_frozen_parameters(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+    for name, parameter in module.named_parameters(remove_duplicate=False):
+        if not parameter.requires_grad:
+            state_dict.setdefault(f"{prefix}{name}", parameter.detach())
+
+
+def load_processor(source, flag):
+    """``AutoProcessor`` of ``source``, or its image processor and tokenizer where it has no processor class."""
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+    try:
+        processor = AutoProcessor.from_pretrained(source)
+        if getattr(processor, "image_processor", None) is None:
+            processor = _ImageAndText(AutoImageProcessor.from_pretrained(source), AutoTokenizer.from_pretrained(source))
+    except (OSError, ValueError) as error:
+        raise missing_weights("the model's processor", source, flag, error) from error
+    return processor
+
+
+class _ImageAndText:
+    """An image processor and a tokenizer where a model has no processor class (``VisionEncoderDecoderModel``)."""
+
+    chat_template = None
+
+    def __init__(self, image_processor, tokenizer):
+        self.image_processor, self.tokenizer = image_processor, tokenizer
+
+    def __call__(self, images, text=None, return_tensors="pt"):
+        inputs = dict(self.image_processor(images=images, return_tensors=return_tensors))
+        if text is not None and any(text):
+            inputs.update(self.tokenizer(text, return_tensors=return_tensors))
+        return inputs
+
+    def save_pretrained(self, directory):
+        self.image_processor.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+
+
+def load_model(source, flag):
+    """The transformers model of ``source`` in fp32 (a hub id or directory; a PEFT adapter directory loads its
+    base model with the adapters merged into the weights: further training starts from there)."""
+    from transformers import AutoModelForImageTextToText
+
+    from ..pretrained import from_pretrained_strict
+
+    adapter_config = os.path.join(source, ADAPTER_CONFIG) if os.path.isdir(source) else None
+    if adapter_config and os.path.isfile(adapter_config):
+        from peft import PeftModel
+
+        with open(adapter_config) as f:
+            base = json.load(f).get("base_model_name_or_path")
+        model = from_pretrained_strict(AutoModelForImageTextToText, base, flag, "the adapters' base model")
+        return PeftModel.from_pretrained(model, source).merge_and_unload().eval()
+    return from_pretrained_strict(AutoModelForImageTextToText, source, flag, "the transformers captioner")
+
+
+def load_hf_captioner(opts):
+    """The captioner of ``--hf_model`` (a hub id or a local directory, model + processor)."""
+    if not opts.hf_model:
+        raise UsageError("--captioner hf needs --hf_model (a transformers hub id or a local directory)")
+    model = load_model(opts.hf_model, "--hf_model")
+    if getattr(opts, "gradient_checkpointing", False):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lora = None
+    if getattr(opts, "lora_rank", 0):
+        lora = {"rank": opts.lora_rank, "alpha": opts.lora_alpha, "targets": opts.lora_targets}
+    return HFCaptioner(model, load_processor(opts.hf_model, "--hf_model"), prompt=opts.hf_prompt,
+                       instruction=opts.hf_instruction, max_len=opts.max_len, train_vision=opts.hf_train_vision,
+                       stop_at_any_period=getattr(opts, "stop_at_any_period", False),
+                       image_size=opts.hf_image_size, lora=lora, merge_lora=opts.merge_lora)  # fmt: skip

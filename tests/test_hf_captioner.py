@@ -1,0 +1,173 @@
+"""``--captioner hf``: any transformers image-to-text model, on tiny random models of each family saved in the
+real on-disk formats (model, processor, tokenizer) and loaded through the real loader, offline.
+
+For each family: the sampler's per-token log-probabilities (``generate``'s raw logits) are the scoring pass's,
+one training step changes the trainable parameters and nothing else, saving and reloading gives the same
+captions, and LoRA trains the adapters alone.
+"""
+
+import argparse
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+from egg.zoo.discriminative_captioner.captioners import base
+from egg.zoo.discriminative_captioner.captioners.fused import BANNED
+from egg.zoo.discriminative_captioner.captioners.hf import load_hf_captioner
+from egg.zoo.discriminative_captioner.errors import UsageError
+
+from . import tiny_hf_captioners as families
+
+FAMILIES = {
+    "vit_gpt2": families.save_vit_gpt2,
+    "git": families.save_git,
+    "blip2": families.save_blip2,
+    "florence2": families.save_florence2,
+    "paligemma": families.save_paligemma,
+    "idefics3": families.save_idefics3,
+    "qwen2_vl": families.save_qwen2_vl,
+}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """Each family's directory (built on first use) and what its builder says of it."""
+    built = {}
+
+    def get(family):
+        if family not in built:
+            directory = str(tmp_path_factory.mktemp(family))
+            built[family] = FAMILIES[family](directory)
+        return built[family]
+
+    return get
+
+
+def hf_opts(info, **overrides):
+    text = info.get("prompt_or_instruction") or ""
+    values = dict(hf_model=info["directory"], hf_prompt="" if info.get("chat") else text,
+                  hf_instruction=text if info.get("chat") else None, max_len=6, hf_train_vision=False,
+                  hf_image_size=None, lora_rank=0, lora_alpha=None, lora_targets=None, merge_lora=False,
+                  gradient_checkpointing=False)  # fmt: skip
+    values.update(overrides)
+    return argparse.Namespace(**values)
+
+
+def images(n=3):
+    """Images of different sizes and colours."""
+    return [Image.new("RGB", (40 + 9 * i, 36 + 5 * i), (60 * i % 256, 120, 200 - 40 * i)) for i in range(n)]
+
+
+def pixels_of(captioner, n=3):
+    return torch.stack([captioner.image_transform(image) for image in images(n)])
+
+
+def parameters(captioner):
+    return {name: p.detach().clone() for name, p in captioner.named_parameters(remove_duplicate=False)}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_sampler_draws_from_the_distribution_the_scoring_pass_scores(family, saved):
+    captioner = load_hf_captioner(hf_opts(saved(family)))
+    pixels = pixels_of(captioner)
+    torch.manual_seed(0)
+    out = captioner._generate(pixels, sample=True, output_logits=True, return_dict_in_generate=True)
+    new = out.sequences[:, out.sequences.shape[1] - len(out.logits) :]  # [B, T] the generated tokens
+    logits = torch.stack(out.logits, 1)  # [B, T, V] the model's raw logits
+    if captioner.ban is not None:  # image placeholders are banned from captions: the draws saw them removed
+        assert torch.isin(captioner.ban, torch.tensor([0.0, BANNED])).all() and (captioner.ban == BANNED).any()
+        logits = logits + captioner.ban
+    mask = base.caption_mask(new, captioner.stop_ids)
+    sampled = (torch.log_softmax(logits.float(), -1).gather(-1, new[..., None])[..., 0] * mask).sum(1)
+    scored, _ = captioner.score(pixels, base.pad_to(new, captioner.max_len, captioner.pad_id))
+    torch.testing.assert_close(scored, sampled, atol=1e-4, rtol=1e-4)
+    # a rollout's caption is the generated continuation: the prompt and the image tokens are never in it
+    rollout = captioner.rollout(pixels)
+    assert rollout.message.shape == (3, captioner.max_len)
+    torch.testing.assert_close(rollout.log_prob, captioner.score(pixels, rollout.message)[0], atol=1e-4, rtol=1e-4)
+
+
+def reinforce_step(captioner, pixels):
+    optimizer = torch.optim.Adam(captioner.trainable_parameters(), lr=1e-2)
+    rollout = captioner.rollout(pixels)
+    (-(rollout.log_prob * torch.tensor([1.0, -1.0, 0.5])).mean()).backward()
+    optimizer.step()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_training_step_changes_the_trainable_parameters_only_and_the_saved_model_reloads(family, saved, tmp_path):
+    info = saved(family)
+    captioner = load_hf_captioner(hf_opts(info))
+    trainable = {name for name, p in captioner.named_parameters(remove_duplicate=False) if p.requires_grad}
+    assert trainable and len(trainable) < len(list(captioner.parameters()))  # the vision tower is frozen
+    assert not any(part in name.split(".") for name in trainable for part in ("vision_tower", "vision_model"))
+    before = parameters(captioner)
+    pixels = pixels_of(captioner)
+    torch.manual_seed(1)
+    reinforce_step(captioner, pixels)
+    after = parameters(captioner)
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and changed <= trainable
+    # checkpoints hold what trains
+    assert set(captioner.state_dict()) <= trainable | {n for n, _ in captioner.named_buffers()}
+
+    greedy = captioner.generate(pixels, num_beams=1)
+    path = captioner.save_pretrained(str(tmp_path))
+    reloaded = load_hf_captioner(hf_opts(info, hf_model=path))
+    again = reloaded.generate(pixels_of(reloaded), num_beams=1)
+    assert torch.equal(again.message, greedy.message) and again.text == greedy.text
+    torch.testing.assert_close(reloaded.score(pixels, greedy.message)[0], captioner.score(pixels, greedy.message)[0])
+
+
+@pytest.mark.parametrize("family", ["vit_gpt2", "git", "qwen2_vl"])
+def test_lora_trains_the_adapters_alone_and_saves_them_for_peft(family, saved, tmp_path):
+    info = saved(family)
+    captioner = load_hf_captioner(hf_opts(info, lora_rank=2))
+    trainable = {name for name, p in captioner.named_parameters(remove_duplicate=False) if p.requires_grad}
+    assert trainable and all("lora_" in name for name in trainable)
+    assert set(captioner.state_dict()) <= trainable | {n for n, _ in captioner.named_buffers()}
+    pixels = pixels_of(captioner)
+    base_before = {k: v for k, v in parameters(captioner).items() if k not in trainable}
+    untrained = captioner.generate(pixels, num_beams=1)
+    with captioner.adapters_off():  # LoRA's B starts at zero: the adapted model is the base model
+        assert torch.equal(captioner.generate(pixels, num_beams=1).message, untrained.message)
+    for _ in range(3):
+        reinforce_step(captioner, pixels)
+    after = parameters(captioner)
+    assert all(torch.equal(value, after[name]) for name, value in base_before.items())  # the base is untouched
+    assert any("lora_B" in name and after[name].abs().sum() > 0 for name in trainable)
+    trained = captioner.generate(pixels, num_beams=1)
+
+    path = captioner.save_pretrained(str(tmp_path))
+    assert os.path.isfile(os.path.join(path, "adapter_config.json"))
+    assert not os.path.exists(os.path.join(path, "model.safetensors"))  # the adapters alone
+    reloaded = load_hf_captioner(hf_opts(info, hf_model=path))  # the base with the adapters merged
+    assert torch.equal(reloaded.generate(pixels_of(reloaded), num_beams=1).message, trained.message)
+
+    captioner.merge_lora = True
+    merged = captioner.save_pretrained(str(tmp_path / "merged"))
+    assert not os.path.exists(os.path.join(merged, "adapter_config.json"))
+    reloaded = load_hf_captioner(hf_opts(info, hf_model=merged))
+    assert torch.equal(reloaded.generate(pixels_of(reloaded), num_beams=1).message, trained.message)
+
+
+def test_the_kl_reference_shares_the_frozen_base(saved):
+    from egg.zoo.discriminative_captioner.archs import FrozenReference
+
+    captioner = load_hf_captioner(hf_opts(saved("git"), lora_rank=2))
+    reference = FrozenReference(captioner)
+    own = {id(p) for p in captioner.parameters()}
+    copied = [name for name, p in reference.captioner.named_parameters() if id(p) not in own]
+    assert copied and all("lora_" in name for name in copied)  # only the adapters are copied
+    pixels = pixels_of(captioner)
+    tokens = captioner.rollout(pixels).message
+    torch.testing.assert_close(reference(pixels, tokens), captioner.score(pixels, tokens)[0].detach())
+
+
+def test_a_model_that_cannot_load_names_the_flag(tmp_path):
+    with pytest.raises(UsageError, match="--hf_model"):
+        load_hf_captioner(hf_opts({"directory": str(tmp_path / "absent")}))
+    with pytest.raises(UsageError, match="--hf_model"):
+        load_hf_captioner(hf_opts({"directory": "someone/no-such-captioner"}))
