@@ -24,6 +24,11 @@ resident memory, sampled every millisecond.  With ``--device cuda``, times are w
 synchronisations and memory is the CUDA allocator's peak.  The last line reads ``speedup vs naive: N.Nx
 (kv-cache)``, the plugin step against the KV-cache reference.
 
+With ``--generic``, the same GPT-2 also runs through the generic transformers path (``--captioner hf``): a
+``VisionEncoderDecoderModel`` whose decoder is that GPT-2 (with the cross-attention a vision encoder-decoder
+adds) over a one-layer ViT, with the same batch, rollout length and optimizer; the line ``generic vs ClipCap:
+time N.NNx, peak memory N.NNx`` compares its step with ClipCap's.
+
     python benchmarks/step.py --device cuda --size gpt2-small --retriever vit-b32 --precision bf16 --steps 5
 """
 
@@ -78,7 +83,8 @@ def trimmed_resident_bytes():
 
 class PeakMemory:
     """Highest resident memory while the block runs, sampled every millisecond by a thread; on a GPU, the
-    highest memory the CUDA allocator handed out (``max_memory_allocated``)."""
+    highest memory the CUDA allocator handed out (``max_memory_allocated``).  ``added``: the peak above the
+    memory in use when the block began (what the steps add to the models and optimizer state)."""
 
     def __init__(self, device):
         self.device = device
@@ -87,8 +93,9 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
             return self
-        trimmed_resident_bytes()
+        self.start = trimmed_resident_bytes()
         self.peak, self.running = resident_bytes(), True
         self.thread = threading.Thread(target=self._poll, daemon=True)
         self.thread.start()
@@ -107,6 +114,10 @@ class PeakMemory:
         self.running = False
         self.thread.join()
         self.peak = max(self.peak, resident_bytes())
+
+    @property
+    def added(self):
+        return self.peak - self.start
 
 
 def word_tokenizer(vocab_size):
@@ -256,6 +267,7 @@ def main():
     parser.add_argument("--entropy_coeff", type=float, default=0.0)
     parser.add_argument("--kl_coeff", type=float, default=0.0)
     parser.add_argument("--updates", type=int, default=56_000, help="updates of the run whose time is projected")
+    parser.add_argument("--generic", action="store_true", help="also time the generic transformers path (hf)")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here")
@@ -337,8 +349,56 @@ def main():
           f"{(memory_after - memory_before) / 2**20:+.1f} MiB {'GPU allocated' if on_gpu else 'resident'}, "
           f"{tensors_after - tensors_before:+d} live tensors", flush=True)  # fmt: skip
     print(f"process peak resident: {process_peak_bytes() / GiB:.2f} GiB")
+    if args.generic:
+        compare_generic(args, device, retriever, plugin_seconds, plugin_memory.added)
     if naive:
         print(f"speedup vs naive: {naive['kv-cache'] / plugin_seconds:.1f}x (kv-cache)")
+
+
+def build_generic_captioner(size, max_len, image_size=32):
+    """The same GPT-2 as ``build_captioner``'s, as the decoder of a ViT-GPT-2 ``VisionEncoderDecoderModel``."""
+    from transformers import VisionEncoderDecoderConfig, VisionEncoderDecoderModel, ViTConfig, ViTImageProcessor
+
+    from egg.zoo.discriminative_captioner.captioners.hf import HFCaptioner
+    from egg.zoo.discriminative_captioner.captioners.hf_loading import ImageAndText
+
+    layers, width, heads = SIZES[size]
+    torch.manual_seed(0)
+    decoder = GPT2Config(vocab_size=GPT2_VOCAB, n_positions=128, n_embd=width, n_layer=layers, n_head=heads,
+                         bos_token_id=GPT2_VOCAB - 1, eos_token_id=GPT2_VOCAB - 1, add_cross_attention=True,
+                         is_decoder=True)  # fmt: skip
+    encoder = ViTConfig(hidden_size=width, num_hidden_layers=1, num_attention_heads=heads, intermediate_size=4 * width,
+                        image_size=image_size, patch_size=16)  # fmt: skip
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id = config.pad_token_id = config.eos_token_id = GPT2_VOCAB - 1
+    model = VisionEncoderDecoderModel(config)
+    processor = ImageAndText(ViTImageProcessor(size={"height": image_size, "width": image_size}),
+                              word_tokenizer(GPT2_VOCAB))  # fmt: skip
+    captioner = HFCaptioner(model, processor, max_len=max_len)
+    captioner.stop_ids = [GPT2_VOCAB]  # as for ClipCap: every caption is max_len long
+    return captioner
+
+
+def compare_generic(args, device, retriever, clipcap_seconds, clipcap_added):
+    """Times the generic path's step; memory is compared as what the steps add above the models in use."""
+    captioner = build_generic_captioner(args.size, args.max_len).to(device)
+    game = DiscriminativeGame(CaptionerSender(captioner), RetrieverReceiver(retriever),
+                              DiscriminationLoss(temperature=retriever.temperature), baseline_type=MeanBaseline,
+                              precision=args.precision)  # fmt: skip
+    optimizer = fused_adam(captioner.trainable_parameters(), lr=1e-7)
+    _, images, labels = make_batch(args.batch_size, RETRIEVERS[args.retriever][0], device)
+    pixels = torch.randn(args.batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(3)).to(device)
+    batch = (pixels, images, labels)
+    game.train()
+    plugin_step(game, optimizer, batch)  # warm-up
+    with PeakMemory(device) as memory:
+        seconds, wall = timed(lambda: plugin_step(game, optimizer, batch), args.steps, device)
+    trainable = sum(p.numel() for p in captioner.trainable_parameters())
+    print(f"generic step (ViT-GPT-2, {trainable / 1e6:.1f}M trainable): {seconds:.3f} s (wall {wall:.3f} s), "
+          f"step memory above the models {memory.added / GiB:.2f} GiB (ClipCap's {clipcap_added / GiB:.2f} GiB)",
+          flush=True)  # fmt: skip
+    print(f"generic vs ClipCap: time {seconds / clipcap_seconds:.2f}x, peak memory {memory.added / clipcap_added:.2f}x",
+          flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

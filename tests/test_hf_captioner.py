@@ -15,7 +15,7 @@ from PIL import Image
 
 from egg.zoo.discriminative_captioner.captioners import base
 from egg.zoo.discriminative_captioner.captioners.fused import BANNED
-from egg.zoo.discriminative_captioner.captioners.hf import load_hf_captioner
+from egg.zoo.discriminative_captioner.captioners.hf_loading import load_hf_captioner
 from egg.zoo.discriminative_captioner.errors import UsageError
 
 from . import tiny_hf_captioners as families
@@ -171,3 +171,34 @@ def test_a_model_that_cannot_load_names_the_flag(tmp_path):
         load_hf_captioner(hf_opts({"directory": str(tmp_path / "absent")}))
     with pytest.raises(UsageError, match="--hf_model"):
         load_hf_captioner(hf_opts({"directory": "someone/no-such-captioner"}))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(saved):
+    def gradients(checkpointing):
+        captioner = load_hf_captioner(hf_opts(saved("git"), gradient_checkpointing=checkpointing)).train()
+        pixels = pixels_of(captioner)
+        tokens = torch.tensor([[5, 6, 7, 3], [8, 3, 0, 0], [9, 10, 11, 12]])
+        captioner.score(pixels, tokens)[0].sum().backward()
+        return {name: p.grad for name, p in captioner.named_parameters() if p.requires_grad}
+
+    plain, checkpointed = gradients(False), gradients(True)
+    assert plain.keys() == checkpointed.keys()
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, msg=name)
+
+
+def test_evaluate_and_caption_take_transformers_directories_and_hub_ids(saved, tmp_path):
+    from egg.zoo.discriminative_captioner.evaluation.models import parse_model
+
+    assert parse_model("hf:Salesforce/blip2-opt-2.7b").kind == "hf"
+    assert parse_model("hf:Salesforce/blip2-opt-2.7b").path == "Salesforce/blip2-opt-2.7b"
+    spec = parse_model(f"mine={saved('git')['directory']}")
+    assert (spec.label, spec.kind) == ("mine", "hf")
+    run = tmp_path / "run"
+    captioner = load_hf_captioner(hf_opts(saved("vit_gpt2"), lora_rank=2))
+    captioner.save_pretrained(str(run))
+    (run / "opts.json").write_text("{}")
+    spec = parse_model(str(run))
+    assert (spec.kind, spec.path) == ("hf", str(run / "hf"))  # the run's adapters
+    with pytest.raises(UsageError, match="no config.json or adapter_config.json"):
+        parse_model(str(tmp_path))

@@ -17,7 +17,7 @@ from ..lazy import exports, load
 CAPTIONERS = {
     "clipcap": (".clipcap_checkpoint", "load_clipcap_captioner"),
     "blip": (".blip", "load_blip_captioner"),
-    "hf": (".hf", "load_hf_captioner"),
+    "hf": (".hf_loading", "load_hf_captioner"),
 }
 _EXPORTS = {"BlipCaptioner": ".blip", "ClipCapCaptioner": ".clipcap", "HFCaptioner": ".hf", "Rollout": ".base"}
 

@@ -20,7 +20,6 @@ adapters alone, which start at zero, so it is the base model.  Checkpoints hold 
 import contextlib
 import copy
 import inspect
-import json
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -30,7 +29,7 @@ from PIL import Image
 from torch import nn
 
 from ..checkpointing import atomic_directory
-from ..errors import UsageError, missing_weights
+from ..errors import UsageError
 from .base import (
     ConditionalCaptioner,
     caption_mask,
@@ -41,19 +40,13 @@ from .base import (
     stop_token_ids,
 )
 from .fused import BANNED, bypassed_head, head_token_log_probs
+from .hf_parts import VISION_PARTS, eos_ids, is_vision_parameter, language_linear_layers, placeholder_ids, text_config
 
-# Name components of the parameters outside the language part: vision towers, their projectors and Q-formers.
-VISION_PARTS = {
-    "vision_tower", "vision_model", "visual", "image_encoder", "vision_encoder", "qformer", "query_tokens",
-    "multi_modal_projector", "language_projection", "visual_projection", "connector", "mm_projector",
-    "image_projection", "image_pos_embed", "visual_temporal_embed", "img_projection",
-}  # fmt: skip
 # Processor outputs aligned with the prompt's tokens, and their value at a caption's tokens: PaliGemma's prefix
 # (0) / suffix (1) marks, Qwen2-VL's text (0) / image (1) marks.
 PROMPT_ALIGNED = {"token_type_ids": 1, "mm_token_type_ids": 0}
 PROBE_SIZES = ((64, 48), (40, 72))  # two shapes of probe image: a processor whose outputs differ resizes first
 DEFAULT_IMAGE_SIZE = 224
-ADAPTER_CONFIG = "adapter_config.json"  # a PEFT adapter directory
 
 
 @dataclass
@@ -67,64 +60,6 @@ class HFCaptionerConfig:
     train_vision: bool
     lora_rank: int
     image_size: Optional[int]
-
-
-def _text_config(config):
-    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-
-
-def _ids(value):
-    if value is None:
-        return []
-    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
-
-
-def eos_ids(model, tokenizer):
-    """The model's EOS ids: its generation config's, its text config's and the tokenizer's, in that order."""
-    generation = getattr(model, "generation_config", None)
-    found = [*_ids(getattr(generation, "eos_token_id", None)), *_ids(_text_config(model.config).eos_token_id),
-             *_ids(getattr(model.config, "eos_token_id", None)), *_ids(tokenizer.eos_token_id)]  # fmt: skip
-    if not found:
-        raise UsageError(f"{type(model).__name__}: neither its configs nor its tokenizer name an EOS token")
-    return list(dict.fromkeys(found))
-
-
-def placeholder_ids(model, processor):
-    """Token ids that stand for image content (image, video and vision-boundary placeholders): a caption that
-    held one would be read as an image slot by the scoring pass, so captions may not."""
-    ids = set()
-    for config in {id(c): c for c in (model.config, _text_config(model.config))}.values():
-        for key, value in config.to_dict().items():
-            if isinstance(value, int) and key.endswith(("_token_id", "_token_index")) and any(
-                    word in key for word in ("image", "video", "vision", "boi", "eoi")):  # fmt: skip
-                ids.add(value)
-    tokenizer = getattr(processor, "tokenizer", processor)
-    for attribute in ("image_token", "video_token", "fake_image_token", "global_image_token", "boi_token",
-                      "eoi_token"):  # fmt: skip
-        token = getattr(processor, attribute, None)
-        if isinstance(token, str):
-            index = tokenizer.convert_tokens_to_ids(token)
-            if index is not None and index != tokenizer.unk_token_id:
-                ids.add(index)
-    return sorted(ids)
-
-
-def is_vision_parameter(name, encoder_decoder_vision):
-    """Whether parameter ``name`` lies outside the language part (``encoder_decoder_vision``: the top-level
-    ``encoder.`` is a vision encoder, as in ``VisionEncoderDecoderModel``)."""
-    parts = name.split(".")
-    return bool(VISION_PARTS.intersection(parts)) or (encoder_decoder_vision and parts[0] == "encoder")
-
-
-def language_linear_layers(model, encoder_decoder_vision):
-    """Full names of the language part's linear layers (GPT-2's ``Conv1D`` too), the output head left out."""
-    head = model.get_output_embeddings()
-    names = []
-    for name, module in model.named_modules():
-        linear = isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
-        if linear and module is not head and not is_vision_parameter(name, encoder_decoder_vision):
-            names.append(name)
-    return names
 
 
 class HFCaptioner(ConditionalCaptioner):
@@ -171,7 +106,7 @@ class HFCaptioner(ConditionalCaptioner):
         self.image_size = self._resize_size(image_size)
         self._probe()
         self._fused = None  # whether scoring may use the fused head: checked on the first scoring pass
-        text = _text_config(model.config)
+        text = text_config(model.config)
         self._config = HFCaptionerConfig(
             architecture=type(model).__name__, vocab_size=text.vocab_size, hidden_size=getattr(text, "hidden_size", 0),
             prompt=self.prompt, train_vision=train_vision, lora_rank=(lora or {}).get("rank", 0),
@@ -193,7 +128,7 @@ class HFCaptioner(ConditionalCaptioner):
         return prompt
 
     def _decoder_start(self, model):
-        for config in (model.generation_config, model.config, _text_config(model.config)):
+        for config in (model.generation_config, model.config, text_config(model.config)):
             start = getattr(config, "decoder_start_token_id", None)
             if start is not None:
                 return int(start)
@@ -269,7 +204,7 @@ class HFCaptioner(ConditionalCaptioner):
         if not isinstance(head, nn.Linear):
             return False
         pixels = self.probe_pixels.unsqueeze(0).to(head.weight.device)
-        tokens = torch.tensor([self.stop_ids[:1] * 2], device=pixels.device)
+        tokens = torch.full((1, 2), self.pad_id, device=pixels.device)
         logits = self._forward(pixels, tokens)
         with bypassed_head(self, head):
             hidden = self._forward(pixels, tokens)
@@ -440,69 +375,3 @@ def _keep_frozen_parameters(module, state_dict, prefix, local_metadata, strict, 
     for name, parameter in module.named_parameters(remove_duplicate=False):
         if not parameter.requires_grad:
             state_dict.setdefault(f"{prefix}{name}", parameter.detach())
-
-
-def load_processor(source, flag):
-    """``AutoProcessor`` of ``source``, or its image processor and tokenizer where it has no processor class."""
-    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
-
-    try:
-        processor = AutoProcessor.from_pretrained(source)
-        if getattr(processor, "image_processor", None) is None:
-            processor = _ImageAndText(AutoImageProcessor.from_pretrained(source), AutoTokenizer.from_pretrained(source))
-    except (OSError, ValueError) as error:
-        raise missing_weights("the model's processor", source, flag, error) from error
-    return processor
-
-
-class _ImageAndText:
-    """An image processor and a tokenizer where a model has no processor class (``VisionEncoderDecoderModel``)."""
-
-    chat_template = None
-
-    def __init__(self, image_processor, tokenizer):
-        self.image_processor, self.tokenizer = image_processor, tokenizer
-
-    def __call__(self, images, text=None, return_tensors="pt"):
-        inputs = dict(self.image_processor(images=images, return_tensors=return_tensors))
-        if text is not None and any(text):
-            inputs.update(self.tokenizer(text, return_tensors=return_tensors))
-        return inputs
-
-    def save_pretrained(self, directory):
-        self.image_processor.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
-
-
-def load_model(source, flag):
-    """The transformers model of ``source`` in fp32 (a hub id or directory; a PEFT adapter directory loads its
-    base model with the adapters merged into the weights: further training starts from there)."""
-    from transformers import AutoModelForImageTextToText
-
-    from ..pretrained import from_pretrained_strict
-
-    adapter_config = os.path.join(source, ADAPTER_CONFIG) if os.path.isdir(source) else None
-    if adapter_config and os.path.isfile(adapter_config):
-        from peft import PeftModel
-
-        with open(adapter_config) as f:
-            base = json.load(f).get("base_model_name_or_path")
-        model = from_pretrained_strict(AutoModelForImageTextToText, base, flag, "the adapters' base model")
-        return PeftModel.from_pretrained(model, source).merge_and_unload().eval()
-    return from_pretrained_strict(AutoModelForImageTextToText, source, flag, "the transformers captioner")
-
-
-def load_hf_captioner(opts):
-    """The captioner of ``--hf_model`` (a hub id or a local directory, model + processor)."""
-    if not opts.hf_model:
-        raise UsageError("--captioner hf needs --hf_model (a transformers hub id or a local directory)")
-    model = load_model(opts.hf_model, "--hf_model")
-    if getattr(opts, "gradient_checkpointing", False):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    lora = None
-    if getattr(opts, "lora_rank", 0):
-        lora = {"rank": opts.lora_rank, "alpha": opts.lora_alpha, "targets": opts.lora_targets}
-    return HFCaptioner(model, load_processor(opts.hf_model, "--hf_model"), prompt=opts.hf_prompt,
-                       instruction=opts.hf_instruction, max_len=opts.max_len, train_vision=opts.hf_train_vision,
-                       stop_at_any_period=getattr(opts, "stop_at_any_period", False),
-                       image_size=opts.hf_image_size, lora=lora, merge_lora=opts.merge_lora)  # fmt: skip
