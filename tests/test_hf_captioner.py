@@ -202,3 +202,19 @@ def test_evaluate_and_caption_take_transformers_directories_and_hub_ids(saved, t
     assert (spec.kind, spec.path) == ("hf", str(run / "hf"))  # the run's adapters
     with pytest.raises(UsageError, match="no config.json or adapter_config.json"):
         parse_model(str(tmp_path))
+
+
+@pytest.mark.parametrize("lora_rank", [0, 2])
+def test_a_checkpoints_state_holds_what_trains_and_restores_it_strictly(lora_rank, saved):
+    info = saved("git")
+    trained = load_hf_captioner(hf_opts(info, lora_rank=lora_rank))
+    pixels = pixels_of(trained)
+    torch.manual_seed(2)
+    reinforce_step(trained, pixels)
+    state = trained.state_dict()
+    fresh = load_hf_captioner(hf_opts(info, lora_rank=lora_rank))
+    fresh.load_state_dict(state, strict=True)  # the frozen base comes from --hf_model, the rest from the state
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), state.values()))
+    assert torch.equal(fresh.generate(pixels, num_beams=1).message, trained.generate(pixels, num_beams=1).message)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        fresh.load_state_dict({key: value for key, value in list(state.items())[1:]}, strict=True)

@@ -49,9 +49,11 @@ def captioner_state(run_dir):
     return torch.load(run_dir / "clipcap.pt", map_location="cpu", weights_only=True)
 
 
-# Each core; and, on the bundled one, hard distractors (their neighbour table is read back from the feature cache).
+# Each core; and, on the bundled one, hard distractors (their neighbour table is read back from the feature cache)
 CASES = [pytest.param(*source.values, [], marks=source.marks, id=source.id) for source in EGG_SOURCES]
 CASES.append(pytest.param(None, ["--hard_distractors", "3"], id="hard-distractors"))
+# and K rollouts per image with the leave-one-out baseline (each image's K draws come from the resumed stream)
+CASES.append(pytest.param(None, ["--rollouts_per_image", "4", "--baseline", "rloo"], id="rollouts-per-image-4"))
 
 
 @pytest.mark.parametrize("egg_source, options", CASES)
