@@ -24,6 +24,9 @@ resident memory, sampled every millisecond.  With ``--device cuda``, times are w
 synchronisations and memory is the CUDA allocator's peak.  The last line reads ``speedup vs naive: N.Nx
 (kv-cache)``, the plugin step against the KV-cache reference.
 
+The step's split follows: decoding (per token, and the top-level torch operators it dispatches per token, from
+the torch profiler), the scoring forward (the game's forward less decoding), the backward and the Adam update.
+
 With ``--generic``, the same GPT-2 also runs through the generic transformers path (``--captioner hf``): a
 ``VisionEncoderDecoderModel`` whose decoder is that GPT-2 (with the cross-attention a vision encoder-decoder
 adds) over a one-layer ViT, with the same batch, rollout length and optimizer; the line ``generic vs ClipCap:
@@ -37,11 +40,13 @@ import contextlib
 import ctypes
 import functools
 import gc
+import os
 import resource
 import threading
 import time
 
-import torch
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's own start/stop notices, before torch loads it
+import torch  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -349,10 +354,30 @@ def main():
           f"{(memory_after - memory_before) / 2**20:+.1f} MiB {'GPU allocated' if on_gpu else 'resident'}, "
           f"{tensors_after - tensors_before:+d} live tensors", flush=True)  # fmt: skip
     print(f"process peak resident: {process_peak_bytes() / GiB:.2f} GiB")
+    step_split(game, captioner, optimizer, batch, T, device)
     if args.generic:
         compare_generic(args, device, retriever, plugin_seconds, plugin_memory.added)
     if naive:
         print(f"speedup vs naive: {naive['kv-cache'] / plugin_seconds:.1f}x (kv-cache)")
+
+
+def step_split(game, captioner, optimizer, batch, max_len, device):
+    """Times the step's parts: decoding, the rest of the forward, the backward, the optimizer update."""
+    features, images, labels = batch
+    condition = captioner.condition(features).detach()
+    with torch.no_grad():
+        decode = timed(lambda: captioner._decode(condition, sample=True), 2, device)[0]
+    forward = timed(lambda: game(features, labels, images), 2, device)[0]
+    loss, _ = game(features, labels, images)
+    backward = timed(lambda: loss.backward(retain_graph=True), 1, device)[0]
+    update = timed(lambda: optimizer.step(), 1, device)[0]
+    optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        captioner._decode(condition, sample=True)
+    top_level = sum(1 for event in profile.events() if event.cpu_parent is None and event.name.startswith("aten::"))
+    print(f"step split: decode {decode:.3f} s ({1000 * decode / max_len:.2f} ms per token, {top_level / max_len:.0f} "
+          f"top-level operators per token), scoring forward {forward - decode:.3f} s, backward {backward:.3f} s, "
+          f"optimizer {update:.3f} s", flush=True)  # fmt: skip
 
 
 def build_generic_captioner(size, max_len, image_size=32):
