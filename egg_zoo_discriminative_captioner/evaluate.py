@@ -11,6 +11,8 @@ then
   ``--near_duplicate_cosine`` skipped), and ImageCoDe's own sets where the data set has them, exported as
   human-study stimuli;
 - the lemmas most associated with each caption type (local mutual information);
+- with ``--eval_retrievers``, P@1 of the same captions over the same candidate sets under each of those
+  retrievers (``evaluation.other_retrievers``), a column per retriever;
 
 and writes under ``--output_dir``: ``results.json`` (one record per model and data set), ``tables.md`` (laid out
 like the paper's Tables 1-5, 7 and 11), ``captions.jsonl``, ``summary.json`` (protocol, hard sets, lemma tables),
@@ -29,6 +31,7 @@ import os
 
 from .data import DATASETS
 from .errors import UsageError, run_command
+from .evaluation.other_retrievers import parse_retrievers
 from .evaluation.outputs import check_output_dir
 from .opts import get_opts
 
@@ -64,6 +67,17 @@ def add_evaluation_options(parser):
     group.add_argument(
         "--training_log", nargs="*", default=[], help="console logs of training runs (EGG JSON lines) to plot"
     )
+    group.add_argument(
+        "--eval_retrievers",
+        nargs="+",
+        default=[],
+        metavar="[LABEL=]SPEC",
+        help="more retrievers to score the same captions with, over the same candidate sets (a reward-hacking "
+        "check: P@1 under retrievers the captioners were not trained against), each a column of its own; SPEC is "
+        "BACKEND:MODEL[:PRETRAINED]: openai:ViT-L/14, openai:FILE.pt, transformers:google/siglip-base-patch16-224, "
+        "transformers:DIRECTORY, open_clip:ViT-B-32:laion2b_s34b_b79k, open_clip:ViT-B-32:FILE, "
+        "open_clip:local-dir:DIRECTORY (in --retriever_precision, downloads into --clip_download_root)",
+    )
 
 
 def check_evaluation_opts(opts):
@@ -72,6 +86,7 @@ def check_evaluation_opts(opts):
         raise UsageError(f"unknown --datasets {', '.join(unknown)}; choose from {', '.join(sorted(DATASETS))}")
     if not 0 < opts.near_duplicate_cosine <= 1:
         raise UsageError(f"--near_duplicate_cosine must be in (0, 1], got {opts.near_duplicate_cosine}")
+    parse_retrievers(opts.eval_retrievers)  # a malformed SPEC ends here, before any model loads
     missing = [log for log in opts.training_log if not os.path.isfile(log)]
     if missing:
         raise UsageError(f"--training_log {missing[0]}: no such file")

@@ -62,11 +62,26 @@ def model_name(name):
 
 
 def encoder_models(opts):
-    """The name of each frozen image encoder whose outputs are cached."""
-    return {
-        "captioner": f"clip {model_name(opts.captioner_clip_model)}",
-        "retriever": f"{opts.clip_backend} {model_name(opts.clip_model)} {opts.retriever_precision}",
-    }
+    """The name of each frozen image encoder whose outputs are cached.
+
+    The retriever's name records its backend, model and precision, and its open_clip weights (``--clip_pretrained``)
+    when set: without them (every other configuration) the name is what it always was, so those caches stay valid.
+    """
+    retriever = f"{opts.clip_backend} {model_name(opts.clip_model)} {opts.retriever_precision}"
+    pretrained = getattr(opts, "clip_pretrained", None)
+    if pretrained:
+        retriever += f" pretrained={model_name(pretrained)}"
+    return {"captioner": f"clip {model_name(opts.captioner_clip_model)}", "retriever": retriever}
+
+
+def retriever_cache_role(opts, main_opts):
+    """The feature-cache directory of a retriever other than the run's own (``opts``; ``evaluate
+    --eval_retrievers``): the run's ``retriever`` when it is the same encoder, else one of its own, named by a hash
+    of its model name (so the run's cache is never rebuilt for it, nor it for the run's)."""
+    model = encoder_models(opts)["retriever"]
+    if model == encoder_models(main_opts)["retriever"]:
+        return "retriever"
+    return f"retriever-{hashlib.sha256(model.encode()).hexdigest()[:12]}"
 
 
 def dataset_cache_name(opts, dataset):
@@ -75,14 +90,18 @@ def dataset_cache_name(opts, dataset):
     return f"{opts.dataset}-{hashlib.sha256(os.path.abspath(location).encode()).hexdigest()[:10]}"
 
 
-def split_cache(experiment, split, role, encoder, transform, device):
-    """The split's feature cache for one frozen encoder, built (or resumed, or rebuilt if stale) when needed."""
+def split_cache(experiment, split, role, encoder, transform, device, model_opts=None):
+    """The split's feature cache for one frozen encoder, built (or resumed, or rebuilt if stale) when needed.
+
+    ``model_opts``: the options of another retriever than the run's (its model names the cache, in a directory of
+    its own: ``retriever_cache_role``)."""
     opts = experiment.opts
     root = opts.feature_cache_dir or default_feature_cache_dir(opts.cache_dir)
     dataset = experiment.dataset
     cache_split = dataset.cache_split(split.name) if hasattr(dataset, "cache_split") else split.name
-    directory = cache_directory(root, dataset_cache_name(opts, dataset), cache_split, role)
-    key = CacheKey.of(split, encoder_models(opts)[role], describe_transform(transform))
+    directory_role = role if model_opts is None else retriever_cache_role(model_opts, opts)
+    directory = cache_directory(root, dataset_cache_name(opts, dataset), cache_split, directory_role)
+    key = CacheKey.of(split, encoder_models(model_opts or opts)[role], describe_transform(transform))
     rebuild = opts.rebuild and directory not in experiment.rebuilt
     experiment.rebuilt.add(directory)
     return build_cache(directory, split, encoder, transform, key, batch_size=opts.feature_batch_size,
@@ -96,16 +115,25 @@ def split_counts(split, n_used):
     return {"listed": listed, "missing": split.missing, "unreadable": len(split) - n_used, "used": n_used}
 
 
-def encode_split(experiment, name, device):
+def encode_split(experiment, name, device, other_retrievers=()):
     """A split with its frozen encodings from the feature cache, its broken images left out.
 
     The retriever's embeddings are always cached; the captioner's inputs are cached when its encoder is frozen
     (ClipCap) and otherwise decoded from the images when read (BLIP; in ``--num_workers`` DataLoader workers).
+    ``other_retrievers``: ``(retriever, options)`` of retrievers other than the run's (``evaluate
+    --eval_retrievers``), each with a feature cache of its own; their embeddings of the same images, in the same
+    order, are in ``encoded.other_receiver_inputs``.
     """
     split = experiment.dataset.split(name)
     captioner, retriever, opts = experiment.captioner, experiment.retriever, experiment.opts
     caches = {"retriever": split_cache(experiment, split, "retriever", retriever.encode_images,
                                        retriever.image_transform, device)}  # fmt: skip
+    for i, (other, other_opts) in enumerate(other_retrievers):
+        if retriever_cache_role(other_opts, opts) == "retriever":  # the run's own encoder: its cache
+            caches[f"other {i}"] = caches["retriever"]
+        else:
+            caches[f"other {i}"] = split_cache(experiment, split, "retriever", other.encode_images,
+                                               other.image_transform, device, model_opts=other_opts)  # fmt: skip
     if captioner.cache_inputs:
         caches["captioner"] = split_cache(experiment, split, "captioner", captioner.encode_images,
                                           captioner.image_transform, device)  # fmt: skip
@@ -123,6 +151,7 @@ def encode_split(experiment, name, device):
         sender_inputs = TransformedImages(kept.images, captioner.image_transform)
     encoded = EncodedSplit(kept, sender_inputs, CachedRows(caches["retriever"], readable))
     encoded.counts = counts
+    encoded.other_receiver_inputs = [CachedRows(caches[f"other {i}"], readable) for i in range(len(other_retrievers))]
     return encoded
 
 

@@ -30,8 +30,9 @@ MODEL_DEFAULTS = {
     "captioner_clip_model": "ViT-B/32",
     "clipcap_checkpoint": None,
     "language_model": "gpt2",
+    "hf_model": None,  # --captioner hf: required, unless the data set brings one (the synthetic world)
 }
-MODEL_GROUPS = (("clipcap_checkpoint", "language_model", "captioner_clip_model"), ("clip_model",))
+MODEL_GROUPS = (("clipcap_checkpoint", "language_model", "captioner_clip_model"), ("clip_model",), ("hf_model",))
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -229,7 +230,8 @@ def check_hf_options(opts):
         raise UsageError(f"--hf_image_size must be positive, got {opts.hf_image_size}")
     if getattr(opts, "captioner", None) != "hf":
         return
-    if not opts.hf_model:
+    datasets = getattr(opts, "datasets", None) or [opts.dataset]
+    if not opts.hf_model and not set(datasets) <= OWN_MODELS:  # the synthetic world brings its own
         raise UsageError("--captioner hf needs --hf_model: a transformers hub id or a local directory")
     lora_only = [f"--{name}" for name in ("lora_alpha", "lora_targets") if getattr(opts, name, None)]
     lora_only += ["--merge_lora"] if getattr(opts, "merge_lora", False) else []
@@ -329,11 +331,11 @@ def apply_model_defaults(opts, dataset=None):
     """
     own = dataset.model_defaults(opts) if dataset is not None else {}
     for group in MODEL_GROUPS:
-        use_own = all(getattr(opts, key) is None for key in group)
+        use_own = all(getattr(opts, key, None) is None for key in group)
         for key in group:
             standard = MODEL_DEFAULTS[key]
             if key == "clip_model":
                 standard = standard[opts.clip_backend]
-            if getattr(opts, key) is None:
+            if getattr(opts, key, None) is None:
                 setattr(opts, key, own.get(key, standard) if use_own else standard)
     return opts

@@ -65,11 +65,11 @@ def check_hub_model(name, what, flag, needs="config.json"):
                    source_of(name, f"https://huggingface.co/{name}"))  # fmt: skip
 
 
-def hub_cached(name, filename):
+def hub_cached(name, filename, cache_dir=None):
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        return isinstance(try_to_load_from_cache(name, filename), str)
+        return isinstance(try_to_load_from_cache(name, filename, cache_dir=cache_dir), str)
     except ValueError:  # not a valid repository id
         return False
 
@@ -87,7 +87,7 @@ def check_clip(name, what, flag, download_root):
     return Missing(
         f"{what} ({urls.get(url, os.path.basename(url))})",
         f"{path} (its folder is --clip_download_root; offline: HF_HUB_OFFLINE=1)",
-        f"{flag} PATH",
+        flag if flag.endswith("PATH") else f"{flag} PATH",
         url,
     )
 
@@ -112,6 +112,8 @@ def captioner_missing(opts):
         missing.append(check_hub_model(opts.blip_model, "BLIP captioner", "--blip_model"))
         return missing
     if opts.captioner == "hf":
+        if opts.hf_model is None:  # the data set's own (the synthetic world builds it when it loads)
+            return missing
         adapters = os.path.isfile(os.path.join(opts.hf_model, "adapter_config.json"))
         needs = "adapter_config.json" if adapters else "config.json"
         missing.append(check_hub_model(opts.hf_model, "transformers captioner", "--hf_model", needs=needs))
@@ -155,12 +157,80 @@ def language_model_weights_missing(opts):
                    "a directory saved with save_pretrained, weights included")  # fmt: skip
 
 
-def retriever_missing(opts):
+OPEN_CLIP_SCHEMAS = ("hf-hub:", "local-dir:")  # model names that bring their own weights
+OPEN_CLIP_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")  # a --clip_pretrained that names a file
+
+
+def open_clip_tag_cached(name, tag, download_root):
+    """Whether open_clip finds the weights of its pretrained ``tag`` of ``name`` on this machine (where
+    ``open_clip.pretrained.download_pretrained`` looks: the hub cache, or the URL's file in ``download_root``);
+    None when ``tag`` is not one of the model's tags."""
+    import open_clip
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    cfg = open_clip.get_pretrained_cfg(name.replace("/", "-"), tag)
+    if not cfg:
+        return None
+    if cfg.get("file"):
+        return os.path.isfile(cfg["file"])
+    if cfg.get("hf_hub"):
+        repo, filename = os.path.split(cfg["hf_hub"])  # 'org/model/' names the default file, as open_clip reads it
+        filename = filename or HF_WEIGHTS_NAME
+        names = [filename] + [HF_SAFE_WEIGHTS_NAME] * (filename == HF_WEIGHTS_NAME)
+        if filename != HF_WEIGHTS_NAME and filename.endswith((".bin", ".pth")):
+            names.append(filename[:-4] + ".safetensors")
+        return any(hub_cached(repo, file, download_root) for file in names)
+    url = cfg.get("url", "")
+    root = download_root or os.path.expanduser("~/.cache/clip")
+    return bool(url) and os.path.isfile(os.path.join(root, os.path.basename(url)))
+
+
+def open_clip_missing(opts, what, model_flag, pretrained_flag):
+    """An open_clip retriever's weights: ``local-dir:DIR`` (its open_clip_config.json), ``hf-hub:REPO`` (cached
+    offline), or ``--clip_model NAME`` with ``--clip_pretrained`` a file (which must exist) or a tag (offline:
+    missing unless open_clip finds it cached).  Options that name no weights at all are left to the loader, which
+    lists the model's tags."""
+    name, pretrained = opts.clip_model, getattr(opts, "clip_pretrained", None)
+    if name.startswith("local-dir:"):
+        directory = name[len("local-dir:") :]
+        config = os.path.join(directory, "open_clip_config.json")
+        if os.path.isfile(config):
+            return None
+        found = "a directory without open_clip_config.json" if os.path.isdir(directory) else "not found"
+        flag = (model_flag[: -len("PATH")] if model_flag.endswith("PATH") else f"{model_flag} ") + "local-dir:DIRECTORY"
+        return Missing(f"{what} (open_clip local-dir)", f"{os.path.abspath(directory)} ({found})", flag,
+                       "a directory with open_clip_config.json and its weights")  # fmt: skip
+    if name.startswith("hf-hub:"):
+        return check_hub_model(name[len("hf-hub:") :], f"{what} (open_clip)", model_flag,
+                               needs="open_clip_config.json")  # fmt: skip
+    if pretrained is None:
+        return None
+    weights = f"{what} (open_clip {name} weights)"
+    looks_like_file = os.sep in pretrained or pretrained.endswith(OPEN_CLIP_SUFFIXES) or os.path.exists(pretrained)
+    if looks_like_file:
+        return check_file(pretrained, weights, pretrained_flag, f"a checkpoint file of open_clip {name}")
+    if not offline():
+        return None  # a tag: open_clip downloads it (or the loader names the model's tags)
+    cached = open_clip_tag_cached(name, pretrained, opts.clip_download_root)
+    if cached:
+        return None
+    where = "--clip_download_root" if opts.clip_download_root else "the Hugging Face cache or ~/.cache/clip"
+    state = "not a tag of the model, nor a file" if cached is None else f"not in {where}"
+    flag = pretrained_flag if pretrained_flag.endswith("FILE") else f"{pretrained_flag} FILE"
+    return Missing(weights, f"the pretrained tag {pretrained!r} ({state}; offline: HF_HUB_OFFLINE=1)", flag,
+                   f"open_clip's tag {pretrained!r} of {name}, downloaded online")  # fmt: skip
+
+
+def retriever_missing(opts, what="retriever", model_flag="--clip_model", pretrained_flag="--clip_pretrained"):
+    """What the retriever of ``opts`` needs and does not find (``what`` and the flags name it in the report:
+    another retriever than the run's comes from ``evaluate --eval_retrievers``)."""
     if opts.clip_model is None:
         return []
     if opts.clip_backend == "transformers":
-        return [check_hub_model(opts.clip_model, "retriever CLIP (transformers)", "--clip_model")]
-    return [check_clip(opts.clip_model, "retriever CLIP", "--clip_model", opts.clip_download_root)]
+        return [check_hub_model(opts.clip_model, f"{what} CLIP (transformers)", model_flag)]
+    if opts.clip_backend == "open_clip":  # open_clip names (ViT-B-32) are no OpenAI CLIP names: no check_clip
+        return [open_clip_missing(opts, what, model_flag, pretrained_flag)]
+    return [check_clip(opts.clip_model, f"{what} CLIP", model_flag, opts.clip_download_root)]
 
 
 def data_missing(opts, dataset):
@@ -192,9 +262,10 @@ def merge_same_files(missing):
     return list(merged.values())
 
 
-def check_files(opts, datasets=(), captioner=True, retriever=True, training=False):
+def check_files(opts, datasets=(), captioner=True, retriever=True, training=False, other_retrievers=()):
     """Raises one UsageError listing every missing file of the captioner, the retriever and ``datasets`` (and, for
-    ``training``, the KL reference's).
+    ``training``, the KL reference's; ``other_retrievers``: ``(what, options, model flag, weights flag)`` of more
+    retrievers, each reported as ``what``, its files passed with those flags: ``evaluate --eval_retrievers``).
 
     Model options a data set would fill in (the synthetic world's) are left to it; the released defaults are
     checked for every other data set.  Bare released file names are resolved in ``opts`` itself.
@@ -208,6 +279,8 @@ def check_files(opts, datasets=(), captioner=True, retriever=True, training=Fals
         missing += captioner_missing(resolved)
     if retriever:
         missing += retriever_missing(resolved)
+    for what, other, model_flag, pretrained_flag in other_retrievers:
+        missing += retriever_missing(other, what, model_flag, pretrained_flag)
     if training:
         missing.append(language_model_weights_missing(resolved))
     missing = merge_same_files([m for m in missing if m is not None])

@@ -71,7 +71,8 @@ class CacheKey:
 
 
 def cache_directory(root, dataset, split, role):
-    """``<root>/<dataset>/<split>/<role>`` (role: "captioner" or "retriever")."""
+    """``<root>/<dataset>/<split>/<role>`` (role: "captioner", "retriever", or "retriever-<hash>" for another
+    retriever than the run's: ``experiment.retriever_cache_role``)."""
     return os.path.join(root, dataset, split, role)
 
 

@@ -22,6 +22,8 @@ from ..preflight import check_files
 from ..retrievers import build_retriever
 from . import analysis, hard, nlg, plots
 from .models import build_model, parse_model
+from .other_retrievers import FLAG as OTHER_RETRIEVERS
+from .other_retrievers import parse_retrievers
 from .outputs import staged
 from .retrieval import PROTOCOL, encode_captions, generate_captions, precision_at_1
 
@@ -57,8 +59,21 @@ def hard_sets_of(name, split, image_embeddings, opts):
     return sets
 
 
-def evaluate_dataset(opts, name, specs, lemmatizer, out):
-    """Records, captions, hard-set results and lemma tables of every model on one data set (stimuli into ``out``)."""
+def p_at_1_of(embeddings, images, described_mask, opts):
+    """``{caption type: P@1}`` of each caption type's text embeddings against the images ``[N, D]``; human P@1
+    counts only the images with a reference as targets (an empty string is no human caption); every image stays
+    a candidate, so the candidate sets are the models' own."""
+    return {kind: precision_at_1(e, images, opts.eval_candidates, opts.eval_seed,
+                                 targets=described_mask if kind == HUMAN else None)[0]
+            for kind, e in embeddings.items()}  # fmt: skip
+
+
+def evaluate_dataset(opts, name, specs, lemmatizer, out, others=None):
+    """Records, captions, hard-set results and lemma tables of every model on one data set (stimuli into ``out``).
+
+    ``others``: ``{label: (RetrieverSpec, retriever)}`` of ``--eval_retrievers``, which score the same captions
+    over the same candidate sets, each from its own feature cache of the same images."""
+    others = others or {}
     base_opts = copy.copy(opts)  # model options still unresolved: each model resolves its own
     base_opts.dataset = name
     dataset = load_dataset(base_opts)
@@ -68,7 +83,9 @@ def evaluate_dataset(opts, name, specs, lemmatizer, out):
     # Only the retriever's embeddings come from the feature cache, which is keyed by the resolved options: each
     # captioner (a run's own CLIP encoder, a released one) encodes its own inputs below.
     retrieval_only = types.SimpleNamespace(cache_inputs=False, image_transform=None)
-    encoded = encode_split(Experiment(dataset, retrieval_only, retriever, resolved), opts.split, opts.device)
+    other_inputs = [(other, spec.options(resolved)) for spec, other in others.values()]
+    encoded = encode_split(Experiment(dataset, retrieval_only, retriever, resolved), opts.split, opts.device,
+                           other_retrievers=other_inputs)  # fmt: skip
     split, images = encoded.split, encoded.receiver_inputs[:]  # [N, D] fp32, from the feature cache
     sets = hard_sets_of(name, split, images, opts)
 
@@ -79,12 +96,13 @@ def evaluate_dataset(opts, name, specs, lemmatizer, out):
             captioner, inputs, num_beams=opts.num_beams, device=opts.device, desc=f"captioning {name} ({label})"
         )
     embeddings = {kind: encode_captions(retriever, captions, device=opts.device) for kind, captions in texts.items()}
-    # Human P@1 counts only the images with a reference as targets (an empty string is no human caption); every
-    # image stays a candidate, so the candidate sets are the models' own.
     described_mask = [bool(refs) for refs in split.references]  # [N]
-    p_at_1 = {kind: precision_at_1(e, images, opts.eval_candidates, opts.eval_seed,
-                                   targets=described_mask if kind == HUMAN else None)[0]
-              for kind, e in embeddings.items()}  # fmt: skip
+    p_at_1 = p_at_1_of(embeddings, images, described_mask, opts)
+    other_p_at_1 = {}  # {retriever label: {caption type: P@1}}: the same captions and candidate sets
+    for (label, (_, other)), other_images in zip(others.items(), encoded.other_receiver_inputs):
+        other_embeddings = {kind: encode_captions(other, captions, device=opts.device)
+                            for kind, captions in texts.items()}  # fmt: skip
+        other_p_at_1[label] = p_at_1_of(other_embeddings, other_images[:], described_mask, opts)
     hard_results = {}
     for source, source_sets in sets.items():
         scores = {kind: hard.hard_set_accuracy(e, images, source_sets) for kind, e in embeddings.items()}
@@ -117,6 +135,9 @@ def evaluate_dataset(opts, name, specs, lemmatizer, out):
             metrics = nlg.caption_metrics({split.ids[i]: captions[i] for i in described},
                                           {split.ids[i]: references[split.ids[i]] for i in described},
                                           spice=opts.spice)  # fmt: skip
+        if others:
+            record["p_at_1_retrievers"] = {label: values[spec.label] for label, values in other_p_at_1.items()}
+            record["p_at_1_references_retrievers"] = {label: values[HUMAN] for label, values in other_p_at_1.items()}
         record |= metrics
         for source, result in hard_results.items():
             record[f"p_at_1_{source}"] = result["p_at_1"][spec.label]
@@ -153,6 +174,21 @@ def markdown_tables(records, summary):
     for model in models:
         lines.append(f"| {model} | " + " | ".join(percent(by_key[model, d]["p_at_1"]) for d in datasets) + " |")
     lines.append("| Human captions | " + " | ".join(human_p_at_1(by_key[models[0], d]) for d in datasets) + " |")
+    others = summary.get("eval_retrievers")
+    if others:  # one column per retriever: the main one and those of --eval_retrievers
+        lines += ["", f"P@1 (%) under other retrievers ({OTHER_RETRIEVERS}), {records[0]['candidates']} candidates: "
+                  "the same captions and candidate sets, scored by each retriever", ""]  # fmt: skip
+        lines += ["| Model | Data set | main retriever | " + " | ".join(others) + " |",
+                  "|---" * (len(others) + 3) + "|"]  # fmt: skip
+        for dataset in datasets:
+            for model in models:
+                r = by_key[model, dataset]
+                cells = [percent(r["p_at_1"])] + [percent(r["p_at_1_retrievers"][label]) for label in others]
+                lines.append(f"| {model} | {dataset} | " + " | ".join(cells) + " |")
+            r = by_key[models[0], dataset]
+            cells = [percent(r["p_at_1_references"])] + [percent(r["p_at_1_references_retrievers"][label])
+                                                         for label in others]  # fmt: skip
+            lines.append(f"| Human captions | {dataset} | " + " | ".join(cells) + " |")
     lines += ["", "NLG metrics (x100; B@4 BLEU-4, M METEOR, R ROUGE-L, C CIDEr-D, S SPICE)", ""]
     lines += ["| Model | B@4 | M | R | C | S |", "|---|---|---|---|---|---|"]
     for dataset in datasets:
@@ -185,18 +221,29 @@ def evaluate(opts):
     specs = [parse_model(text) for text in (opts.models or [opts.load_from_checkpoint or "pretrained"])]
     if len({spec.label for spec in specs}) < len(specs) or HUMAN in {spec.label for spec in specs}:
         raise UsageError("--models: give each model its own LABEL= (and none called 'human')")
-    check_files(opts, datasets=opts.datasets, captioner=any(spec.kind == "pretrained" for spec in specs))
+    other_specs = parse_retrievers(opts.eval_retrievers)
+    check_files(opts, datasets=opts.datasets, captioner=any(spec.kind == "pretrained" for spec in specs),
+                other_retrievers=[(f"{OTHER_RETRIEVERS} {spec.label}", spec.options(opts), *spec.flags())
+                                  for spec in other_specs])  # fmt: skip
+    # built once for every data set, before any captioning: a retriever that does not load fails early
+    others = {spec.label: (spec, build_retriever(spec.options(opts)).to(opts.device)) for spec in other_specs}
     lemmatizer = analysis.Lemmatizer()
     stop = "any token containing '.'" if getattr(opts, "stop_at_any_period", False) else "'.'"
     protocol = PROTOCOL.format(candidates=opts.eval_candidates, seed=opts.eval_seed) + (
         f"; captions by beam search ({opts.num_beams} beams, at most {opts.max_len} tokens, stopping at {stop} or "
         f"end of text) on the {opts.split} split; human P@1 uses each described image's first reference (images "
         "without a reference are candidates, not targets), NLG metrics all of them"
-    )
+    ) + (f"; {OTHER_RETRIEVERS}: the same captions and candidate sets scored by each retriever, with its own "
+         "image embeddings" if others else "")  # fmt: skip
     records, caption_rows, summary = [], [], {"protocol": protocol, "hard_sets": {}, "lemmas": {}}
+    if others:
+        summary["eval_retrievers"] = {
+            label: {"spec": spec.text, "backend": spec.backend, "model": spec.model, "pretrained": spec.pretrained}
+            for label, (spec, _) in others.items()
+        }
     with staged(opts.output_dir) as out:
         for name in opts.datasets:
-            found, rows, hard_results, lemma_tables = evaluate_dataset(opts, name, specs, lemmatizer, out)
+            found, rows, hard_results, lemma_tables = evaluate_dataset(opts, name, specs, lemmatizer, out, others)
             records += found
             caption_rows += rows
             summary["hard_sets"][name] = hard_results

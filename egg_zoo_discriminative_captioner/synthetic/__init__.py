@@ -9,6 +9,8 @@ and ClipCap-ConCap (``pretrain.py``) and writes everything in the real on-disk f
     language_model/    the tiny GPT-2 with its tokenizer, a transformers directory (``--language_model DIR``)
     captioner.pt       the tiny ClipCap-ConCap, a ClipCap state dict (``--clipcap_checkpoint PATH``)
     manifest.json      configs and file checksums, written last
+    hf_captioner/      a ViT + GPT-2 VisionEncoderDecoderModel (``--captioner hf``), built on first use only
+                       (``pretrain_hf.py``; not in the manifest)
 
 The method code never imports this package: the data registry maps ``--dataset synthetic`` to
 ``load_dataset``, which hands over the images, the alt-text references and the model files above.
@@ -192,15 +194,24 @@ class SyntheticDataset:
         return W.Scenes(*(self.arrays[f"{name}_scene_{field}"] for field in fields))
 
     def model_defaults(self, opts):
-        """Option values that point the captioner and retriever options at the world's pretrained files."""
+        """Option values that point the captioner and retriever options at the world's pretrained files.
+
+        With ``--captioner hf`` and no ``--hf_model``, the world's ViT + GPT-2 captioner (``hf_captioner/``),
+        pretrained into the cache on first use (``pretrain_hf.py``).
+        """
         retriever = os.path.join(self.directory, "retriever.pt")
         converted = os.path.join(self.directory, "retriever_transformers")
-        return {
+        defaults = {
             "clip_model": converted if opts.clip_backend == "transformers" else retriever,
             "captioner_clip_model": retriever,
             "clipcap_checkpoint": os.path.join(self.directory, "captioner.pt"),
             "language_model": os.path.join(self.directory, "language_model"),
         }
+        if getattr(opts, "captioner", None) == "hf" and not getattr(opts, "hf_model", None):
+            from .pretrain_hf import ensure_hf_captioner
+
+            defaults["hf_model"] = ensure_hf_captioner(self)
+        return defaults
 
 
 def load_world(cache_dir=None, preset="default", rebuild=False, progress=True):
