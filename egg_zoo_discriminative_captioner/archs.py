@@ -17,6 +17,7 @@ from .captioners.fused import head_kl, head_token_log_probs
 from .core import MeanBaseline, core
 from .errors import UsageError
 from .frozen import FrozenModule
+from .losses import strict_hits
 from .option_groups import KL_ESTIMATORS, LOG_PROB_NORMALIZATIONS
 from .option_groups import ROLLOUTS as DECODINGS
 from .precision import autocast, full_precision
@@ -80,13 +81,22 @@ class RetrieverReceiver(nn.Module):
     preprocessed pixels ``[N, 3, H, W]``.  When ``aux_input`` brings each target's hard distractors
     (``neighbour_images`` ``[B, k, D]``, ``neighbour_index`` ``[B, k]``), each caption is scored against its own
     N candidates instead: ``[B, N + k]``, see ``own_candidate_scores``.
+
+    ``extra``: more retrievers (paper section 6).  ``receiver_input`` then holds every retriever's embeddings of
+    each candidate, joined along the embedding (``experiment.JoinedRows``), and the scores are ``[R, B, N]``, the
+    first retriever's then each other's, each other's cosines times ``T_1 / T_r`` (the retrievers' own
+    temperatures): one reward temperature scores each retriever as its own training did.
     """
 
-    def __init__(self, retriever):
+    def __init__(self, retriever, extra=()):
         super().__init__()
         self.retriever = retriever
+        self.extra = nn.ModuleList(extra)
+        self.scales = [retriever.temperature / other.temperature for other in extra]
 
     def forward(self, message, receiver_input, aux_input=None):
+        if len(self.extra):
+            return self._all_scores(message, receiver_input)
         with full_precision(receiver_input.device.type):  # also under EGG's --fp16, which autocasts the game
             images = receiver_input if receiver_input.dim() == 2 else self.retriever.encode_images(receiver_input)
             texts = self.retriever.encode_texts(message).float()  # [B, D]
@@ -97,6 +107,21 @@ class RetrieverReceiver(nn.Module):
             candidate_index = aux_input.get("candidate_index", aux_input["image_index"])  # [N]
             return own_candidate_scores(scores, neighbour_scores, aux_input["image_index"], candidate_index,
                                         aux_input["neighbour_index"])  # fmt: skip
+
+
+    def _all_scores(self, message, receiver_input):
+        if receiver_input.dim() != 2:
+            raise ValueError("several retrievers score cached image embeddings [N, D1 + D2 + ...], not pixels")
+        with full_precision(receiver_input.device.type):
+            retrievers = [self.retriever, *self.extra]
+            texts = [retriever.encode_texts(message).float() for retriever in retrievers]  # [B, D_r] each
+            ends = torch.tensor([t.shape[1] for t in texts]).cumsum(0).tolist()
+            if ends[-1] != receiver_input.shape[1]:
+                raise ValueError(f"the retrievers' embeddings add up to {ends[-1]} dimensions, the candidates have "
+                                 f"{receiver_input.shape[1]}")  # fmt: skip
+            scores = [t @ receiver_input[:, end - t.shape[1] : end].float().T * scale  # [B, N]
+                      for t, end, scale in zip(texts, ends, [1.0, *self.scales])]  # fmt: skip
+            return torch.stack(scores)  # [R, B, N]
 
 
 def own_candidate_scores(scores, neighbour_scores, image_index, candidate_index, neighbour_index):
@@ -289,6 +314,7 @@ class DiscriminativeGame(nn.Module):
         precision="fp32",
         whole_batch=None,
         rollouts_per_image=1,
+        retriever_mix="mean",
     ):
         super().__init__()
         self.sender = sender
@@ -302,6 +328,11 @@ class DiscriminativeGame(nn.Module):
                 raise ValueError("a group baseline needs rollouts_per_image of 2 or more")
             self.baseline.group_size = rollouts_per_image
         self.rollouts_per_image = rollouts_per_image
+        if retriever_mix not in ("mean", "alternate"):
+            raise ValueError(f"unknown retriever mix {retriever_mix!r}: mean or alternate")
+        self.retriever_mix = retriever_mix
+        if retriever_mix == "alternate":  # whose turn it is, saved in checkpoints: a resumed run goes on in turn
+            self.register_buffer("retriever_turn", torch.zeros((), dtype=torch.long))
         self.entropy_coeff = entropy_coeff
         self.standardize_advantage = standardize_advantage
         if kl_coeff and reference is None:
@@ -393,6 +424,8 @@ class DiscriminativeGame(nn.Module):
         )
         if not self.training and aux_input and "padding" in aux_input:
             cost, interaction = self._whole_set(aux_input["padding"], cost, interaction)
+        if self.training and self.retriever_mix == "alternate":
+            self.retriever_turn += 1
         return policy_loss + entropy_loss + cost.mean(), interaction
 
     def _normalized(self, per_caption, rollout):
@@ -406,10 +439,21 @@ class DiscriminativeGame(nn.Module):
             return self.sender(sender_input, aux_input, **decoding)
 
     def _cost(self, sender_input, rollout, labels, receiver_input, aux_input):
-        """Per-sample cost ``[B]``, the loss's aux and the receiver's scores ``[B, N]``, in fp32."""
+        """Per-sample cost ``[B]``, the loss's aux and the (first) retriever's scores ``[B, N]``, in fp32.
+
+        With several retrievers (scores ``[R, B, N]``) the loss sees all of them (``--retriever_mix mean``) or, in
+        training with ``alternate``, the one whose turn it is; each one's P@1 is logged as ``acc_retriever<i>``."""
         with full_precision(labels.device.type):
-            scores = self.receiver(rollout.text, receiver_input, aux_input)  # [B, N]
-            cost, aux = self.loss(sender_input, rollout.message, receiver_input, scores, labels, aux_input)
+            scores = self.receiver(rollout.text, receiver_input, aux_input)  # [B, N], or [R, B, N]
+            rewarded = scores
+            if scores.dim() == 3 and self.training and self.retriever_mix == "alternate":
+                rewarded = scores[int(self.retriever_turn) % scores.shape[0]]
+            cost, aux = self.loss(sender_input, rollout.message, receiver_input, rewarded, labels, aux_input)
+            if scores.dim() == 3:
+                for i in range(1, scores.shape[0]):
+                    aux[f"acc_retriever{i + 1}"] = strict_hits(scores[i], labels).float()
+                aux["acc"] = strict_hits(scores[0], labels).float()  # P@1 is the first retriever's
+                scores = scores[0]
         return cost, aux, scores
 
     def _whole_set(self, padding, cost, interaction):

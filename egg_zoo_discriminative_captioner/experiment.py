@@ -6,6 +6,7 @@ mapping, so a run with a matching cache decodes no image and runs no image encod
 while the cache is built; they are left out of the split, and the counts are printed when the split is loaded.
 """
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -14,6 +15,7 @@ import sys
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from .captioners import build_captioner
 from .checkpointing import atomic_write_text
@@ -43,17 +45,36 @@ class Experiment:
     retriever: object
     opts: object = None
     rebuilt: set = field(default_factory=set)  # feature caches already rebuilt by this run (--rebuild)
+    # ``(retriever, options)`` of the run's other retrievers (``--clip_model A B ...``), each with its own cache
+    extra_retrievers: list = field(default_factory=list)
 
 
 def build_experiment(opts):
     """Checks every file first, then loads the data set, the captioner and the retriever (with the data set's
     model defaults)."""
-    check_files(opts, datasets=[opts.dataset], training=True)
+    others = [(f"retriever {extra.clip_model}", extra, "--clip_model", "--clip_pretrained")
+              for extra in extra_retriever_options(opts)]  # fmt: skip
+    check_files(opts, datasets=[opts.dataset], training=True, other_retrievers=others)
     dataset = load_dataset(opts)
     apply_model_defaults(opts, dataset)
     captioner = build_captioner(opts).to(opts.device)
     retriever = build_retriever(opts).to(opts.device)
-    return Experiment(dataset, captioner, retriever, opts)
+    extra = [(build_retriever(extra_opts).to(opts.device), extra_opts) for extra_opts in extra_retriever_options(opts)]
+    return Experiment(dataset, captioner, retriever, opts, extra_retrievers=extra)
+
+
+def extra_retriever_options(opts):
+    """The options of each of the run's other retrievers: ``opts`` with its model (and open_clip weights)."""
+    models, weights = getattr(opts, "extra_clip_models", []), getattr(opts, "extra_clip_pretrained", [])
+    if opts.clip_backend == "open_clip" and models and len(weights) != len(models):
+        raise UsageError("--clip_backend open_clip with several --clip_model needs one --clip_pretrained per model")
+    extra = []
+    for i, model in enumerate(models):
+        extra_opts = dataclasses.replace(opts) if dataclasses.is_dataclass(opts) else copy.copy(opts)
+        extra_opts.clip_model, extra_opts.extra_clip_models = model, []
+        extra_opts.clip_pretrained = weights[i] if weights else None
+        extra.append(extra_opts)
+    return extra
 
 
 def model_name(name):
@@ -155,11 +176,39 @@ def encode_split(experiment, name, device, other_retrievers=()):
     return encoded
 
 
+class JoinedRows:
+    """Rows of several retrievers' embeddings of the same images, joined along the embedding: ``[D1 + D2 + ...]``
+    per image (the receiver splits them again, ``archs.RetrieverReceiver``)."""
+
+    def __init__(self, parts):
+        if len({len(part) for part in parts}) != 1:
+            raise ValueError("joined rows need one row per image in every part")
+        self.parts = list(parts)
+
+    def __len__(self):
+        return len(self.parts[0])
+
+    def __getitem__(self, index):
+        return torch.cat([torch.as_tensor(part[index]) for part in self.parts], dim=-1)
+
+
+def with_extra_retrievers(encoded):
+    """``encoded`` whose receiver inputs also hold the run's other retrievers' embeddings (``JoinedRows``)."""
+    others = getattr(encoded, "other_receiver_inputs", [])
+    if not others:
+        return encoded
+    joined = EncodedSplit(encoded.split, encoded.sender_inputs, JoinedRows([encoded.receiver_inputs, *others]))
+    joined.counts = encoded.counts
+    return joined
+
+
 def rows_at(inputs, indices):
     """The rows of an ``EncodedSplit``'s inputs at ``indices``, without reading them: a cache's rows stay cache rows
     (no feature cache is built for a subset), images stay transformed when read."""
     if isinstance(inputs, CachedRows):
         return CachedRows(inputs.cache, inputs.indices[indices])
+    if isinstance(inputs, JoinedRows):
+        return JoinedRows([rows_at(part, indices) for part in inputs.parts])
     if isinstance(inputs, TransformedImages):
         return TransformedImages(ImageSubset(inputs.images, list(indices)), inputs.transform)
     return inputs[np.asarray(indices)]  # a tensor
@@ -204,7 +253,12 @@ def training_splits(experiment, device):
     if opts.validation_images and opts.validation_images < opts.eval_candidates:  # before any cache is built
         raise UsageError(f"--validation_images {opts.validation_images} must be 0 or at least --eval_candidates "
                          f"{opts.eval_candidates} (each held-out target meets that many candidates)")  # fmt: skip
-    train = encode_split(experiment, "train", device)
+    others = experiment.extra_retrievers
+
+    def encoded(name):
+        return with_extra_retrievers(encode_split(experiment, name, device, other_retrievers=others))
+
+    train = encoded("train")
     if opts.validation_images:
         train, validation = hold_out(train, opts.validation_images, opts.eval_seed, opts.dataset)
         print(f"data {opts.dataset} validation: {len(validation)} training images held out (--validation_images, "
@@ -215,8 +269,8 @@ def training_splits(experiment, device):
             print(f"# warning: {opts.dataset}'s validation split is its test split: validating each epoch (and any "
                   "early stopping or checkpoint choice on it) sees the test images; --validation_images N validates "
                   "on N held-out training images instead", file=sys.stderr, flush=True)  # fmt: skip
-        validation = encode_split(experiment, "validation", device)
-    return train, validation, encode_split(experiment, "test", device)
+        validation = encoded("validation")
+    return train, validation, encoded("test")
 
 
 def write_data_counts(directory, encoded_splits):

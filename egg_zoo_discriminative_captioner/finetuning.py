@@ -245,7 +245,8 @@ def train_run(opts, params, resume):
         train_loader = training_loader(train_set, opts.batch_size, **loader_options)
     evaluation_options = dict(seed=opts.eval_seed, rank=rank, world_size=world_size)  # each rank captions its share
     validation_loader = retrieval_loader(validation_set, opts.eval_candidates, **evaluation_options)
-    game = build_game(opts, experiment.captioner, experiment.retriever)
+    extra = [retriever for retriever, _ in experiment.extra_retrievers]
+    game = build_game(opts, experiment.captioner, experiment.retriever, extra)
     optimizer = build_optimizer(game)
 
     position = EpochSetter(train_loader.batch_sampler)

@@ -29,14 +29,14 @@ BASELINE_TYPES = {
 }
 
 
-def build_game(opts, captioner, retriever):
+def build_game(opts, captioner, retriever, extra_retrievers=()):
     """The game of ``opts``: rewards at ``--reward_temperature`` (the retriever's own when unset), the captioner
-    in ``--precision`` (or EGG's ``--fp16``).
+    in ``--precision`` (or EGG's ``--fp16``); ``extra_retrievers`` reward it too (``--retriever_mix``).
 
     In a distributed run the distractors and batch statistics span the global batch (``distributed.py``).
     """
     temperature = opts.reward_temperature if opts.reward_temperature is not None else retriever.temperature
-    receiver, data_parallel_options = data_parallel_game(opts, RetrieverReceiver(retriever))
+    receiver, data_parallel_options = data_parallel_game(opts, RetrieverReceiver(retriever, extra_retrievers))
     return DiscriminativeGame(
         sender=CaptionerSender(captioner, num_beams=opts.num_beams, rollouts=resolve_rollouts(opts)),
         receiver=receiver,
@@ -50,6 +50,7 @@ def build_game(opts, captioner, retriever):
         log_prob_normalization=getattr(opts, "log_prob_normalization", "sum"),
         precision=training_precision(opts),
         rollouts_per_image=getattr(opts, "rollouts_per_image", 1),
+        retriever_mix=getattr(opts, "retriever_mix", "mean"),
         **data_parallel_options,
     )
 

@@ -25,6 +25,9 @@ class DiscriminationLoss:
     - ``cosine``: the target's match score alone, ``cosine / temperature`` (CLIPScore-like, not
       discriminative; the authors' ``SimilarityLoss``, on the same scale as the other rewards).
 
+    Scores ``[R, B, N]`` of several retrievers (``archs.RetrieverReceiver``) give the mean of their rewards, and
+    the first retriever's P@1.
+
     ``aux`` holds per-sample ``acc`` (P@1 among the candidates) and ``reward``.  A hit needs the target's score
     strictly above every distractor's, the rule ``evaluate`` scores P@1 with (``evaluation/retrieval.py``): a tie
     is a miss, whatever the candidates' order.
@@ -39,6 +42,11 @@ class DiscriminationLoss:
         self.temperature = temperature
 
     def __call__(self, sender_input, message, receiver_input, receiver_output, labels, aux_input=None):
+        if receiver_output.dim() == 3:  # several retrievers: the mean of their rewards
+            costs, auxes = zip(*(self(sender_input, message, receiver_input, scores, labels, aux_input)
+                                 for scores in receiver_output))  # fmt: skip
+            return torch.stack(costs).mean(0), {"acc": auxes[0]["acc"],
+                                                "reward": torch.stack([a["reward"] for a in auxes]).mean(0)}
         if receiver_output.dim() != 2 or labels.shape != receiver_output.shape[:1]:
             raise ValueError(
                 f"expected scores [B, N] and labels [B], got {tuple(receiver_output.shape)} and {tuple(labels.shape)}"

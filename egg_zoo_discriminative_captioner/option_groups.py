@@ -19,6 +19,7 @@ KL_REFERENCES = ("captioner", "language_model")
 KL_ESTIMATORS = ("sampled", "exact")
 LOG_PROB_NORMALIZATIONS = ("sum", "mean")
 GAME_GROUP = "game (REINFORCE)"
+RETRIEVER_MIXES = ("mean", "alternate")
 RETRIEVER_GROUP = "retriever"
 
 # What only training uses (EGG's training options, the sampler's, the rollouts'); the game group is training's too.
@@ -26,6 +27,7 @@ TRAINING_ONLY = {
     "random_seed", "checkpoint_dir", "preemptable", "checkpoint_freq", "validation_freq", "n_epochs", "optimizer",
     "lr", "update_freq", "tensorboard", "tensorboard_dir", "distributed_port", "fp16", "greedy_rollouts",
     "checkpoint_every", "hard_distractors", "blip_train_vision", "validation_images", "allow_world_size_change",
+    "retriever_mix",
 }  # fmt: skip
 UNUSED = {
     "train": set(),
@@ -161,8 +163,10 @@ def add_retriever_options(parser):
     )
     group.add_argument(
         "--clip_model",
+        nargs="+",
         default=None,
-        help="retriever model. openai backend: a name (ViT-B/32, ...) or a local .pt file, ViT-B/32 if unset; "
+        help="retriever model; several (train): the captioner is rewarded by each, see --retriever_mix. openai "
+        "backend: a name (ViT-B/32, ...) or a local .pt file, ViT-B/32 if unset; "
         "open_clip backend: an open_clip model name (ViT-B-32, ViT-B-16-SigLIP, ...; ViT-B-32 if unset) or "
         "local-dir:DIRECTORY / hf-hub:ORG/REPO; transformers backend: a hub id (openai/clip-vit-base-patch32 if "
         "unset, google/siglip-base-patch16-224, ...) or a local directory, SigLIP captions padded to its 64 "
@@ -170,9 +174,19 @@ def add_retriever_options(parser):
     )
     group.add_argument(
         "--clip_pretrained",
+        nargs="+",
         default=None,
         help="open_clip backend only: the weights of --clip_model, a local checkpoint file (works offline) or a "
-        "pretrained tag such as laion2b_s34b_b79k (downloaded); required there",
+        "pretrained tag such as laion2b_s34b_b79k (downloaded); required there, one per --clip_model",
+    )
+    group.add_argument(
+        "--retriever_mix",
+        choices=RETRIEVER_MIXES,
+        default="mean",
+        help="with several --clip_model (paper section 6): mean, the reward is the mean of the retrievers' "
+        "log-probability rewards; alternate, one retriever per training batch in turn. Each scores with its own "
+        "temperature (--reward_temperature sets the first's; the others keep theirs relative to it); P@1 is the "
+        "first retriever's, each other's is logged as acc_retriever<i>",
     )
     group.add_argument(
         "--clip_download_root",

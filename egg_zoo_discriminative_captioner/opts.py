@@ -142,6 +142,9 @@ def checked_value(action, value, source):
         return value
     if value is None:
         return None
+    if isinstance(value, list) and action.nargs in ("+", "*") and value:  # e.g. several --clip_model
+        return [checked_value(argparse.Action(action.option_strings, action.dest, type=action.type,
+                                              choices=action.choices), item, source) for item in value]  # fmt: skip
     if isinstance(value, (bool, list, dict)):
         raise UsageError(f"{where} must be a single value, got {value!r}")
     if action.type is not None:
@@ -165,6 +168,7 @@ def check_options(opts, training=True):
         if value is not None and value < minimum:
             raise UsageError(f"--{name} must be at least {minimum}, got {value}")
 
+    split_retrievers(opts)
     if not hasattr(opts, "n_epochs"):  # the parse that finds the game file, before EGG's options exist
         return
     at_least("n_epochs", 1)
@@ -220,6 +224,25 @@ def check_options(opts, training=True):
         raise UsageError("--kl_reference language_model has no meaning for BLIP (its text decoder reads the "
                          "image in every layer; there is no plain language model to compare with): use "
                          "captioner")  # fmt: skip
+
+
+def split_retrievers(opts):
+    """``--clip_model A B ...`` -> ``clip_model`` A (the run's retriever) and ``extra_clip_models`` [B, ...] (with
+    ``--clip_pretrained`` likewise), so that one retriever reads as it always did."""
+    models, pretrained = getattr(opts, "clip_model", None), getattr(opts, "clip_pretrained", None)
+    if isinstance(models, (list, tuple)):
+        opts.clip_model, opts.extra_clip_models = models[0], list(models[1:])
+    elif not hasattr(opts, "extra_clip_models"):
+        opts.extra_clip_models = []
+    if isinstance(pretrained, (list, tuple)):
+        if len(pretrained) not in (1, 1 + len(opts.extra_clip_models)):
+            raise UsageError(f"--clip_pretrained gives {len(pretrained)} weights for {1 + len(opts.extra_clip_models)} "
+                             "--clip_model: give one per model")  # fmt: skip
+        opts.clip_pretrained, opts.extra_clip_pretrained = pretrained[0], list(pretrained[1:])
+    elif not hasattr(opts, "extra_clip_pretrained"):
+        opts.extra_clip_pretrained = []
+    if opts.extra_clip_models and getattr(opts, "hard_distractors", 0):
+        raise UsageError("--hard_distractors reads the first retriever's neighbours: give one --clip_model")
 
 
 def check_hf_options(opts):
