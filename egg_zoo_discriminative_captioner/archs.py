@@ -6,14 +6,12 @@ reward), and the Sender's log-probability is pushed along the baselined reward. 
 knows about baselines, advantages and entropy.
 """
 
-import copy
 import dataclasses
 
 import torch
 from torch import nn
 
-from .captioners.base import caption_mask
-from .captioners.fused import head_kl, head_token_log_probs
+from .baselines import GreedyBaseline, GroupBaseline
 from .core import MeanBaseline, core
 from .errors import UsageError
 from .frozen import FrozenModule
@@ -21,6 +19,7 @@ from .losses import strict_hits
 from .option_groups import KL_ESTIMATORS, LOG_PROB_NORMALIZATIONS
 from .option_groups import ROLLOUTS as DECODINGS
 from .precision import autocast, full_precision
+from .references import FrozenReference, LanguageModelReference  # noqa: F401 (part of this module's interface)
 
 
 class CaptionerSender(nn.Module):
@@ -146,119 +145,6 @@ def own_candidate_scores(scores, neighbour_scores, image_index, candidate_index,
     kept_in_order = eligible_in_order & (eligible_in_order.cumsum(dim=1) <= n - 1 - k)
     keep = torch.zeros_like(eligible).scatter(1, after_target, kept_in_order) | own  # [B, N]
     return torch.cat([scores.masked_fill(~keep, float("-inf")), neighbour_scores], dim=1)  # [B, N + k]
-
-
-class FrozenReference(FrozenModule):
-    """A frozen copy of the pretrained captioner, scoring the policy's captions for the KL penalty (in fp32).
-
-    Only the trainable part is copied: frozen parts (ClipCap's CLIP, BLIP's frozen vision encoder) are shared
-    with the policy, so the reference reuses the image features the policy computed for the same batch.  With
-    LoRA only the adapters are copied, and as they start at zero the reference is the base model.
-    """
-
-    def __init__(self, captioner):
-        super().__init__()
-        shared = {id(module): module for module in captioner.modules() if isinstance(module, FrozenModule)}
-        # and every frozen parameter (a transformers captioner's vision tower, a LoRA captioner's whole base)
-        shared.update({id(p): p for p in captioner.parameters() if not p.requires_grad})
-        self.captioner = copy.deepcopy(captioner, memo=shared)
-        self.freeze()
-
-    @property
-    def lm_head(self):
-        return self.captioner.lm_head
-
-    @torch.no_grad()
-    def forward(self, sender_input, tokens):
-        """Summed log-probability ``[B]`` of caption ``tokens`` under the pretrained captioner."""
-        with full_precision(tokens.device.type):
-            return self.captioner.score(sender_input, tokens)[0]
-
-    @torch.no_grad()
-    def token_kl(self, sender_input, tokens, hidden, head):
-        """Exact ``KL(reference || policy)`` ``[B, T]`` at each position of ``tokens`` [B, T], from the policy's
-        last hidden states ``hidden`` [B, T, E] and its output ``head``."""
-        with full_precision(tokens.device.type):
-            reference_hidden = self.captioner._hidden(self.captioner.condition(sender_input), tokens)
-            return head_kl(hidden, head, reference_hidden, self.lm_head)
-
-
-class LanguageModelReference(FrozenModule):
-    """A frozen, unconditioned language model as the KL reference: the authors' ``KLRegularizer``.
-
-    The released GPT-2 the captioner was initialised from, fed the beginning-of-text token and then the caption,
-    never the image: ``KL(GPT-2 || policy)`` at each generated position keeps the finetuned captioner's language
-    close to plain English rather than to the pretrained captioner.  ``language_model`` is a transformers causal
-    language model (``GPT2LMHeadModel``) over the captioner's vocabulary; ``bos_id`` starts its context and
-    ``stop_ids`` are the captioner's (a caption's log-probability stops where the policy's does).
-    """
-
-    def __init__(self, language_model, bos_id, stop_ids):
-        super().__init__()
-        if bos_id is None:
-            raise ValueError("the reference language model needs a beginning-of-text token to start its context")
-        self.language_model = language_model
-        self.bos_id = bos_id
-        self.stop_ids = list(stop_ids)
-        self.freeze()
-
-    @property
-    def lm_head(self):
-        return self.language_model.get_output_embeddings()
-
-    def hidden(self, tokens):
-        """The language model's last hidden states ``[B, T, E]`` at the positions predicting ``tokens`` [B, T]."""
-        bos = tokens.new_full((tokens.shape[0], 1), self.bos_id)
-        context = torch.cat([bos, tokens[:, :-1]], dim=1)  # [B, T]: BOS predicts the first token
-        return self.language_model.base_model(input_ids=context, use_cache=False).last_hidden_state
-
-    @torch.no_grad()
-    def forward(self, sender_input, tokens):
-        """Summed log-probability ``[B]`` of caption ``tokens`` under the language model (up to the stop token)."""
-        with full_precision(tokens.device.type):
-            mask = caption_mask(tokens, self.stop_ids).float()  # [B, T]
-            log_prob, _ = head_token_log_probs(self.hidden(tokens), self.lm_head, tokens)  # [B, T]
-            return (log_prob * mask).sum(1)
-
-    @torch.no_grad()
-    def token_kl(self, sender_input, tokens, hidden, head):
-        """Exact ``KL(language model || policy)`` ``[B, T]`` at each position; see ``FrozenReference.token_kl``."""
-        with full_precision(tokens.device.type):
-            return head_kl(hidden, head, self.hidden(tokens), self.lm_head)
-
-
-class GreedyBaseline:
-    """Self-critical baseline: the cost of the greedy caption of the same image, computed by the game per batch."""
-
-    def __init__(self):
-        self.cost = None
-
-    def update(self, loss):
-        """Nothing to accumulate: the baseline is recomputed for every batch."""
-
-    def predict(self, loss):
-        return self.cost
-
-
-class GroupBaseline:
-    """Each rollout's baseline from the other rollouts of its image (``rollouts_per_image`` K > 1; image i's are
-    rows i*K ... i*K + K - 1): the mean cost of the other K - 1 (``leave_one_out``, RLOO / "new self-critical")
-    or of all K (the group mean of GRPO).  Nothing is accumulated across batches."""
-
-    def __init__(self, leave_one_out=True):
-        self.leave_one_out = leave_one_out
-        self.group_size = 2  # set by the game
-
-    def update(self, loss):
-        """Nothing to accumulate: the baseline comes from the batch itself."""
-
-    def predict(self, loss):
-        groups = loss.view(-1, self.group_size)  # [B, K]
-        if self.leave_one_out:
-            baseline = (groups.sum(1, keepdim=True) - groups) / (self.group_size - 1)
-        else:
-            baseline = groups.mean(1, keepdim=True).expand_as(groups)
-        return baseline.reshape(-1)  # [B * K]
 
 
 class DiscriminativeGame(nn.Module):

@@ -4,21 +4,15 @@ import functools
 
 import torch
 
-from .archs import (
-    CaptionerSender,
-    DiscriminativeGame,
-    FrozenReference,
-    GreedyBaseline,
-    GroupBaseline,
-    LanguageModelReference,
-    RetrieverReceiver,
-)
+from .archs import CaptionerSender, DiscriminativeGame, RetrieverReceiver
+from .baselines import GreedyBaseline, GroupBaseline
 from .core import MeanBaseline, NoBaseline
 from .distributed import data_parallel_game
 from .errors import UsageError
 from .losses import DiscriminationLoss
 from .option_groups import resolve_rollouts
 from .precision import training_precision
+from .references import FrozenReference, LanguageModelReference
 
 BASELINE_TYPES = {
     "mean": MeanBaseline,

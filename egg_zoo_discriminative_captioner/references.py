@@ -1,0 +1,94 @@
+"""The frozen KL references a game may regularise its captioner towards (``--kl_reference``).
+
+A reference is a ``FrozenModule`` with ``forward(sender_input, tokens) -> [B]`` (the summed log-probability of
+caption tokens under it, for the sampled KL estimate) and ``token_kl(sender_input, tokens, hidden, head) ->
+[B, T]`` (the exact per-token KL from the policy's last hidden states and output head).
+"""
+
+import copy
+
+import torch
+
+from .captioners.base import caption_mask
+from .captioners.fused import head_kl, head_token_log_probs
+from .frozen import FrozenModule
+from .precision import full_precision
+
+
+class FrozenReference(FrozenModule):
+    """A frozen copy of the pretrained captioner, scoring the policy's captions for the KL penalty (in fp32).
+
+    Only the trainable part is copied: frozen parts (ClipCap's CLIP, BLIP's frozen vision encoder) are shared
+    with the policy, so the reference reuses the image features the policy computed for the same batch.  With
+    LoRA only the adapters are copied, and as they start at zero the reference is the base model.
+    """
+
+    def __init__(self, captioner):
+        super().__init__()
+        shared = {id(module): module for module in captioner.modules() if isinstance(module, FrozenModule)}
+        # and every frozen parameter (a transformers captioner's vision tower, a LoRA captioner's whole base)
+        shared.update({id(p): p for p in captioner.parameters() if not p.requires_grad})
+        self.captioner = copy.deepcopy(captioner, memo=shared)
+        self.freeze()
+
+    @property
+    def lm_head(self):
+        return self.captioner.lm_head
+
+    @torch.no_grad()
+    def forward(self, sender_input, tokens):
+        """Summed log-probability ``[B]`` of caption ``tokens`` under the pretrained captioner."""
+        with full_precision(tokens.device.type):
+            return self.captioner.score(sender_input, tokens)[0]
+
+    @torch.no_grad()
+    def token_kl(self, sender_input, tokens, hidden, head):
+        """Exact ``KL(reference || policy)`` ``[B, T]`` at each position of ``tokens`` [B, T], from the policy's
+        last hidden states ``hidden`` [B, T, E] and its output ``head``."""
+        with full_precision(tokens.device.type):
+            reference_hidden = self.captioner._hidden(self.captioner.condition(sender_input), tokens)
+            return head_kl(hidden, head, reference_hidden, self.lm_head)
+
+
+class LanguageModelReference(FrozenModule):
+    """A frozen, unconditioned language model as the KL reference: the authors' ``KLRegularizer``.
+
+    The released GPT-2 the captioner was initialised from, fed the beginning-of-text token and then the caption,
+    never the image: ``KL(GPT-2 || policy)`` at each generated position keeps the finetuned captioner's language
+    close to plain English rather than to the pretrained captioner.  ``language_model`` is a transformers causal
+    language model (``GPT2LMHeadModel``) over the captioner's vocabulary; ``bos_id`` starts its context and
+    ``stop_ids`` are the captioner's (a caption's log-probability stops where the policy's does).
+    """
+
+    def __init__(self, language_model, bos_id, stop_ids):
+        super().__init__()
+        if bos_id is None:
+            raise ValueError("the reference language model needs a beginning-of-text token to start its context")
+        self.language_model = language_model
+        self.bos_id = bos_id
+        self.stop_ids = list(stop_ids)
+        self.freeze()
+
+    @property
+    def lm_head(self):
+        return self.language_model.get_output_embeddings()
+
+    def hidden(self, tokens):
+        """The language model's last hidden states ``[B, T, E]`` at the positions predicting ``tokens`` [B, T]."""
+        bos = tokens.new_full((tokens.shape[0], 1), self.bos_id)
+        context = torch.cat([bos, tokens[:, :-1]], dim=1)  # [B, T]: BOS predicts the first token
+        return self.language_model.base_model(input_ids=context, use_cache=False).last_hidden_state
+
+    @torch.no_grad()
+    def forward(self, sender_input, tokens):
+        """Summed log-probability ``[B]`` of caption ``tokens`` under the language model (up to the stop token)."""
+        with full_precision(tokens.device.type):
+            mask = caption_mask(tokens, self.stop_ids).float()  # [B, T]
+            log_prob, _ = head_token_log_probs(self.hidden(tokens), self.lm_head, tokens)  # [B, T]
+            return (log_prob * mask).sum(1)
+
+    @torch.no_grad()
+    def token_kl(self, sender_input, tokens, hidden, head):
+        """Exact ``KL(language model || policy)`` ``[B, T]`` at each position; see ``FrozenReference.token_kl``."""
+        with full_precision(tokens.device.type):
+            return head_kl(hidden, head, self.hidden(tokens), self.lm_head)
