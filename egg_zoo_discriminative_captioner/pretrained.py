@@ -8,9 +8,14 @@ from .errors import UsageError, missing_weights
 def from_pretrained_strict(model_class, source, flag, what):
     """``model_class.from_pretrained(source)`` that fails on missing or mis-shaped weights instead of silently
     initialising them at random; keys the checkpoint has beyond the model's are reported as a warning.
+
+    Weights load in fp32 whatever dtype the checkpoint was saved in (transformers 5 would keep a bf16 checkpoint's
+    bf16, in which Adam's small updates vanish): the trained copy is fp32, and ``--precision`` autocasts.
     """
+    import torch
+
     try:
-        model, info = model_class.from_pretrained(source, output_loading_info=True)
+        model, info = model_class.from_pretrained(source, output_loading_info=True, dtype=torch.float32)
     except (OSError, ValueError) as error:  # no network, no such directory, or no weights in it
         raise missing_weights(what, source, flag, error) from error
     problems = {name: sorted(info.get(name) or []) for name in ("missing_keys", "mismatched_keys")}

@@ -121,7 +121,7 @@ def test_a_training_step_changes_the_trainable_parameters_only_and_the_saved_mod
     torch.testing.assert_close(reloaded.score(pixels, greedy.message)[0], captioner.score(pixels, greedy.message)[0])
 
 
-@pytest.mark.parametrize("family", ["vit_gpt2", "git", "qwen2_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_lora_trains_the_adapters_alone_and_saves_them_for_peft(family, saved, tmp_path):
     info = saved(family)
     captioner = load_hf_captioner(hf_opts(info, lora_rank=2))
@@ -218,3 +218,24 @@ def test_a_checkpoints_state_holds_what_trains_and_restores_it_strictly(lora_ran
     assert torch.equal(fresh.generate(pixels, num_beams=1).message, trained.generate(pixels, num_beams=1).message)
     with pytest.raises(RuntimeError, match="Missing key"):
         fresh.load_state_dict({key: value for key, value in list(state.items())[1:]}, strict=True)
+
+
+def test_a_bf16_checkpoint_trains_in_fp32(saved, tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(saved("git")["directory"])
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    AutoProcessor.from_pretrained(saved("git")["directory"]).save_pretrained(tmp_path / "bf16")
+    captioner = load_hf_captioner(hf_opts({"directory": str(tmp_path / "bf16")}))
+    assert {p.dtype for p in captioner.parameters()} == {torch.float32}  # Adam's 1e-7 steps would vanish in bf16
+
+
+@pytest.mark.parametrize("family", ["git", "qwen2_vl"])
+def test_k_rollouts_per_image_share_the_image_and_are_scored_as_sampled(family, saved):
+    captioner = load_hf_captioner(hf_opts(saved(family)))
+    pixels = pixels_of(captioner)
+    torch.manual_seed(3)
+    rollout = captioner.rollout(pixels, per_image=2)  # image i's rollouts at rows 2i, 2i + 1
+    assert rollout.message.shape == (6, captioner.max_len)
+    rows = pixels.repeat_interleave(2, dim=0)
+    torch.testing.assert_close(rollout.log_prob, captioner.score(rows, rollout.message)[0], atol=1e-4, rtol=1e-4)
