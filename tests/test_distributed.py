@@ -54,6 +54,9 @@ CONFIGURATIONS = {
     # Each caption against its target's 2 nearest neighbours, which travel with the rank's share, and 5 batch images.
     "hard distractors": dict(baseline="mean", kl_coeff=0.0, entropy_coeff=0.0, standardize_advantage=False,
                              hard_distractors=2),
+    # Two retrievers in turn: each candidate's embeddings joined, the turn the same on every rank.
+    "two retrievers, alternate": dict(baseline="mean", kl_coeff=0.0, entropy_coeff=0.0, standardize_advantage=False,
+                                      retriever_mix="alternate", retrievers=2),
 }  # fmt: skip
 
 
@@ -84,16 +87,19 @@ class Recorder(core.Callback):
         self.epoch_losses.append(loss)
 
 
-def tiny_split(name, n_images=N_IMAGES):
+def tiny_split(name, n_images=N_IMAGES, retrievers=1):
     generator = torch.Generator().manual_seed(1)
     images = torch.nn.functional.normalize(torch.randn(n_images, FEATURES, generator=generator), dim=-1)
     features = torch.randn(n_images, FEATURES, generator=generator)
+    for _ in range(retrievers - 1):  # more retrievers' embeddings of the same images, joined as the cache gives them
+        more = torch.nn.functional.normalize(torch.randn(n_images, FEATURES, generator=generator), dim=-1)
+        images = torch.cat([images, more], dim=1)
     split = ImageSplit(name, images=[None] * n_images, references=[["a caption"]] * n_images)
     return EncodedSplit(split, features, images)
 
 
-def evaluation_loader(name, context):
-    return retrieval_loader(tiny_split(name, EVAL_IMAGES[name]), CANDIDATES, 0, rank=context.rank,
+def evaluation_loader(name, context, retrievers=1):
+    return retrieval_loader(tiny_split(name, EVAL_IMAGES[name], retrievers), CANDIDATES, 0, rank=context.rank,
                             world_size=context.world_size)  # fmt: skip
 
 
@@ -120,7 +126,9 @@ def train_one_epoch(configuration):
     captioner = ClipCapCaptioner(model, tokenizer, image_encoder=None, max_len=6)
     retriever = ClipRetriever(tiny_clip(), clip_transform(32))
     game_opts = argparse.Namespace(**GAME_OPTIONS, **configuration, distributed_context=context)
-    game = build_game(game_opts, captioner, retriever)
+    retrievers = configuration.get("retrievers", 1)
+    extra = [ClipRetriever(tiny_clip(seed=10 + i), clip_transform(32)) for i in range(retrievers - 1)]
+    game = build_game(game_opts, captioner, retriever, extra)
     optimizer = build_optimizer(game)
     parameters = list(captioner.trainable_parameters())
 
@@ -128,16 +136,16 @@ def train_one_epoch(configuration):
     if configuration.get("hard_distractors"):
         loader = hard_distractor_loader(tiny_split("train"), configuration["hard_distractors"], GLOBAL_BATCH, **shares)
     else:
-        loader = training_loader(tiny_split("train"), GLOBAL_BATCH, **shares)
+        loader = training_loader(tiny_split("train", retrievers=retrievers), GLOBAL_BATCH, **shares)
     recorder = Recorder(optimizer, parameters)
     captioned = record_captioned(game.sender)
     callbacks = [EpochSetter(loader.batch_sampler), recorder, ConsoleLogger()]  # on every rank, to compare them
-    trainer = core.Trainer(game, optimizer, loader, validation_data=evaluation_loader("validation", context),
-                           callbacks=callbacks)  # fmt: skip
+    trainer = core.Trainer(game, optimizer, loader, callbacks=callbacks,
+                           validation_data=evaluation_loader("validation", context, retrievers))  # fmt: skip
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         trainer.train(n_epochs=1)
     logged = [json.loads(line) for line in printed.getvalue().splitlines() if line.startswith("{")]
-    loss, logs = trainer.eval(evaluation_loader("test", context))
+    loss, logs = trainer.eval(evaluation_loader("test", context, retrievers))
     final = {"loss": loss, **{key: value.mean().item() for key, value in logs.aux.items()}}  # as train.py reports
     return {
         "losses": recorder.losses,
