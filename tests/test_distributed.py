@@ -41,6 +41,9 @@ from egg.zoo.discriminative_captioner.synthetic.pretrain import word_tokenizer
 
 from .tiny_models import tiny_clip, tiny_gpt2
 
+# Two processes on this machine; --standalone: a rendezvous on a free port of its own for every run, not the fixed
+# 29500 that consecutive runs (an interrupted run, then its resumption) would otherwise share.
+TORCHRUN = ["--standalone", "--nproc_per_node", "2"]
 GLOBAL_BATCH, N_IMAGES, FEATURES = 8, 16, 32  # two global batches per epoch
 # Candidate sets of 5, which two ranks cannot share evenly; neither split is a multiple of 5.  Validation: sets
 # of 5, 5, 5 and 1 targets (rank 1 captions only padding for the last); test: 5, 5 and 3 targets.
@@ -261,7 +264,7 @@ def test_torchrun_trains_like_one_process(tiny_run_args, tmp_path):
     # no KL penalty: a sampled estimate on a greedy path is refused, and the game-level tests above cover the KL
     args = tiny_run_args + ["--greedy_rollouts", "--kl_coeff", "0", "--random_seed", "1"]
     train = [sys.executable, "-m", "egg.zoo.discriminative_captioner.train", *args, "--checkpoint_dir"]
-    command = train[:1] + ["-m", "torch.distributed.run", "--nproc_per_node", "2"] + train[1:] + [str(tmp_path / "two")]
+    command = train[:1] + ["-m", "torch.distributed.run", *TORCHRUN] + train[1:] + [str(tmp_path / "two")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     two = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert two.returncode == 0, two.stderr[-2000:]
@@ -294,8 +297,8 @@ def test_torchrun_trains_like_one_process(tiny_run_args, tmp_path):
 
 def torchrun(args, env, **kwargs):
     """``train`` under ``torchrun --nproc_per_node 2`` (two CPU processes, gloo)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
-               "egg.zoo.discriminative_captioner.train", *args]  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", *TORCHRUN, "-m", "egg.zoo.discriminative_captioner.train",
+               *args]  # fmt: skip
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
