@@ -25,7 +25,7 @@ synchronisations and memory is the CUDA allocator's peak.  The last line reads `
 (kv-cache)``, the plugin step against the KV-cache reference.
 
 The step's split follows: decoding (per token, and the top-level torch operators it dispatches per token, from
-the torch profiler), the scoring forward (the game's forward less decoding), the backward and the Adam update.
+the torch profiler; with ``--device cuda`` also its kernel launches and host syncs per token), the scoring forward (the game's forward less decoding), the backward and the Adam update.
 
 With ``--generic``, the same GPT-2 also runs through the generic transformers path (``--captioner hf``): a
 ``VisionEncoderDecoderModel`` whose decoder is that GPT-2 (with the cross-attention a vision encoder-decoder
@@ -372,12 +372,22 @@ def step_split(game, captioner, optimizer, batch, max_len, device):
     backward = timed(lambda: loss.backward(retain_graph=True), 1, device)[0]
     update = timed(lambda: optimizer.step(), 1, device)[0]
     optimizer.zero_grad(set_to_none=True)
-    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.no_grad(), torch.profiler.profile(activities=activities) as profile:
         captioner._decode(condition, sample=True)
-    top_level = sum(1 for event in profile.events() if event.cpu_parent is None and event.name.startswith("aten::"))
+    events = profile.events()
+    top_level = sum(1 for event in events if event.cpu_parent is None and event.name.startswith("aten::"))
+    launches = ""
+    if device.type == "cuda":  # the CUDA runtime calls the decoding made, per decoded token
+        launch_calls = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC")
+        kernels = sum(1 for event in events if event.name in launch_calls)
+        syncs = sum(1 for event in events if "Synchronize" in event.name or event.name == "cudaMemcpy")
+        launches = f", {kernels / max_len:.0f} kernel launches and {syncs / max_len:.1f} host syncs per token"
     print(f"step split: decode {decode:.3f} s ({1000 * decode / max_len:.2f} ms per token, {top_level / max_len:.0f} "
-          f"top-level operators per token), scoring forward {forward - decode:.3f} s, backward {backward:.3f} s, "
-          f"optimizer {update:.3f} s", flush=True)  # fmt: skip
+          f"top-level operators per token{launches}), scoring forward {forward - decode:.3f} s, backward "
+          f"{backward:.3f} s, optimizer {update:.3f} s", flush=True)  # fmt: skip
 
 
 def build_generic_captioner(size, max_len, image_size=32):
