@@ -25,7 +25,8 @@ synchronisations and memory is the CUDA allocator's peak.  The last line reads `
 (kv-cache)``, the plugin step against the KV-cache reference.
 
 The step's split follows: decoding (per token, and the top-level torch operators it dispatches per token, from
-the torch profiler; with ``--device cuda`` also its kernel launches and host syncs per token), the scoring forward (the game's forward less decoding), the backward and the Adam update.
+the torch profiler; with ``--device cuda`` also its kernel launches and host syncs per token), the scoring
+forward (the game's forward less decoding), the backward and the Adam update.
 
 With ``--generic``, the same GPT-2 also runs through the generic transformers path (``--captioner hf``): a
 ``VisionEncoderDecoderModel`` whose decoder is that GPT-2 (with the cross-attention a vision encoder-decoder
