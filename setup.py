@@ -53,6 +53,7 @@ setup(
         "tokenizers",
         "openai-clip",
         "open-clip-torch>=3.0",  # --clip_backend open_clip (tested with 3.3): model names, tags, local-dir:
+        "peft",  # LoRA adapters for --captioner hf (--lora_rank)
         "setuptools<81",  # openai-clip imports pkg_resources, removed in setuptools 81
         "ftfy",
         "regex",
