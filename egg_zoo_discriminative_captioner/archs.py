@@ -338,7 +338,8 @@ class DiscriminativeGame(nn.Module):
             if scores.dim() == 3:
                 for i in range(1, scores.shape[0]):
                     aux[f"acc_retriever{i + 1}"] = strict_hits(scores[i], labels).float()
-                aux["acc"] = strict_hits(scores[0], labels).float()  # P@1 is the first retriever's
+                if rewarded is not scores:  # the loss saw another retriever's: P@1 is the first retriever's
+                    aux["acc"] = strict_hits(scores[0], labels).float()
                 scores = scores[0]
         return cost, aux, scores
 

@@ -70,7 +70,7 @@ def extra_retriever_options(opts):
         raise UsageError("--clip_backend open_clip with several --clip_model needs one --clip_pretrained per model")
     extra = []
     for i, model in enumerate(models):
-        extra_opts = dataclasses.replace(opts) if dataclasses.is_dataclass(opts) else copy.copy(opts)
+        extra_opts = copy.copy(opts)
         extra_opts.clip_model, extra_opts.extra_clip_models = model, []
         extra_opts.clip_pretrained = weights[i] if weights else None
         extra.append(extra_opts)

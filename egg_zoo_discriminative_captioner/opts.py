@@ -179,6 +179,8 @@ def check_options(opts, training=True):
     at_least("num_beams", 1)
     at_least("eval_candidates", 2)
     at_least("num_workers", 0)
+    if opts.extra_clip_models and getattr(opts, "hard_distractors", 0):
+        raise UsageError("--hard_distractors reads the first retriever's neighbours: give one --clip_model")
     if not training:
         at_least("batch_size", 1)
     else:
@@ -241,8 +243,6 @@ def split_retrievers(opts):
         opts.clip_pretrained, opts.extra_clip_pretrained = pretrained[0], list(pretrained[1:])
     elif not hasattr(opts, "extra_clip_pretrained"):
         opts.extra_clip_pretrained = []
-    if opts.extra_clip_models and getattr(opts, "hard_distractors", 0):
-        raise UsageError("--hard_distractors reads the first retriever's neighbours: give one --clip_model")
 
 
 def check_hf_options(opts):
