@@ -24,9 +24,11 @@ resident memory, sampled every millisecond.  With ``--device cuda``, times are w
 synchronisations and memory is the CUDA allocator's peak.  The last line reads ``speedup vs naive: N.Nx
 (kv-cache)``, the plugin step against the KV-cache reference.
 
-The step's split follows: decoding (per token, and the top-level torch operators it dispatches per token, from
-the torch profiler; with ``--device cuda`` also its kernel launches and host syncs per token), the scoring
-forward (the game's forward less decoding), the backward and the Adam update.
+The step's split follows: decoding, the scoring forward (the game's forward less decoding), the backward and the
+Adam update; then decoding with each ``--decoding`` (``generate``, transformers' loop as before issue 17;
+``static``, the default; ``compiled``): time per token, the top-level torch operators it dispatches per token
+(from the torch profiler; with ``--device cuda`` also its kernel launches and host syncs per token), the
+first call's time (``compiled`` compiles then) and beam-5 captions per second (5 captions).
 
 With ``--generic``, the same GPT-2 also runs through the generic transformers path (``--captioner hf``): a
 ``VisionEncoderDecoderModel`` whose decoder is that GPT-2 (with the cross-attention a vision encoder-decoder
@@ -274,6 +276,8 @@ def main():
     parser.add_argument("--kl_coeff", type=float, default=0.0)
     parser.add_argument("--updates", type=int, default=56_000, help="updates of the run whose time is projected")
     parser.add_argument("--generic", action="store_true", help="also time the generic transformers path (hf)")
+    parser.add_argument("--decoding", choices=("auto", "static", "compiled", "generate"), default="auto",
+                        help="the plugin step's decoding (the split compares all three)")  # fmt: skip
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here")
@@ -283,6 +287,7 @@ def main():
     B, T = args.batch_size, args.max_len
 
     captioner, retriever = build_captioner(args.size, T).to(device), build_retriever(args.retriever).to(device)
+    captioner.decoding = args.decoding
     reference = None
     if args.kl_coeff:
         from egg.zoo.discriminative_captioner.archs import FrozenReference
@@ -363,7 +368,8 @@ def main():
 
 
 def step_split(game, captioner, optimizer, batch, max_len, device):
-    """Times the step's parts: decoding, the rest of the forward, the backward, the optimizer update."""
+    """Times the step's parts: decoding, the rest of the forward, the backward, the optimizer update; then
+    decoding per token with each ``--decoding`` (``generate``: transformers' loop, before issue 17)."""
     features, images, labels = batch
     condition = captioner.condition(features).detach()
     with torch.no_grad():
@@ -373,6 +379,28 @@ def step_split(game, captioner, optimizer, batch, max_len, device):
     backward = timed(lambda: loss.backward(retain_graph=True), 1, device)[0]
     update = timed(lambda: optimizer.step(), 1, device)[0]
     optimizer.zero_grad(set_to_none=True)
+    print(f"step split ({captioner.decoding} decoding): decode {decode:.3f} s, scoring forward {forward - decode:.3f} "
+          f"s, backward {backward:.3f} s, optimizer {update:.3f} s", flush=True)  # fmt: skip
+    chosen = captioner.decoding
+    for decoding in ("generate", "static", "compiled"):
+        captioner.decoding = decoding
+        with torch.no_grad():
+            started = time.monotonic()
+            captioner._decode(condition, sample=True)  # warm-up; compiles the step for "compiled"
+            first = time.monotonic() - started
+            seconds = timed(lambda: captioner._decode(condition, sample=True), 2, device)[0]
+            few = condition[:5]
+            captioner._decode(few, num_beams=5)  # warm-up
+            beam_seconds = timed(functools.partial(captioner._decode, few, num_beams=5), 1, device)[0]
+        counts = decoding_counts(captioner, condition, device, max_len)
+        print(f"decoding {decoding}: {1000 * seconds / max_len:.2f} ms per token; {counts} per token; first call "
+              f"{first:.1f} s wall; beam 5: {few.shape[0] / beam_seconds:.2f} captions/s", flush=True)  # fmt: skip
+    captioner.decoding = chosen
+
+
+def decoding_counts(captioner, condition, device, max_len):
+    """Per decoded token: top-level torch operators (those no other operator called), and with CUDA the kernel
+    launches and host syncs (torch profiler)."""
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -380,15 +408,13 @@ def step_split(game, captioner, optimizer, batch, max_len, device):
         captioner._decode(condition, sample=True)
     events = profile.events()
     top_level = sum(1 for event in events if event.cpu_parent is None and event.name.startswith("aten::"))
-    launches = ""
+    counts = f"{top_level / max_len:.0f} top-level operators"  # a compiled region's own kernels are not operators
     if device.type == "cuda":  # the CUDA runtime calls the decoding made, per decoded token
-        launch_calls = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC")
+        launch_calls = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cudaGraphLaunch")
         kernels = sum(1 for event in events if event.name in launch_calls)
         syncs = sum(1 for event in events if "Synchronize" in event.name or event.name == "cudaMemcpy")
-        launches = f", {kernels / max_len:.0f} kernel launches and {syncs / max_len:.1f} host syncs per token"
-    print(f"step split: decode {decode:.3f} s ({1000 * decode / max_len:.2f} ms per token, {top_level / max_len:.0f} "
-          f"top-level operators per token{launches}), scoring forward {forward - decode:.3f} s, backward "
-          f"{backward:.3f} s, optimizer {update:.3f} s", flush=True)  # fmt: skip
+        counts += f", {kernels / max_len:.0f} kernel launches and {syncs / max_len:.1f} host syncs"
+    return counts
 
 
 def build_generic_captioner(size, max_len, image_size=32):

@@ -7,7 +7,7 @@ option that rebuilds a captioner belongs here.
 import argparse
 
 from .captioners import CAPTIONERS
-from .choices import BLIP_PROMPT, CLIPCAP_MAPPING_TYPES
+from .choices import BLIP_PROMPT, CLIPCAP_MAPPING_TYPES, DECODINGS
 
 
 def add_captioner_options(parser):
@@ -66,6 +66,16 @@ def add_captioner_options(parser):
     add_hf_options(group)
     group.add_argument(
         "--num_beams", type=int, default=5, help="beam size for validation and test captions (and --rollouts beam)"
+    )
+    group.add_argument(
+        "--decoding",
+        choices=DECODINGS,
+        default="auto",
+        help="how captions are decoded (rollouts, greedy captions, beam search): static (a loop over a static KV "
+        "cache, no per-token host sync on a GPU except in beam search; generate's tokens under the same random "
+        "stream, and its beams), compiled (that loop's per-token step under torch.compile, on CUDA as a CUDA "
+        "graph; its first call compiles; tokens equal generate's up to float rounding), generate (transformers' "
+        "generate); auto: static where the model allows it (ClipCap's GPT-2), generate otherwise",
     )
     group.add_argument(
         "--stop_at_any_period",

@@ -9,4 +9,5 @@ BASELINES = ("mean", "none", "greedy", "rloo", "group")
 GROUP_BASELINES = ("rloo", "group")  # need --rollouts_per_image > 1
 PRECISIONS = ("fp32", "fp16", "bf16")
 CLIPCAP_MAPPING_TYPES = ("mlp", "transformer")
+DECODINGS = ("auto", "static", "compiled", "generate")  # --decoding (captioners/static_decoding.py)
 BLIP_PROMPT = "a picture of"  # LAVIS's BLIP captioning prompt

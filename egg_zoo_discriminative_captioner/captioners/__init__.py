@@ -23,8 +23,10 @@ _EXPORTS = {"BlipCaptioner": ".blip", "ClipCapCaptioner": ".clipcap", "HFCaption
 
 
 def build_captioner(opts):
-    """The captioner named by ``--captioner``."""
-    return load(__name__, CAPTIONERS[opts.captioner])(opts)
+    """The captioner named by ``--captioner``, decoding as ``--decoding`` says."""
+    captioner = load(__name__, CAPTIONERS[opts.captioner])(opts)
+    captioner.decoding = getattr(opts, "decoding", "auto")
+    return captioner
 
 
 __getattr__ = exports(__name__, _EXPORTS)  # the classes load on first use (PEP 562)

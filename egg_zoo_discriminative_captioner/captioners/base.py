@@ -8,6 +8,7 @@ from torch import nn
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from .fused import head_token_log_probs, vocabulary_slices
+from .static_decoding import StaticDecoder, draw_tokens, say_once, unsupported
 
 
 class Rollout(NamedTuple):
@@ -97,19 +98,13 @@ class BanTokens(LogitsProcessor):
 
 
 class PolicySampler(LogitsProcessor):
-    """Draws each next token from the softmax of the scores it receives, and makes greedy decoding pick it.
-
-    ``torch.multinomial`` draws an exponential variate per vocabulary entry, most of a sampling step at GPT-2's
-    vocabulary on a CPU; inverse-CDF sampling needs one uniform per row.  The drawn token's score becomes +inf
-    and every other score is left as it came, so ``output_scores`` shows what the draw was made from.
+    """Draws each next token from the softmax of the scores it receives (``draw_tokens``), and makes greedy
+    decoding pick it: the drawn token's score becomes +inf and every other score is left as it came, so
+    ``output_scores`` shows what the draw was made from.
     """
 
     def __call__(self, input_ids, scores):
-        weights = (scores.float() - scores.float().amax(dim=1, keepdim=True)).exp_()  # [B, V]
-        cdf = weights.cumsum_(dim=1)  # [B, V]
-        draws = torch.rand(scores.shape[0], 1, device=scores.device) * cdf[:, -1:]  # [B, 1]
-        tokens = torch.searchsorted(cdf, draws, right=True).clamp_(max=scores.shape[1] - 1)  # [B, 1]
-        return scores.scatter(1, tokens, float("inf"))
+        return scores.scatter(1, draw_tokens(scores), float("inf"))
 
 
 @contextlib.contextmanager
@@ -155,6 +150,8 @@ class ConditionalCaptioner(nn.Module):
     reason, and so that decoding does not depend on the Trainer's train/eval mode.
     """
 
+    decoding = "auto"  # --decoding: how captions are decoded (captioners/static_decoding.py)
+
     @staticmethod
     def switch_off_dropout(module):
         for sub in module.modules():
@@ -199,9 +196,38 @@ class ConditionalCaptioner(nn.Module):
         kept = [row[:length] for row, length in zip(tokens.tolist(), lengths)]
         return [text.strip() for text in self.tokenizer.batch_decode(kept, skip_special_tokens=True)]
 
-    def _decode(self, condition, **decoding):
+    def _decode(self, condition, sample=False, num_beams=1):
+        decoder = self._static_decoder()
+        if decoder is not None and num_beams > 1:
+            return decoder.beam_search(condition, self.max_len, self.stop_ids, num_beams)
+        if decoder is not None:
+            return decoder.decode(condition, self.max_len, self.stop_ids, sample)
         with vocabulary_slices(self, self.lm_head):
-            return self._decode_tokens(condition, **decoding)
+            return self._decode_tokens(condition, sample=sample, num_beams=num_beams)
+
+    def _static_decoder(self):
+        """The ``StaticDecoder`` of ``--decoding static|compiled|auto``, or None where decoding goes through
+        ``generate`` (``--decoding generate``, or a model it does not support: said once unless ``auto``)."""
+        if self.decoding == "generate":
+            return None
+        language_model, pad_id = self._prefix_language_model() or (None, None)
+        reason = "it conditions its language model by other means than a prefix" if language_model is None else None
+        reason = reason or unsupported(language_model)
+        if reason:
+            if self.decoding != "auto":
+                say_once(f"--decoding {self.decoding}: {type(self).__name__} decodes with generate ({reason})")
+            return None
+        decoder = self.__dict__.get("_static")
+        compiled = self.decoding == "compiled"
+        if decoder is None or decoder.model is not language_model or decoder.compiled != compiled:
+            decoder = StaticDecoder(language_model, self.lm_head, pad_id, compiled=compiled)
+            self.__dict__["_static"] = decoder  # a plain attribute: not a submodule, not in the state dict
+        return decoder
+
+    def _prefix_language_model(self):
+        """``(language model, pad id)``: the model whose continuation of ``condition`` (prefix embeddings) is the
+        caption, for ``StaticDecoder``; None where the caption is decoded otherwise (cross-attention, a prompt)."""
+        return None
 
     def _logits(self, condition, tokens):
         return self.lm_head(self._hidden(condition, tokens))  # [B, T, V]

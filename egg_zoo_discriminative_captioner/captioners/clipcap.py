@@ -256,6 +256,9 @@ class ClipCapCaptioner(ConditionalCaptioner):
     def _decode_tokens(self, prefix, **decoding):
         return pad_to(self._generate(prefix, **decoding), self.max_len, self.eos_id)
 
+    def _prefix_language_model(self):
+        return self.model.gpt, self.eos_id
+
     @property
     def lm_head(self):
         return self.model.gpt.lm_head
