@@ -55,6 +55,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from egg.zoo.discriminative_captioner.archs import CaptionerSender, DiscriminativeGame, RetrieverReceiver
 from egg.zoo.discriminative_captioner.captioners.clipcap import ClipCapCaptioner, ClipCapConfig, ClipCapModel
+from egg.zoo.discriminative_captioner.choices import DECODINGS
 from egg.zoo.discriminative_captioner.clip_models import clip, clip_transform
 from egg.zoo.discriminative_captioner.core import MeanBaseline
 from egg.zoo.discriminative_captioner.games import fused_adam
@@ -276,7 +277,7 @@ def main():
     parser.add_argument("--kl_coeff", type=float, default=0.0)
     parser.add_argument("--updates", type=int, default=56_000, help="updates of the run whose time is projected")
     parser.add_argument("--generic", action="store_true", help="also time the generic transformers path (hf)")
-    parser.add_argument("--decoding", choices=("auto", "static", "compiled", "generate"), default="auto",
+    parser.add_argument("--decoding", choices=DECODINGS, default="auto",
                         help="the plugin step's decoding (the split compares all three)")  # fmt: skip
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():

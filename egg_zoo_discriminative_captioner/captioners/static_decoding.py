@@ -28,6 +28,8 @@ from transformers import GPT2LMHeadModel
 
 from .fused import VOCAB_SLICE
 
+sdpa = nn.functional.scaled_dot_product_attention
+
 
 def unsupported(model):
     """Why ``StaticDecoder`` cannot decode ``model`` (a sentence), or None when it can."""
@@ -277,10 +279,6 @@ class StaticDecoder:
         if rest.shape[0]:
             logits = torch.cat([logits, nn.functional.linear(hidden, rest)], dim=1)  # [B, V]
         return logits if head.bias is None else logits + head.bias
-
-
-def sdpa(query, keys, values, **options):
-    return nn.functional.scaled_dot_product_attention(query, keys, values, **options)
 
 
 _said = set()
