@@ -36,6 +36,7 @@ from .data.hard_distractors import hard_distractor_loader
 from .errors import UsageError
 from .experiment import build_experiment, training_splits, write_data_counts
 from .games import build_game, build_optimizer
+from .host_memory import keep_freed_memory
 from .precision import training_precision
 
 FINAL_RESULTS = "final.json"  # the final test evaluation's results, written last: a run with it is complete
@@ -232,6 +233,8 @@ def finetune(opts, params):
 def train_run(opts, params, resume):
     """The run itself, once ``prepare_run`` has checked it (``resume``: the state it continues, or None)."""
     data_seed = distributed.setup(opts)  # the same on every rank
+    if opts.device.type == "cpu":
+        keep_freed_memory()  # a CPU step then reuses its memory, instead of faulting it in again (host_memory.py)
     context = opts.distributed_context
     rank, world_size = context.rank, context.world_size
     with distributed.leader_first(opts):  # the leader builds and caches shared data first
