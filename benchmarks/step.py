@@ -392,7 +392,7 @@ def step_split(game, captioner, optimizer, batch, max_len, device):
     print(f"step split ({captioner.decoding} decoding): decode {decode:.3f} s, scoring forward {forward - decode:.3f} "
           f"s, backward {backward:.3f} s, optimizer {update:.3f} s", flush=True)  # fmt: skip
     chosen = captioner.decoding
-    for decoding in ("generate", "static", "compiled"):
+    for decoding in (decoding for decoding in DECODINGS if decoding != "auto"):
         captioner.decoding = decoding
         with torch.no_grad():
             started = time.monotonic()

@@ -242,9 +242,9 @@ class StaticDecoder:
             layer_keys[:, :, :prefix_len] = layer.keys
             layer_values[:, :, :prefix_len] = layer.values
         filled.zero_()[:prefix_len] = True
-        rows = first.shape[0]
-        return StaticCache(keys, values, filled, positions, prefix_len, self._head_weight(rows),
-                           self._packed_blocks(rows))  # fmt: skip
+        rows, packs = first.shape[0], self._packs()
+        packed = self._packed_blocks(rows) if packs else None
+        return StaticCache(keys, values, filled, positions, prefix_len, self._head_weight(rows, packs), packed)
 
     def _token_step(self, token, where, filled, keys, values, length=None, packed=None):
         """GPT-2's last hidden state ``[B, E]`` after one more ``token`` [B], as its ``forward`` computes it with
@@ -260,7 +260,7 @@ class StaticDecoder:
         if length is None:
             filled.index_fill_(0, where, True)
         hidden = transformer.wte(token) + transformer.wpe(where)  # [B, E]
-        for block, layer_keys, layer_values, weights in zip(transformer.h, keys, values, packed or _none()):
+        for block, layer_keys, layer_values, weights in zip(transformer.h, keys, values, packed or [None] * len(keys)):
             attention, mlp = block.attn, block.mlp
             qkv_weight, out_weight, fc_weight, proj_weight = weights or (None,) * 4
             qkv = _product(block.ln_1(hidden), attention.c_attn, qkv_weight)  # [B, 3E]
@@ -279,20 +279,17 @@ class StaticDecoder:
         return transformer.ln_f(hidden)
 
     def _packed_blocks(self, rows):
-        """Per block, its four ``Conv1D`` weights packed for products with ``rows`` rows (``_product``), or None
-        where the step does not pack (``_packs``)."""
-        if not self._packs():
-            return None
+        """Per block, its four ``Conv1D`` weights packed for products with ``rows`` rows (``_product``)."""
         blocks = self.model.transformer.h
         convs = [(block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj) for block in blocks]
         return [tuple(_pack(conv.weight.t(), rows) for conv in layer) for layer in convs]
 
-    def _head_weight(self, rows):
-        """The LM head's weight for ``_logits``: packed for products with ``rows`` rows where the step packs;
+    def _head_weight(self, rows, packs):
+        """The LM head's weight for ``_logits``: with ``packs``, packed for products with ``rows`` rows;
         else on the CPU as ``[S, E, w]`` full slices of ``w`` vocabulary entries and the rest ``[r, E]`` (views,
         no copy); None off the CPU, where the head is one product (``fused`` explains why)."""
         weight = self.head.weight
-        if self._packs():
+        if packs:
             return _pack(weight, rows)
         if weight.device.type != "cpu":
             return None
@@ -335,11 +332,6 @@ def _product(x, conv, packed):
     if packed is None:
         return torch.addmm(conv.bias, x, conv.weight)
     return _packed_product(x, packed, conv.bias)
-
-
-def _none():
-    while True:
-        yield None
 
 
 _said = set()
