@@ -38,6 +38,16 @@ adds) over a one-layer ViT, with the same batch, rollout length and optimizer; t
 time N.NNx, peak memory N.NNx`` compares its step with ClipCap's.
 
     python benchmarks/step.py --device cuda --size gpt2-small --retriever vit-b32 --precision bf16 --steps 5
+
+With ``--micro_batch_sizes 100 50 20 10`` the step alone is measured at each ``--micro_batch_size`` (images per
+scoring pass with gradients), each in a process of its own, and a table gives its time and the memory it adds
+above the models and optimizer state, with their ratios to the first size's; ``--captioner smolvlm`` runs it on a
+random-weight SmolVLM-256M (``benchmarks/smolvlm.py``, ``--captioner hf``'s path), ``--rollouts_per_image`` K
+samples K captions per image (RLOO baseline), and ``--no-encode_once`` runs its frozen vision parts in every pass
+(as before they ran once per step).  A size that does not fit in ``--memory_limit_gib`` reports so.
+
+    python benchmarks/step.py --size gpt2-small --micro_batch_sizes 100 50 20 10 --rollouts_per_image 4
+    python benchmarks/step.py --captioner smolvlm --micro_batch_sizes 100 50 20 10 --steps 1
 """
 
 import argparse
@@ -45,8 +55,11 @@ import contextlib
 import ctypes
 import functools
 import gc
+import json
 import os
 import resource
+import subprocess
+import sys
 import threading
 import time
 
@@ -55,7 +68,12 @@ import torch  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from egg.zoo.discriminative_captioner.archs import CaptionerSender, DiscriminativeGame, RetrieverReceiver
+from egg.zoo.discriminative_captioner.archs import (
+    CaptionerSender,
+    DiscriminativeGame,
+    GroupBaseline,
+    RetrieverReceiver,
+)
 from egg.zoo.discriminative_captioner.captioners.clipcap import ClipCapCaptioner, ClipCapConfig, ClipCapModel
 from egg.zoo.discriminative_captioner.choices import DECODINGS
 from egg.zoo.discriminative_captioner.clip_models import clip, clip_transform
@@ -286,9 +304,27 @@ def main():
                              "(host_memory.py)")  # fmt: skip
     parser.add_argument("--decoding", choices=DECODINGS, default="auto",
                         help="the plugin step's decoding (the split compares all three)")  # fmt: skip
+    parser.add_argument("--captioner", choices=["clipcap", "smolvlm"], default="clipcap",
+                        help="clipcap: ClipCap over the GPT-2 of --size; smolvlm: SmolVLM-256M, random weights "
+                             "(--micro_batch_sizes measurements only)")  # fmt: skip
+    parser.add_argument("--rollouts_per_image", type=int, default=1, help="K captions per image (RLOO when K > 1)")
+    parser.add_argument("--micro_batch_size", type=int, default=None, help="images per pass with gradients")
+    parser.add_argument("--micro_batch_sizes", type=int, nargs="+", default=None,
+                        help="measure the step alone at each micro-batch size, each in a fresh process")
+    parser.add_argument("--encode_once", action=argparse.BooleanOptionalAction, default=True,
+                        help="smolvlm: its frozen vision parts run once per image per step")
+    parser.add_argument("--lora_rank", type=int, default=0, help="smolvlm: train LoRA adapters of this rank")
+    parser.add_argument("--memory_limit_gib", type=float, default=20.0,
+                        help="--micro_batch_sizes: each process's address-space limit (a size that needs more "
+                             "reports it instead of the machine running out of memory)")  # fmt: skip
+    parser.add_argument("--only_step", action="store_true", help=argparse.SUPPRESS)  # one size of the sweep
     args = parser.parse_args()
+    if args.micro_batch_sizes:
+        return sweep(args)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here")
+    if args.only_step:
+        return only_step(args)
     if args.device == "cpu" and not args.glibc_malloc:
         keep_freed_memory()  # as a CPU training run does (finetuning.py)
     torch.set_num_threads(args.threads)
@@ -375,6 +411,78 @@ def main():
         compare_generic(args, device, retriever, plugin_seconds, plugin_memory.added)
     if naive:
         print(f"speedup vs naive: {naive['kv-cache'] / plugin_seconds:.1f}x (kv-cache)")
+
+
+def sweep(args):
+    """The step at each ``--micro_batch_sizes`` m, each in a process of its own; prints a table."""
+    argv, skip = [], False
+    for token in sys.argv[1:]:  # this command line without --micro_batch_sizes and its values
+        if token == "--micro_batch_sizes":
+            skip = True
+        elif skip and not token.startswith("--"):
+            continue
+        else:
+            skip = False
+            argv.append(token)
+    rows = []
+    for m in args.micro_batch_sizes:
+        command = [sys.executable, os.path.abspath(__file__), *argv, "--micro_batch_size", str(m), "--only_step"]
+        done = subprocess.run(command, capture_output=True, text=True)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        result = json.loads(lines[-1]) if lines else {"error": f"exit {done.returncode}: {done.stderr[-300:]}"}
+        rows.append((m, result))
+        print(f"m={m}: {result}", flush=True)
+    first = next((result for _, result in rows if "seconds" in result), None)
+    print(f"{args.captioner}, batch {args.batch_size}, K={args.rollouts_per_image}, {args.max_len}-token "
+          f"rollouts{'' if args.encode_once or args.captioner != 'smolvlm' else ', vision in every pass'}")
+    print("| micro-batch (images) | step (s) | step memory above the models (GiB) | time vs first | memory vs first |")
+    print("|---|---|---|---|---|")
+    for m, result in rows:
+        if "seconds" not in result:
+            print(f"| {m} | {result['error'][:60]} | | | |")
+            continue
+        print(f"| {m} | {result['seconds']:.2f} | {result['added'] / GiB:.2f} | "
+              f"{result['seconds'] / first['seconds']:.2f}x | {result['added'] / first['added']:.2f}x |")
+
+
+def only_step(args):
+    """One size of the sweep: warm-up, then the timed steps; prints one JSON line."""
+    limit = int(args.memory_limit_gib * GiB)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    if args.device == "cpu" and not args.glibc_malloc:
+        keep_freed_memory()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    B, T, K = args.batch_size, args.max_len, args.rollouts_per_image
+    retriever = build_retriever(args.retriever).to(device)
+    _, images, labels = make_batch(B, RETRIEVERS[args.retriever][0], device)
+    if args.captioner == "smolvlm":
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from smolvlm import build_smolvlm
+
+        captioner = build_smolvlm(T, args.lora_rank).to(device)
+        captioner.encode_once = args.encode_once
+        generator = torch.Generator().manual_seed(3)
+        sender_input = torch.randn(B, *captioner.probe_pixels.shape, generator=generator).to(device)
+    else:
+        captioner = build_captioner(args.size, T).to(device)
+        sender_input = make_batch(B, RETRIEVERS[args.retriever][0], device)[0]
+    captioner.stop_ids = [10**9]  # never drawn: every caption is max_len long and every step does the same work
+    baseline = functools.partial(GroupBaseline, leave_one_out=True) if K > 1 else MeanBaseline
+    micro = args.micro_batch_size if args.micro_batch_size and args.micro_batch_size < B else None
+    game = DiscriminativeGame(CaptionerSender(captioner), RetrieverReceiver(retriever),
+                              DiscriminationLoss(temperature=retriever.temperature), baseline_type=baseline,
+                              rollouts_per_image=K, micro_batch_size=micro, precision=args.precision).train()
+    optimizer = fused_adam(captioner.trainable_parameters(), lr=1e-7)
+    batch = (sender_input, images, labels)
+    try:
+        plugin_step(game, optimizer, batch)  # warm-up
+        with PeakMemory(device) as memory:
+            seconds, wall = timed(lambda: plugin_step(game, optimizer, batch), args.steps, device)
+    except (RuntimeError, MemoryError) as error:  # torch's allocator: "can't allocate memory"
+        print(json.dumps({"error": f"does not fit in {args.memory_limit_gib:g} GiB: {str(error)[:120]}"}))
+        return
+    print(json.dumps({"seconds": seconds, "wall": wall, "peak": memory.peak, "added": memory.added}), flush=True)
 
 
 def step_split(game, captioner, optimizer, batch, max_len, device):

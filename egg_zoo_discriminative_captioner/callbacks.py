@@ -248,7 +248,7 @@ class CheckpointWriter(core.CheckpointSaver):
         distributed.barrier()
         if self.writes:
             print(f"{signal.Signals(signum).name}: {message}", file=sys.stderr, flush=True)
-        distributed.close()
+        distributed.close(self.trainer)
         sys.exit(128 + signum)
 
 

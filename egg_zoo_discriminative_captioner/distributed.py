@@ -37,6 +37,7 @@ so GPUs only; the bundled core: NCCL on GPUs, gloo on the CPU), and its Trainer 
 
 import contextlib
 import dataclasses
+import gc
 import os
 
 import torch
@@ -102,10 +103,22 @@ def leader_first(opts):
             dist.barrier()  # even on failure, so the others go on and fail with the same error
 
 
-def close():
-    """Leaves the process group at the end of a run (a no-op in a single-process run)."""
-    if is_initialized():
-        dist.destroy_process_group()
+def close(trainer=None):
+    """Leaves the process group at the end of a run (a no-op in a single-process run).
+
+    The Trainer's ``DistributedDataParallel`` wrapper keeps the process group alive (its reducer holds it), and the
+    Trainer sits in a reference cycle with its callbacks: left to the interpreter's exit, the group went down
+    whenever that cycle was collected, and a finished run aborted now and then ("terminate called without an
+    active exception").  So the wrapper is dropped and collected first, every rank waits for the others to be done
+    with their collectives, and the group is torn down here.
+    """
+    if not is_initialized():
+        return
+    if trainer is not None and isinstance(trainer.game, nn.parallel.DistributedDataParallel):
+        trainer.game = trainer.game.module
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def is_initialized():

@@ -35,7 +35,7 @@ from .data import retrieval_loader, training_loader
 from .data.hard_distractors import hard_distractor_loader
 from .errors import UsageError
 from .experiment import build_experiment, training_splits, write_data_counts
-from .games import build_game, build_optimizer
+from .games import build_game, build_optimizer, build_scheduler
 from .host_memory import keep_freed_memory
 from .precision import training_precision
 
@@ -199,15 +199,18 @@ def save_options(opts, directory):
     atomic_write_text(json.dumps(values, indent=2, sort_keys=True, default=str), os.path.join(directory, "opts.json"))
 
 
-def build_trainer(opts, game, optimizer, train_loader, validation_loader, callbacks):
-    """EGG's Trainer; a checkpoint that cannot be resumed becomes a one-line error."""
+def build_trainer(opts, game, optimizer, train_loader, validation_loader, callbacks, scheduler=None):
+    """EGG's Trainer (with the learning-rate ``scheduler`` and ``--max_grad_norm``); a checkpoint that cannot be
+    resumed becomes a one-line error."""
     try:
         return core.Trainer(
             game=game,
             optimizer=optimizer,
+            optimizer_scheduler=scheduler,
             train_data=train_loader,
             validation_data=validation_loader,
             callbacks=callbacks,
+            grad_norm=getattr(opts, "max_grad_norm", None),
         )
     except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as error:
         if opts.load_from_checkpoint is None:
@@ -251,6 +254,7 @@ def train_run(opts, params, resume):
     extra = [retriever for retriever, _ in experiment.extra_retrievers]
     game = build_game(opts, experiment.captioner, experiment.retriever, extra)
     optimizer = build_optimizer(game)
+    scheduler = build_scheduler(opts, optimizer, len(train_loader) // opts.update_freq)
 
     position = EpochSetter(train_loader.batch_sampler)
     if resume is not None:
@@ -268,7 +272,7 @@ def train_run(opts, params, resume):
                              resume_command=resume_command, updates=resume["updates"] if resume else 0,
                              writes=context.is_leader)
         )  # fmt: skip
-    trainer = build_trainer(opts, game, optimizer, train_loader, validation_loader, callbacks)
+    trainer = build_trainer(opts, game, optimizer, train_loader, validation_loader, callbacks, scheduler)
     if opts.checkpoint_dir and context.is_leader:
         if opts.overwrite and not resumes_in_place(opts):  # the other run's files go now, not earlier
             remove_run(opts.checkpoint_dir)
@@ -290,6 +294,6 @@ def train_run(opts, params, resume):
             print(f"run in {opts.checkpoint_dir}/: checkpoints final.tar and <epoch>.tar, the finetuned captioner "
                   f"{saved}, {FINAL_RESULTS}, opts.json, {LOG_FILE}", flush=True)
     core.close()
-    distributed.close()
+    distributed.close(trainer)
     return results
 

@@ -41,10 +41,13 @@ def build_game(opts, captioner, retriever, extra_retrievers=()):
         reference=build_reference(opts, captioner) if opts.kl_coeff > 0 else None,
         kl_coeff=opts.kl_coeff,
         kl_estimator=getattr(opts, "kl_estimator", "sampled"),
+        kl_in_baseline=getattr(opts, "kl_in_baseline", True),
         log_prob_normalization=getattr(opts, "log_prob_normalization", "sum"),
         precision=training_precision(opts),
         rollouts_per_image=getattr(opts, "rollouts_per_image", 1),
         retriever_mix=getattr(opts, "retriever_mix", "mean"),
+        micro_batch_size=getattr(opts, "micro_batch_size", None),
+        rollout_batch_size=getattr(opts, "rollout_batch_size", None),
         **data_parallel_options,
     )
 
@@ -88,3 +91,42 @@ def build_optimizer(game):
 
 def fused_adam(parameters, lr):
     return torch.optim.Adam(parameters, lr=lr, fused=True)
+
+
+class PerUpdateScheduler:
+    """A learning-rate schedule that advances after every optimizer update, handed to EGG's Trainer.
+
+    EGG's Trainer steps its ``optimizer_scheduler`` once per epoch, and saves and restores its state with every
+    checkpoint; here the Trainer's ``step()`` does nothing, and the optimizer's own step hook advances the
+    schedule, so the learning rate follows the updates and a resumed run goes on where it stopped.
+    """
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+        scheduler.optimizer.register_step_post_hook(lambda optimizer, args, kwargs: scheduler.step())
+
+    def step(self):
+        """EGG's end-of-epoch call: the schedule advances with each update instead."""
+
+    def get_last_lr(self):
+        return self.scheduler.get_last_lr()
+
+    def state_dict(self):
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state):
+        self.scheduler.load_state_dict(state)
+
+
+def build_scheduler(opts, optimizer, updates_per_epoch):
+    """The learning-rate schedule of ``--lr_scheduler`` after ``--warmup_steps`` (transformers' schedules, by
+    optimizer update), over the run's ``--n_epochs`` x ``updates_per_epoch`` updates; None for a constant
+    learning rate without warm-up (the paper's)."""
+    from transformers import get_scheduler
+
+    if opts.lr_scheduler == "constant" and not opts.warmup_steps:
+        return None
+    name = "constant_with_warmup" if opts.lr_scheduler == "constant" else opts.lr_scheduler
+    total = opts.n_epochs * updates_per_epoch
+    return PerUpdateScheduler(get_scheduler(name, optimizer, num_warmup_steps=opts.warmup_steps,
+                                            num_training_steps=total))  # fmt: skip

@@ -18,6 +18,7 @@ ROLLOUTS = ("sample", "greedy", "beam")
 KL_REFERENCES = ("captioner", "language_model")
 KL_ESTIMATORS = ("sampled", "exact")
 LOG_PROB_NORMALIZATIONS = ("sum", "mean")
+LR_SCHEDULERS = ("constant", "linear", "cosine")
 GAME_GROUP = "game (REINFORCE)"
 RETRIEVER_MIXES = ("mean", "alternate")
 RETRIEVER_GROUP = "retriever"
@@ -27,7 +28,7 @@ TRAINING_ONLY = {
     "random_seed", "checkpoint_dir", "preemptable", "checkpoint_freq", "validation_freq", "n_epochs", "optimizer",
     "lr", "update_freq", "tensorboard", "tensorboard_dir", "distributed_port", "fp16", "greedy_rollouts",
     "checkpoint_every", "hard_distractors", "blip_train_vision", "validation_images", "allow_world_size_change",
-    "retriever_mix",
+    "retriever_mix", "micro_batch_size", "rollout_batch_size", "lr_scheduler", "warmup_steps", "max_grad_norm",
 }  # fmt: skip
 UNUSED = {
     "train": set(),
@@ -72,6 +73,7 @@ def add_plugin_groups(parser):
     add_captioner_options(parser)
     add_retriever_options(parser)
     add_game_options(parser)
+    add_step_options(parser)
     add_run_options(parser)
     add_output_options(parser)
 
@@ -251,6 +253,14 @@ def add_game_options(parser):
         "0 = off)",
     )
     group.add_argument(
+        "--kl_in_baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the baseline sees each caption's cost with its KL penalty (this project's choice); off, the KL "
+        "penalty is added to the advantage after the baseline, whose running mean then follows the task cost "
+        "alone (the authors' code; the paper's game files)",
+    )
+    group.add_argument(
         "--kl_reference",
         choices=KL_REFERENCES,
         default="captioner",
@@ -272,8 +282,9 @@ def add_game_options(parser):
         choices=LOG_PROB_NORMALIZATIONS,
         default="sum",
         help="a caption's log-probability in the REINFORCE term, and its KL: sum over its tokens (the paper's Eq. "
-        "1; this project's default) or mean, the sum divided by the caption's length with its stop token (the "
-        "authors' code; the paper's game files)",
+        "1; this project's default) or mean, the sum divided by the caption's length as the authors' code counts "
+        "it: with its stop token, and for ClipCap the end-of-text token their decoding forces after a period (the "
+        "paper's game files)",
     )
     group.add_argument(
         "--rollouts",
@@ -297,6 +308,45 @@ def add_game_options(parser):
         default="fp32",
         help="the captioner's training precision (autocast; fp16 needs CUDA and is EGG's --fp16, with a "
         "GradScaler); the retriever, the reward and the KL reference stay in fp32",
+    )
+
+
+def add_step_options(parser):
+    group = parser.add_argument_group("the step's memory, learning-rate schedule and clipping")
+    group.add_argument(
+        "--micro_batch_size",
+        type=int,
+        default=None,
+        help="images (each with its --rollouts_per_image captions) per scoring pass with gradients; the "
+        "rewards, baselines and advantages still see the whole batch, and the update is the same up to float "
+        "rounding, with less memory (default: the whole batch; in a data-parallel run, of each process's share)",
+    )
+    group.add_argument(
+        "--rollout_batch_size",
+        type=int,
+        default=None,
+        help="images decoded at a time, to bound the decoding's key-value cache (default: the whole batch); the "
+        "captions then draw other random numbers, from the same distribution",
+    )
+    group.add_argument(
+        "--lr_scheduler",
+        choices=LR_SCHEDULERS,
+        default="constant",
+        help="learning rate over the optimizer updates: constant (the paper's), or linear or cosine decay to 0 at "
+        "the run's last update (--n_epochs sets it), each after --warmup_steps",
+    )
+    group.add_argument(
+        "--warmup_steps",
+        type=int,
+        default=0,
+        help="optimizer updates over which the learning rate rises linearly from 0 to --lr",
+    )
+    group.add_argument(
+        "--max_grad_norm",
+        type=float,
+        default=None,
+        help="clip the gradient's global norm to this value before each update (EGG's Trainer grad_norm; "
+        "default: no clipping)",
     )
 
 

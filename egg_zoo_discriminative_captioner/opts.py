@@ -179,6 +179,11 @@ def check_options(opts, training=True):
     at_least("num_beams", 1)
     at_least("eval_candidates", 2)
     at_least("num_workers", 0)
+    at_least("micro_batch_size", 1)
+    at_least("rollout_batch_size", 1)
+    at_least("warmup_steps", 0)
+    if getattr(opts, "max_grad_norm", None) is not None and not opts.max_grad_norm > 0:
+        raise UsageError(f"--max_grad_norm must be positive, got {opts.max_grad_norm}")
     if opts.extra_clip_models and getattr(opts, "hard_distractors", 0):
         raise UsageError("--hard_distractors reads the first retriever's neighbours: give one --clip_model")
     if not training:

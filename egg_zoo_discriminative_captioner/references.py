@@ -1,8 +1,11 @@
 """The frozen KL references a game may regularise its captioner towards (``--kl_reference``).
 
-A reference is a ``FrozenModule`` with ``forward(sender_input, tokens) -> [B]`` (the summed log-probability of
-caption tokens under it, for the sampled KL estimate) and ``token_kl(sender_input, tokens, hidden, head) ->
-[B, T]`` (the exact per-token KL from the policy's last hidden states and output head).
+A reference is a ``FrozenModule`` with ``forward(encoded, tokens) -> [B]`` (the summed log-probability of
+caption tokens under it, for the sampled KL estimate) and ``token_kl(encoded, tokens, hidden, head, ban) ->
+[B, T]`` (the exact per-token KL from the policy's last hidden states and output head, over the distribution
+without the tokens ``ban`` excludes, the one rollouts are sampled from).  ``encoded`` is the policy captioner's
+frozen encoding of the images (``ConditionalCaptioner.encode``), which a reference reads instead of encoding them
+again.
 """
 
 import copy
@@ -26,6 +29,7 @@ class FrozenReference(FrozenModule):
     def __init__(self, captioner):
         super().__init__()
         shared = {id(module): module for module in captioner.modules() if isinstance(module, FrozenModule)}
+        shared.update({id(module): module for module in captioner.frozen_modules()})
         # and every frozen parameter (a transformers captioner's vision tower, a LoRA captioner's whole base)
         shared.update({id(p): p for p in captioner.parameters() if not p.requires_grad})
         self.captioner = copy.deepcopy(captioner, memo=shared)
@@ -36,18 +40,19 @@ class FrozenReference(FrozenModule):
         return self.captioner.lm_head
 
     @torch.no_grad()
-    def forward(self, sender_input, tokens):
+    def forward(self, encoded, tokens):
         """Summed log-probability ``[B]`` of caption ``tokens`` under the pretrained captioner."""
         with full_precision(tokens.device.type):
-            return self.captioner.score(sender_input, tokens)[0]
+            return self.captioner._score(self.captioner.condition_of(encoded), tokens)[0]
 
     @torch.no_grad()
-    def token_kl(self, sender_input, tokens, hidden, head):
+    def token_kl(self, encoded, tokens, hidden, head, ban=None):
         """Exact ``KL(reference || policy)`` ``[B, T]`` at each position of ``tokens`` [B, T], from the policy's
-        last hidden states ``hidden`` [B, T, E] and its output ``head``."""
+        last hidden states ``hidden`` [B, T, E] and its output ``head``, both without the tokens ``ban`` [V]
+        excludes."""
         with full_precision(tokens.device.type):
-            reference_hidden = self.captioner._hidden(self.captioner.condition(sender_input), tokens)
-            return head_kl(hidden, head, reference_hidden, self.lm_head)
+            reference_hidden = self.captioner._hidden(self.captioner.condition_of(encoded), tokens)
+            return head_kl(hidden, head, reference_hidden, self.lm_head, ban)
 
 
 class LanguageModelReference(FrozenModule):
@@ -80,15 +85,16 @@ class LanguageModelReference(FrozenModule):
         return self.language_model.base_model(input_ids=context, use_cache=False).last_hidden_state
 
     @torch.no_grad()
-    def forward(self, sender_input, tokens):
-        """Summed log-probability ``[B]`` of caption ``tokens`` under the language model (up to the stop token)."""
+    def forward(self, encoded, tokens):
+        """Summed log-probability ``[B]`` of caption ``tokens`` under the language model (up to the stop token);
+        it reads no image."""
         with full_precision(tokens.device.type):
             mask = caption_mask(tokens, self.stop_ids).float()  # [B, T]
             log_prob, _ = head_token_log_probs(self.hidden(tokens), self.lm_head, tokens)  # [B, T]
             return (log_prob * mask).sum(1)
 
     @torch.no_grad()
-    def token_kl(self, sender_input, tokens, hidden, head):
+    def token_kl(self, encoded, tokens, hidden, head, ban=None):
         """Exact ``KL(language model || policy)`` ``[B, T]`` at each position; see ``FrozenReference.token_kl``."""
         with full_precision(tokens.device.type):
-            return head_kl(hidden, head, self.hidden(tokens), self.lm_head)
+            return head_kl(hidden, head, self.hidden(tokens), self.lm_head, ban)

@@ -19,7 +19,7 @@ from egg.zoo.discriminative_captioner.archs import (
     RetrieverReceiver,
 )
 from egg.zoo.discriminative_captioner.captioners import fused
-from egg.zoo.discriminative_captioner.captioners.base import Rollout, caption_mask
+from egg.zoo.discriminative_captioner.captioners.base import caption_mask
 from egg.zoo.discriminative_captioner.captioners.blip import BlipCaptioner
 from egg.zoo.discriminative_captioner.captioners.clipcap import ClipCapCaptioner, ClipCapConfig, ClipCapModel
 from egg.zoo.discriminative_captioner.core import NoBaseline
@@ -29,6 +29,7 @@ from egg.zoo.discriminative_captioner.errors import UsageError
 from egg.zoo.discriminative_captioner.losses import DiscriminationLoss
 from egg.zoo.discriminative_captioner.opts import get_opts
 
+from .stubs import FixedCaptions
 from .test_game import SCORES, StubReceiver
 from .tiny_models import gpt2_tokenizer, tiny_gpt2
 
@@ -120,18 +121,9 @@ def test_each_caption_is_scored_against_its_own_target_neighbours_and_random_bat
 # --- 3. log-probability normalisation ------------------------------------------------------------------------
 
 
-class LengthStubSender(nn.Module):
+def LengthStubSender(lengths):
     """Fixed captions of the given lengths whose summed log-probabilities are parameters."""
-
-    def __init__(self, lengths):
-        super().__init__()
-        self.lengths = torch.tensor(lengths, dtype=torch.float)
-        self.log_prob = nn.Parameter(torch.tensor([-3.0, -8.0]))
-
-    def forward(self, sender_input, aux_input=None, decoding=None):
-        size = self.log_prob.shape[0]
-        return Rollout(torch.zeros(size, 4, dtype=torch.long), self.log_prob * 1, torch.zeros(size), self.lengths,
-                       ["caption"] * size)  # fmt: skip
+    return FixedCaptions([-3.0, -8.0], lengths=lengths, width=4)
 
 
 def costs():
@@ -277,17 +269,18 @@ def test_beam_rollouts_are_the_top_beam_caption_scored_with_gradients(clipcap):
 def test_beam_rollouts_with_a_greedy_baseline_are_the_papers_table_8_row(clipcap, retriever):
     game = real_game(clipcap, retriever, rollouts="beam", baseline_type=GreedyBaseline)
     game.train()
-    sent = []
-    game.sender.register_forward_hook(lambda module, args, output: sent.append(output))
+    sampled, decoded, sample = [], [], game.sender.sample
+    game.sender.sample = lambda *args, **kwargs: sampled.append(sample(*args, **kwargs)) or sampled[-1]
+    game.sender.register_forward_hook(lambda module, args, output: decoded.append(output))
     features, labels, images = images_and_features()
     loss, interaction = game(features, labels, images)
     greedy = clipcap.generate(features, num_beams=1)
     expected = -DiscriminationLoss(temperature=0.05)(None, None, None, retriever.encode_texts(greedy.text) @ images.T,
                                                      labels)[1]["reward"]  # fmt: skip
     torch.testing.assert_close(interaction.aux["baseline"], expected, atol=1e-5, rtol=1e-5)
-    rollout, greedy_decoded = sent  # the rollout (scored), then the baseline's greedy caption (decoded only)
+    (rollout,), (greedy_decoded,) = sampled, decoded  # the rollout (beam), the baseline's greedy caption
     assert torch.equal(rollout.message, clipcap.generate(features, num_beams=3).message)
-    assert rollout.log_prob.requires_grad and torch.equal(greedy_decoded.message, greedy.message)
+    assert loss.requires_grad and torch.equal(greedy_decoded.message, greedy.message)
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in clipcap.trainable_parameters())
 

@@ -109,7 +109,8 @@ class InPlaceMeanBaseline(MeanBaseline):
 @pytest.mark.parametrize("baseline_type", [MeanBaseline, InPlaceMeanBaseline], ids=["bundled", "upstream"])
 def test_the_logged_baseline_is_the_one_subtracted_on_both_cores(clipcap, retriever, baseline_type):
     game = reuse_example.build_game(clipcap, retriever)
-    game.baseline = baseline_type()
+    game.baseline_type = baseline_type
+    game.baselines.clear()  # built again from baseline_type
     game.train()
     embeddings = retriever.encode_images(torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
     batches = reuse_example.user_batches(torch.randn(8, 32), embeddings, batch_size=4)

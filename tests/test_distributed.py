@@ -57,6 +57,9 @@ CONFIGURATIONS = {
     # Each caption against its target's 2 nearest neighbours, which travel with the rank's share, and 5 batch images.
     "hard distractors": dict(baseline="mean", kl_coeff=0.0, entropy_coeff=0.0, standardize_advantage=False,
                              hard_distractors=2),
+    # The first configuration in micro-batches of one image: DDP sees each gradient arrive once, from the backward.
+    "micro-batches": dict(baseline="mean", kl_coeff=0.2, entropy_coeff=0.01, standardize_advantage=False,
+                          micro_batch_size=1),
     # Two retrievers in turn: each candidate's embeddings joined, the turn the same on every rank.
     "two retrievers, alternate": dict(baseline="mean", kl_coeff=0.0, entropy_coeff=0.0, standardize_advantage=False,
                                       retriever_mix="alternate", retrievers=2),
@@ -181,8 +184,14 @@ def assert_close(actual, expected, what):
 def test_two_processes_match_one_process_on_the_same_global_batches(tmp_path, free_port):
     mp.spawn(run_rank, args=(2, free_port, str(tmp_path)), nprocs=2, join=True)  # one process group for all
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
-    for name, configuration in CONFIGURATIONS.items():
-        compare([rank[name] for rank in ranks], train_one_epoch(configuration), name)
+    singles = {name: train_one_epoch(configuration) for name, configuration in CONFIGURATIONS.items()}
+    for name in CONFIGURATIONS:
+        compare([rank[name] for rank in ranks], singles[name], name)
+    # micro-batches change the memory, not the update
+    whole, micro = singles["mean baseline, KL, entropy"], singles["micro-batches"]
+    for step in range(2):
+        for got, expected in zip(micro["grads"][step], whole["grads"][step]):
+            assert_close(got, expected, f"micro-batches: step {step} gradients")
 
 
 def compare(ranks, single, name):
@@ -204,8 +213,8 @@ def compare(ranks, single, name):
         assert rank["epoch_loss"] == pytest.approx(single["epoch_loss"], rel=1e-5)
         for got, expected in zip(rank["parameters"], single["parameters"]):
             assert_close(got, expected, f"{name}: parameters after two SGD steps")
-        for key, value in single["baseline_state"]["baseline"].items():
-            assert_close(rank["baseline_state"]["baseline"][key], value, f"{name}: baseline {key}")
+        for key, value in single["baseline_state"]["baselines"][0].items():
+            assert_close(rank["baseline_state"]["baselines"][0][key], value, f"{name}: baseline {key}")
     assert ranks[0]["losses"] != ranks[1]["losses"]  # the ranks did see different halves
     compare_evaluation(ranks, single, name)
 
@@ -357,3 +366,57 @@ def test_a_checkpoint_resumes_only_with_the_number_of_processes_that_wrote_it(ti
         train.main(resume)
     with pytest.raises(AssertionError, match="heavy work started"):  # allowed: it goes ahead
         train.main(resume + ["--allow_world_size_change"])
+
+
+def close_after_a_step(rank, world_size, port, directory):
+    """A rank that trains one step under DistributedDataParallel, then leaves the group as a run ends; records
+    whether any DDP wrapper (which holds the process group) was still alive when the group was destroyed."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size), RANK=str(rank),
+                      LOCAL_RANK=str(rank))  # fmt: skip
+    import gc
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    opts = core.init(params=["--no_cuda", "--random_seed", "3", "--optimizer", "sgd", "--lr", "0.1"])
+    torch.manual_seed(0)
+    tokenizer = word_tokenizer()
+    model = ClipCapModel(ClipCapConfig(prefix_length=3, prefix_size=FEATURES), tiny_gpt2(len(tokenizer)))
+    captioner = ClipCapCaptioner(model, tokenizer, image_encoder=None, max_len=6)
+    game_opts = argparse.Namespace(**GAME_OPTIONS, **CONFIGURATIONS["micro-batches"],
+                                   distributed_context=opts.distributed_context)  # fmt: skip
+    game = build_game(game_opts, captioner, ClipRetriever(tiny_clip(), clip_transform(32)))
+    loader = training_loader(tiny_split("train"), GLOBAL_BATCH, seed=0, rank=rank, world_size=world_size)
+    callbacks = [EpochSetter(loader.batch_sampler), ConsoleLogger()]  # they point back at the trainer: a cycle
+    trainer = core.Trainer(game, build_optimizer(game), loader, callbacks=callbacks)
+    with contextlib.redirect_stdout(io.StringIO()):
+        trainer.train(n_epochs=1)
+    alive, destroy = [], dist.destroy_process_group
+
+    def recorded_destroy(*args, **kwargs):
+        gc.collect()
+        alive.append(sum(isinstance(o, torch.nn.parallel.DistributedDataParallel) for o in gc.get_objects()))
+        return destroy(*args, **kwargs)
+
+    dist.destroy_process_group = recorded_destroy
+    distributed.close(trainer)
+    with open(os.path.join(directory, f"rank{rank}.json"), "w") as f:
+        json.dump({"alive": alive, "unwrapped": not isinstance(trainer.game, torch.nn.parallel.DistributedDataParallel)}, f)
+
+
+def test_the_process_group_goes_down_after_the_data_parallel_wrapper_that_holds_it(tmp_path, free_port):
+    mp.spawn(close_after_a_step, args=(2, free_port, str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        recorded = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert recorded == {"alive": [0], "unwrapped": True}
+
+
+@pytest.mark.slow  # three two-process runs (one to two minutes on a shared 2-core machine)
+def test_finished_two_process_runs_exit_zero_every_time(tiny_run_args, tmp_path):
+    """A data-parallel run that has written its results ends with exit status 0, run after run (the scheduler
+    that launched it would otherwise requeue a finished job)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    for run in range(3):
+        stderr = finished(torchrun(tiny_run_args + ["--random_seed", str(run), "--checkpoint_dir",
+                                                    str(tmp_path / str(run))], env))  # fmt: skip
+        assert "terminate called" not in stderr and (tmp_path / str(run) / "final.json").exists()

@@ -208,18 +208,18 @@ def test_retriever_reward_and_kl_reference_stay_fp32_under_autocast(clipcap, ret
     features, images = torch.randn(4, 32), torch.nn.functional.normalize(torch.randn(4, 32), dim=-1)
     game = game_for_precision(clipcap, retriever)
     seen = {}
-    receiver_forward, sender_forward = game.receiver.forward, game.sender.forward
+    receiver_forward, sender_sample = game.receiver.forward, game.sender.sample
 
     def receiver(*args, **kwargs):
         seen["receiver autocast"] = torch.is_autocast_enabled("cpu")
         seen["scores"] = receiver_forward(*args, **kwargs)
         return seen["scores"]
 
-    def sender(*args, **kwargs):
-        seen["rollout"] = sender_forward(*args, **kwargs)
+    def sample(*args, **kwargs):
+        seen["rollout"] = sender_sample(*args, **kwargs)
         return seen["rollout"]
 
-    game.receiver.forward, game.sender.forward = receiver, sender
+    game.receiver.forward, game.sender.sample = receiver, sample
     torch.manual_seed(0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, interaction = game(features, torch.arange(4), images)

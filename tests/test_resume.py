@@ -54,6 +54,11 @@ CASES = [pytest.param(*source.values, [], marks=source.marks, id=source.id) for 
 CASES.append(pytest.param(None, ["--hard_distractors", "3"], id="hard-distractors"))
 # and K rollouts per image with the leave-one-out baseline (each image's K draws come from the resumed stream)
 CASES.append(pytest.param(None, ["--rollouts_per_image", "4", "--baseline", "rloo"], id="rollouts-per-image-4"))
+# and in micro-batches (the backward recomputes the scoring passes: no random numbers are drawn there)
+CASES.append(pytest.param(None, ["--micro_batch_size", "7", "--kl_coeff", "0.1"], id="micro-batches"))
+# and with a learning-rate schedule restored from the checkpoint, and clipping
+CASES.append(pytest.param(None, ["--lr_scheduler", "cosine", "--warmup_steps", "3", "--max_grad_norm", "0.5"],
+                          id="schedule"))
 
 
 @pytest.mark.parametrize("egg_source, options", CASES)

@@ -12,6 +12,7 @@ from egg.zoo.discriminative_captioner.losses import DiscriminationLoss
 from egg.zoo.discriminative_captioner.opts import get_opts
 from egg.zoo.discriminative_captioner.retrievers.clip import ClipRetriever
 
+from .stubs import FixedCaptions
 from .tiny_models import save_openai_clip, tiny_clip
 
 
@@ -52,19 +53,9 @@ def test_the_mean_reward_is_the_mean_of_each_retrievers_own_reward():
         RetrieverReceiver(first, [second])(texts, joined[:, :-1])
 
 
-class FixedSender(torch.nn.Module):
+def FixedSender(texts):
     """Captions chosen in advance, one per image (the rollouts' log-probabilities are zero)."""
-
-    def __init__(self, texts):
-        super().__init__()
-        self.texts, self.weight = texts, torch.nn.Parameter(torch.zeros(()))
-
-    def forward(self, sender_input, aux_input=None, **decoding):
-        from egg.zoo.discriminative_captioner.captioners.base import Rollout
-
-        n = sender_input.shape[0]
-        zeros = self.weight.expand(n)
-        return Rollout(torch.zeros(n, 2, dtype=torch.long), zeros, zeros, torch.ones(n), self.texts[:n])
+    return FixedCaptions(torch.zeros(len(texts)), texts=texts)
 
 
 def test_alternate_rewards_one_retriever_per_training_batch_in_turn_and_the_turn_is_checkpointed():

@@ -72,9 +72,9 @@ def test_training_never_sees_the_held_out_images_whose_features_come_from_the_tr
     loaders = {}
     real_build_trainer = finetuning.build_trainer
 
-    def build_trainer(opts, game, optimizer, train_loader, validation_loader, callbacks):
+    def build_trainer(opts, game, optimizer, train_loader, validation_loader, *rest):
         loaders.update(train=train_loader, validation=validation_loader)
-        return real_build_trainer(opts, game, optimizer, train_loader, validation_loader, callbacks)
+        return real_build_trainer(opts, game, optimizer, train_loader, validation_loader, *rest)
 
     monkeypatch.setattr(finetuning, "build_trainer", build_trainer)
     args = ["--dataset", "conceptual"] + tiny_model_args(tiny_files, conceptual_root, str(tmp_path / "features"))

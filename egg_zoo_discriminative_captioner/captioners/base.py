@@ -1,7 +1,7 @@
 """What every captioner offers the game, and the token bookkeeping they share."""
 
 import contextlib
-from typing import List, NamedTuple, Optional
+from typing import Any, List, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ class Rollout(NamedTuple):
     ``log_prob`` is the caption log-probability summed over generated tokens up to and including the stop
     token, with gradients; ``entropy`` is the mean per-token entropy over the same positions.  Decoded captions
     (beam search) carry zero ``log_prob`` and ``entropy``.  ``kl``, only when a rollout is asked for it, is the
-    exact per-token KL divergence to a reference model summed over the same positions, without gradients.
+    KL divergence to a reference model summed over the same positions, without gradients.
     """
 
     message: torch.Tensor  # [B, T] long
@@ -26,7 +26,42 @@ class Rollout(NamedTuple):
     entropy: torch.Tensor  # [B]
     length: torch.Tensor  # [B] generated tokens, stop token included
     text: List[str]
-    kl: Optional[torch.Tensor] = None  # [B] exact KL to a reference, summed over the same positions (if asked)
+    kl: Optional[torch.Tensor] = None  # [B] KL to a reference, summed over the same positions (if asked)
+
+
+class Captions(NamedTuple):
+    """Captions decoded for a training step, not yet scored: what the scoring passes need to score any rows.
+
+    Row r is a caption of image ``image_of_row[r]`` (with K rollouts per image, image i's are rows i*K ...
+    i*K + K - 1).  ``condition`` and ``encoded`` hold one entry per image: what the language model reads
+    (with gradients where it trains) and the frozen encoding a KL reference reads; ``take_rows`` picks a row's.
+    """
+
+    message: torch.Tensor  # [N, T] long, padded after the stop token
+    length: torch.Tensor  # [N] generated tokens, stop token included
+    text: List[str]
+    divisor: torch.Tensor  # [N] what --log_prob_normalization mean divides a caption's sums by
+    image_of_row: torch.Tensor  # [N] long
+    condition: Any  # per image, [B, ...] (a tensor, or an object with take(index))
+    encoded: Any  # per image, [B, ...] likewise
+
+
+class Scores(NamedTuple):
+    """Scoring-pass values of caption rows ``[R]`` each: with gradients where autograd records them."""
+
+    log_prob: torch.Tensor  # summed over the caption's tokens, stop token included
+    entropy: torch.Tensor  # mean per-token entropy over the same positions
+    kl: Optional[torch.Tensor] = None  # summed KL to the reference over the same positions, no gradients
+
+
+def take_rows(values, index):
+    """``values`` ``[B, ...]`` at ``index`` ``[R]``: a tensor's rows (gradients flow back to the picked rows), an
+    object's ``take(index)``, None as None."""
+    if values is None:
+        return None
+    if torch.is_tensor(values):
+        return values.index_select(0, index.to(values.device))
+    return values.take(index)
 
 
 def period_token_ids(tokenizer):
@@ -137,47 +172,94 @@ class ConditionalCaptioner(nn.Module):
     """Decoding and scoring shared by captioners that condition a language model on an image.
 
     A subclass sets ``tokenizer``, ``stop_ids`` (from ``stop_token_ids``: decoding, the log-probability mask and
-    the decoded text all stop at the first of them) and ``max_len`` and defines ``condition(sender_input)`` (the
-    image representation the language model reads, with gradients where it trains), ``_decode_tokens(condition,
-    **decoding) -> [B, max_len]`` (``transformers`` generation, padded after the stop token), ``_hidden(condition,
-    tokens) -> [B, T, E]`` (teacher-forced last hidden states, each position predicting its token) and
-    ``lm_head`` (the ``nn.Linear`` from hidden states to the vocabulary).  ``_decode_tokens`` decodes through
-    ``generate_with`` and ``_generation_config``: ``sample=True`` draws from the policy, other settings are
-    ``GenerationConfig`` fields.
+    the decoded text all stop at the first of them) and ``max_len`` and defines ``condition_of(encoded)`` (the
+    image representation the language model reads, with gradients where it trains, from the frozen encoding
+    ``encode(sender_input)``, by default the input itself), ``_decode_tokens(condition, **decoding) -> [B,
+    max_len]`` (``transformers`` generation, padded after the stop token), ``_hidden(condition, tokens) -> [B,
+    T, E]`` (teacher-forced last hidden states, each position predicting its token) and ``lm_head`` (the
+    ``nn.Linear`` from hidden states to the vocabulary).  ``_decode_tokens`` decodes through ``generate_with``
+    and ``_generation_config``: ``sample=True`` draws from the policy, other settings are ``GenerationConfig``
+    fields.
 
-    Rollouts are sampled without gradients and then scored in one teacher-forced pass with gradients, so the
-    REINFORCE log-probability is that of the captions actually emitted.  Dropout is switched off for the same
-    reason, and so that decoding does not depend on the Trainer's train/eval mode.
+    Rollouts are sampled without gradients (``sample``) and then scored in teacher-forced passes with gradients
+    (``score_rows``), so the REINFORCE log-probability is that of the captions actually emitted.  Dropout is
+    switched off for the same reason, and so that decoding does not depend on the Trainer's train/eval mode.
+    An image is encoded and conditioned once per step, whatever the number of its rollouts and of the passes
+    that read it.
     """
 
     decoding = "auto"  # --decoding: how captions are decoded (captioners/static_decoding.py)
 
     @staticmethod
     def switch_off_dropout(module):
+        """No dropout anywhere in ``module`` in training either: its ``nn.Dropout`` modules, and the rates that
+        transformers models keep as plain attributes for functional dropout and layer drop (OPT, BART: an
+        ``OPTDecoderLayer``'s ``dropout``, an attention's ``attention_dropout``, a decoder's ``layerdrop``)."""
         for sub in module.modules():
             if isinstance(sub, nn.Dropout):
                 sub.p = 0.0
+            for name, value in vars(sub).items():
+                rate = isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool))
+                if rate and value and ("dropout" in name or name == "layerdrop"):
+                    setattr(sub, name, 0.0)
+
+    def encode(self, sender_input):
+        """The frozen part of the image representation (computed without gradients; a KL reference shares it)."""
+        return sender_input
+
+    def frozen_modules(self):
+        """Frozen modules a KL reference shares with this captioner instead of copying them (besides
+        ``FrozenModule`` parts and frozen parameters, which it always shares)."""
+        return []
+
+    def condition(self, sender_input):
+        """What the language model reads of each image, with gradients where it trains."""
+        return self.condition_of(self.encode(sender_input))
+
+    def sample(self, sender_input, greedy=False, num_beams=1, per_image=1, images_per_decode=None):
+        """``Captions`` decoded without gradients: sampled from the policy, its greedy argmax (``greedy``), or
+        with ``num_beams`` > 1 the top beam-search caption; ``per_image`` K captions of each image.
+
+        ``images_per_decode`` r decodes r images (r * K rows) at a time instead of the whole batch, to bound the
+        decoding's key-value cache: the captions then draw other random numbers than one decode of the batch
+        would, from the same distribution.
+        """
+        encoded = self.encode(sender_input)
+        condition = self.condition_of(encoded)
+        batch = sender_input.shape[0]
+        image_of_row = torch.arange(batch, device=sender_input.device).repeat_interleave(per_image)  # [B * K]
+        step = (images_per_decode or batch) * per_image
+        with torch.no_grad():  # each decode returns [rows, max_len]
+            tokens = torch.cat([self._decode(take_rows(condition, image_of_row[start : start + step]),
+                                             sample=not greedy and num_beams == 1, num_beams=num_beams)
+                                for start in range(0, len(image_of_row), step)])  # fmt: skip
+        mask = caption_mask(tokens, self.stop_ids)  # [N, T]
+        length = mask.sum(1).float()
+        return Captions(tokens, length, self.decode(tokens, mask), self.mean_divisor(tokens, length), image_of_row,
+                        condition, encoded)  # fmt: skip
+
+    def score_rows(self, captions, rows=None, kl_reference=None, kl_estimator="exact"):
+        """``Scores`` of ``captions``' rows ``rows`` (all by default): one teacher-forced pass, with gradients
+        where autograd records them.  ``kl_reference`` (``references.py``) adds each caption's KL to it:
+        "exact", the per-token ``KL(reference || policy)`` over the vocabulary from the same hidden states;
+        "sampled", ``log p(caption) - log p_ref(caption)``."""
+        if rows is None:
+            rows = torch.arange(len(captions.message), device=captions.message.device)
+        images = captions.image_of_row[rows]
+        tokens = captions.message[rows]
+        encoded = take_rows(captions.encoded, images) if kl_reference is not None else None
+        exact = kl_reference if kl_estimator == "exact" else None
+        log_prob, entropy, kl = self._score(take_rows(captions.condition, images), tokens, exact, encoded)
+        if kl_reference is not None and kl_estimator != "exact":
+            kl = log_prob.detach() - kl_reference(encoded, tokens)
+        return Scores(log_prob, entropy, kl)
 
     def rollout(self, sender_input, greedy=False, num_beams=1, kl_reference=None, per_image=1):
-        """Captions with their summed log-probabilities (with gradients): sampled from the policy, its greedy
-        argmax (``greedy``), or with ``num_beams`` > 1 the top beam-search caption.
-
-        ``kl_reference`` (``archs.FrozenReference`` or ``archs.LanguageModelReference``) adds the exact per-token
-        KL to it (``Rollout.kl``), computed in the scoring pass from the same hidden states.  ``per_image`` K > 1
-        decodes K captions per image, image i's at rows i*K ... i*K + K - 1: its condition is computed once and
-        shared by its K rollouts.
-        """
-        condition = self.condition(sender_input)
-        if per_image > 1:
-            condition = condition.repeat_interleave(per_image, dim=0)
-            sender_input = sender_input.repeat_interleave(per_image, dim=0)  # what the KL reference reads
-        with torch.no_grad():
-            if num_beams > 1:
-                tokens = self._decode(condition.detach(), num_beams=num_beams)
-            else:
-                tokens = self._decode(condition.detach(), sample=not greedy)
-        log_prob, entropy, kl = self._score(condition, tokens, kl_reference, sender_input)
-        return self._finish(tokens, log_prob, entropy, kl)
+        """Captions with their summed log-probabilities (with gradients): ``sample`` and ``score_rows`` of every
+        row in one pass; ``kl_reference`` adds the exact KL to it (``Rollout.kl``)."""
+        captions = self.sample(sender_input, greedy=greedy, num_beams=num_beams, per_image=per_image)
+        scores = self.score_rows(captions, kl_reference=kl_reference)
+        return Rollout(captions.message, scores.log_prob, scores.entropy, captions.length, captions.text, scores.kl)
 
     @torch.no_grad()
     def generate(self, sender_input, num_beams=5):
@@ -189,6 +271,10 @@ class ConditionalCaptioner(nn.Module):
     def score(self, sender_input, tokens):
         """Summed log-probability and mean entropy of given caption tokens ``[B, T]`` (with gradients)."""
         return self._score(self.condition(sender_input), tokens)[:2]
+
+    def mean_divisor(self, tokens, length):
+        """What ``--log_prob_normalization mean`` divides a caption's sums by: its length, stop token included."""
+        return length
 
     def decode(self, tokens, mask):
         """Caption strings of ``tokens`` [B, T], keeping the positions in ``mask`` (a ``caption_mask``)."""
@@ -237,8 +323,9 @@ class ConditionalCaptioner(nn.Module):
         return GenerationConfig(max_new_tokens=self.max_len, eos_token_id=list(self.stop_ids), pad_token_id=pad_id,
                                 **settings)  # fmt: skip
 
-    def _score(self, condition, tokens, kl_reference=None, sender_input=None):
-        """Summed log-probability, mean entropy and (with ``kl_reference``) summed exact KL, ``[B]`` each."""
+    def _score(self, condition, tokens, kl_reference=None, encoded=None):
+        """Summed log-probability, mean entropy and (with ``kl_reference``, which reads ``encoded``) summed exact
+        KL, ``[B]`` each."""
         mask = caption_mask(tokens, self.stop_ids)  # [B, T]
         width = int(mask.sum(1).max())  # the batch's longest caption: the positions after it are all padding
         tokens, mask = tokens[:, :width], mask[:, :width]  # [B, width]
@@ -247,7 +334,8 @@ class ConditionalCaptioner(nn.Module):
         mask = mask.float()
         kl = None
         if kl_reference is not None:
-            kl = (kl_reference.token_kl(sender_input, tokens, hidden.detach(), self.lm_head) * mask).sum(1)  # [B]
+            kl = (kl_reference.token_kl(encoded, tokens, hidden.detach(), self.lm_head, getattr(self, "ban", None))
+                  * mask).sum(1)  # [B]
         return (token_log_prob * mask).sum(1), (entropy * mask).sum(1) / mask.sum(1).clamp(min=1), kl
 
     def _finish(self, tokens, log_prob, entropy, kl=None):

@@ -125,9 +125,13 @@ class BlipCaptioner(ConditionalCaptioner):
     def _prompt(self, batch_size):
         return self.prompt_ids.unsqueeze(0).expand(batch_size, -1)  # [B, P]
 
-    def condition(self, pixels):
+    def encode(self, pixels):
+        """The frozen vision encoder's output ``[B, N, D]`` (the pixels themselves when the encoder trains)."""
+        return self.vision(pixels) if isinstance(self.vision, FrozenVision) else pixels
+
+    def condition_of(self, encoded):
         """The vision encoder's output ``[B, N, D]`` the text decoder cross-attends to (fp32 outside autocast)."""
-        features = self.vision(pixels)
+        features = encoded if isinstance(self.vision, FrozenVision) else self.vision(encoded)
         return features if torch.is_autocast_enabled(features.device.type) else features.float()
 
     @property

@@ -243,9 +243,17 @@ class ClipCapCaptioner(ConditionalCaptioner):
         """Captioner inputs (CLIP features ``[N, prefix_size]``) of preprocessed pixels."""
         return self.image_encoder(pixels)
 
-    def condition(self, features):
+    def condition_of(self, features):
         """The prefix embeddings ``[B, P, E]`` GPT-2 reads before the caption."""
         return self.model.prefix(features)
+
+    def mean_divisor(self, tokens, length):
+        """The authors' length normalisation: their decoding forces an end-of-text token after a period (any
+        stop token but end-of-text) and divides by the caption's length with it, where it fits in ``max_len``."""
+        last = tokens.gather(1, (length.long() - 1).clamp(min=0)[:, None])[:, 0]  # [B] each caption's last token
+        stops = torch.as_tensor(self.stop_ids, device=tokens.device)
+        forced = torch.isin(last, stops) & (last != self.eos_id) & (length < self.max_len)  # [B]
+        return length + forced.to(length.dtype)
 
     def _generate(self, prefix, sample=False, **settings):
         """``generate``'s output after the prefix (new tokens only, ``[B, T <= max_len]``)."""

@@ -123,7 +123,7 @@ def head_token_log_probs(hidden, head, tokens, ban=None):
 
 
 @torch.no_grad()
-def head_kl(hidden, head, reference_hidden, reference_head):
+def head_kl(hidden, head, reference_hidden, reference_head, ban=None):
     """Exact KL divergence ``KL(q || p)`` ``[B, T]`` (fp32, no gradients) at each position, over the whole
     vocabulary, from the policy ``p = softmax(head(hidden))`` to the reference ``q =
     softmax(reference_head(reference_hidden))``.
@@ -133,7 +133,9 @@ def head_kl(hidden, head, reference_hidden, reference_head):
     ``KL = sum_v exp(m_v - lse(m)) (m_v - l_v) - lse(m) + lse(l)``: the heads are computed in the same vocabulary
     slices as the scoring pass, and both log-sum-exps and the weighted sum are accumulated online, so no
     ``[B, T, V]`` tensor is materialised.  ``hidden`` [B, T, E] and ``reference_hidden`` [B, T, E'] are the two
-    models' last hidden states at the positions predicting the same tokens.
+    models' last hidden states at the positions predicting the same tokens.  ``ban`` [V] (as in
+    ``head_token_log_probs``) is added to both heads' logits: the KL between the distributions rollouts are
+    sampled from and scored under.
     """
     if head.weight.shape[0] != reference_head.weight.shape[0]:
         raise ValueError(
@@ -153,6 +155,8 @@ def head_kl(hidden, head, reference_hidden, reference_head):
     for start, end in _slices(weight.shape[0], flat.device):
         logits = _head_slice(flat, weight, bias, start, end)  # [N, c]
         reference_logits = _head_slice(reference_flat, reference_weight, reference_bias, start, end)  # [N, c]
+        if ban is not None:
+            logits, reference_logits = logits + ban[start:end], reference_logits + ban[start:end]
         new_top_p = torch.maximum(top_p, logits.amax(dim=1))
         total_p = total_p * (top_p - new_top_p).exp() + (logits - new_top_p[:, None]).exp().sum(dim=1)
         top_p = new_top_p

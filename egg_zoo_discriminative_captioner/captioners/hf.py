@@ -40,7 +40,16 @@ from .base import (
     stop_token_ids,
 )
 from .fused import BANNED, bypassed_head, head_token_log_probs
-from .hf_parts import VISION_PARTS, eos_ids, is_vision_parameter, language_linear_layers, placeholder_ids, text_config
+from .hf_images import EncodedImages, as_images
+from .hf_parts import (
+    VISION_PARTS,
+    eos_ids,
+    frozen_vision_modules,
+    is_vision_parameter,
+    language_linear_layers,
+    placeholder_ids,
+    text_config,
+)
 
 # Processor outputs aligned with the prompt's tokens, and their value at a caption's tokens: PaliGemma's prefix
 # (0) / suffix (1) marks, Qwen2-VL's text (0) / image (1) marks.
@@ -69,10 +78,12 @@ class HFCaptioner(ConditionalCaptioner):
     (``[3, H, W]``; a patch model's ``[patches, D]``); the processor's other image outputs (a patch grid, a pixel
     mask) and the prompt's token ids are the same for every image and are kept from a probe.  A processor whose
     output shapes depend on the image's size (Qwen2-VL, Idefics3) gets every image resized to ``image_size``
-    squared first.  The vision tower runs inside every rollout, so inputs are not cached.
+    squared first.  Inputs are pixels, not cached features; with the vision parts frozen, each image's pass
+    through them runs once per training step (``hf_images.py``; ``encode_once = False`` runs them in every pass).
     """
 
     cache_inputs = False
+    encode_once = True
 
     def __init__(self, model, processor, prompt="", instruction=None, max_len=40, train_vision=False,
                  stop_at_any_period=False, image_size=None, lora=None, merge_lora=False):  # fmt: skip
@@ -106,6 +117,7 @@ class HFCaptioner(ConditionalCaptioner):
         self.image_size = self._resize_size(image_size)
         self._probe()
         self._fused = None  # whether scoring may use the fused head: checked on the first scoring pass
+        self.vision_modules = () if train_vision else frozen_vision_modules(model, self.encoder_decoder_vision)
         text = text_config(model.config)
         self._config = HFCaptionerConfig(
             architecture=type(model).__name__, vocab_size=text.vocab_size, hidden_size=getattr(text, "hidden_size", 0),
@@ -203,8 +215,8 @@ class HFCaptioner(ConditionalCaptioner):
         head = self.lm_head
         if not isinstance(head, nn.Linear):
             return False
-        pixels = self.probe_pixels.unsqueeze(0).to(head.weight.device)
-        tokens = torch.full((1, 2), self.pad_id, device=pixels.device)
+        pixels = EncodedImages(self.probe_pixels.unsqueeze(0).to(head.weight.device))
+        tokens = torch.full((1, 2), self.pad_id, device=head.weight.device)
         logits = self._forward(pixels, tokens)
         with bypassed_head(self, head):
             hidden = self._forward(pixels, tokens)
@@ -230,8 +242,16 @@ class HFCaptioner(ConditionalCaptioner):
         """The captioner's input is the pixels themselves."""
         return pixels
 
-    def condition(self, pixels):
-        return pixels
+    def encode(self, pixels):
+        """The images ``[B, ...]`` whose frozen vision parts run once per step (``EncodedImages``)."""
+        return EncodedImages(pixels, self.vision_modules if self.encode_once else ())
+
+    def condition_of(self, images):
+        return images
+
+    def frozen_modules(self):
+        """The frozen vision parts: a KL reference shares them, and what they computed in a step."""
+        return list(self.vision_modules)
 
     def trainable_parameters(self):
         """The language part's parameters (all of them with ``--hf_train_vision``; the adapters with LoRA)."""
@@ -262,28 +282,31 @@ class HFCaptioner(ConditionalCaptioner):
             inputs[key] = values
         return inputs
 
-    def _forward(self, pixels, tokens):
+    def _forward(self, images, tokens):
         """The model's output (logits, or hidden states with the head bypassed) at the positions predicting
-        ``tokens`` [B, T]: ``[B, T, V or E]``."""
+        ``tokens`` [B, T] of ``images`` (``EncodedImages``, one row each): ``[B, T, V or E]``."""
         batch, width = tokens.shape
-        inputs = self._model_inputs(pixels)
+        images = as_images(images)
+        inputs = self._model_inputs(images.rows())
         if self.encoder_decoder:
             start = tokens.new_full((batch, 1), self.start_id)
             if self.prompt_ids is not None:  # the encoder reads the prompt (Florence-2)
                 inputs.update(self._text_inputs(batch))
             inputs["decoder_input_ids"] = torch.cat([start, tokens[:, :-1]], dim=1)
-            return self.model(**inputs, use_cache=False).logits  # [B, T, V]
+            with images.served():
+                return self.model(**inputs, use_cache=False).logits  # [B, T, V]
         inputs.update(self._text_inputs(batch, tokens))
-        output = self.model(**inputs, use_cache=False).logits  # [B, L, V]: GIT's L counts image tokens too
+        with images.served():
+            output = self.model(**inputs, use_cache=False).logits  # [B, L, V]: GIT's L counts image tokens too
         return output[:, -width - 1 : -1]  # the caption comes last: the positions before each of its tokens
 
-    def _hidden(self, pixels, tokens):
+    def _hidden(self, images, tokens):
         with bypassed_head(self, self.lm_head):
-            return self._forward(pixels, tokens)
+            return self._forward(images, tokens)
 
-    def _score(self, condition, tokens, kl_reference=None, sender_input=None):
+    def _score(self, condition, tokens, kl_reference=None, encoded=None):
         if self.fused:
-            return super()._score(condition, tokens, kl_reference, sender_input)
+            return super()._score(condition, tokens, kl_reference, encoded)
         if kl_reference is not None:
             raise UsageError(f"{self.config.architecture}: its logits are not a linear head of its hidden states, "
                              "and the KL penalty needs one; set --kl_coeff 0")  # fmt: skip
@@ -293,9 +316,9 @@ class HFCaptioner(ConditionalCaptioner):
         log_prob, entropy = sequence_log_prob(self._logits(condition, tokens), tokens, mask)
         return log_prob, entropy, None
 
-    def _logits(self, pixels, tokens):
+    def _logits(self, images, tokens):
         """The full logits ``[B, T, V]`` (fp32) predicting ``tokens``, image placeholders banned."""
-        logits = self._forward(pixels, tokens).float()
+        logits = self._forward(images, tokens).float()
         return logits if self.ban is None else logits + self.ban
 
     def _decode(self, condition, **decoding):
@@ -303,19 +326,23 @@ class HFCaptioner(ConditionalCaptioner):
             return super()._decode(condition, **decoding)
         return self._decode_tokens(condition, **decoding)
 
-    def _generate(self, pixels, sample=False, **settings):
-        """``generate``'s output: for a decoder-only model the prompt then the caption, else the decoder's start
-        token then the caption."""
-        batch = pixels.shape[0]
+    def _generate(self, images, sample=False, **settings):
+        """``generate``'s output for ``images`` (``EncodedImages``): for a decoder-only model the prompt then the
+        caption, else the decoder's start token then the caption."""
+        images = as_images(images)
+        batch = len(images)
         extra = {"decoder_start_token_id": self.start_id} if self.encoder_decoder else {}
         generation = self._generation_config(self.pad_id, **extra, **settings)
-        inputs = self._model_inputs(pixels)
+        inputs = self._model_inputs(images.rows())
         if self.prompt_ids is not None:
             inputs.update(self._text_inputs(batch))
-        return generate_with(self.model, generation, sample, ban=self.ban, **inputs)
+        # beam search repeats a decoder-only model's image inputs per beam: its vision parts run as they come
+        served = images.served() if settings.get("num_beams", 1) == 1 else contextlib.nullcontext()
+        with served:
+            return generate_with(self.model, generation, sample, ban=self.ban, **inputs)
 
-    def _decode_tokens(self, pixels, **decoding):
-        sequences = self._generate(pixels, **decoding)
+    def _decode_tokens(self, images, **decoding):
+        sequences = self._generate(images, **decoding)
         sequences = getattr(sequences, "sequences", sequences)
         if self.encoder_decoder:
             new = sequences[:, 1:]
@@ -333,10 +360,11 @@ class HFCaptioner(ConditionalCaptioner):
         tokens, labels = pad_batch(rows, self.pad_id)
         device = pixels.device
         tokens, labels = tokens.to(device), labels.to(device)
+        images = self.condition(pixels)
         if self.fused:
-            log_prob = head_token_log_probs(self._hidden(pixels, tokens), self.lm_head, tokens, self.ban)[0]
+            log_prob = head_token_log_probs(self._hidden(images, tokens), self.lm_head, tokens, self.ban)[0]
         else:
-            log_prob = torch.log_softmax(self._logits(pixels, tokens), -1).gather(-1, tokens[..., None])[..., 0]
+            log_prob = torch.log_softmax(self._logits(images, tokens), -1).gather(-1, tokens[..., None])[..., 0]
         mask = (labels != -100).float()
         return -(log_prob * mask).sum() / mask.sum()
 

@@ -68,3 +68,16 @@ def language_linear_layers(model, encoder_decoder_vision):
         if linear and module is not head and not is_vision_parameter(name, encoder_decoder_vision):
             names.append(name)
     return names
+
+
+def frozen_vision_modules(model, encoder_decoder_vision):
+    """The outermost modules of the vision part (tower, projector, Q-former) whose parameters are all frozen."""
+    found = []
+    for name, module in model.named_modules():
+        parts = name.split(".")
+        outside = VISION_PARTS.intersection(parts[-1:]) or (encoder_decoder_vision and name == "encoder")
+        if not outside or any(name.startswith(f"{outer}.") for outer, _ in found):
+            continue
+        if not any(p.requires_grad for p in module.parameters()):
+            found.append((name, module))
+    return tuple(module for _, module in found)
