@@ -21,13 +21,13 @@ exactly ``--max_len`` tokens long and all steps do the same work.  Measured in t
 On the CPU, times are CPU seconds of the main thread (with ``--threads 1``, what the step takes on an unloaded
 machine: a shared machine's load does not count), wall-clock seconds alongside, and memory is the process's
 resident memory, sampled every millisecond.  As a CPU training run, the benchmark keeps the memory a step frees
-for the next one (``host_memory.py``; ``--glibc_malloc``: glibc's default, as before issue 17).  With
+for the next one (``host_memory.py``; ``--glibc_malloc``: glibc's default, which hands freed memory back).  With
 ``--device cuda``, times are wall-clock seconds between synchronisations and memory is the CUDA allocator's
 peak.  The last line reads ``speedup vs naive: N.Nx (kv-cache)``, the plugin step against the KV-cache
 reference.
 
 The step's split follows: decoding, the scoring forward (the game's forward less decoding), the backward and the
-Adam update; then decoding with each ``--decoding`` (``generate``, transformers' loop as before issue 17;
+Adam update; then decoding with each ``--decoding`` (``generate``, transformers' own loop;
 ``static``, the default; ``compiled``): time per token, the top-level torch operators it dispatches per token
 (from the torch profiler; with ``--device cuda`` also its kernel launches and host syncs per token), the
 first call's time (``compiled`` compiles then) and beam-5 captions per second (5 captions).
@@ -300,7 +300,7 @@ def main():
     parser.add_argument("--generic", action="store_true", help="also time the generic transformers path (hf)")
     parser.add_argument("--glibc_malloc", action="store_true",
                         help="on the CPU, glibc's default malloc, which hands freed memory back to the kernel (the "
-                             "CPU step before issue 17); by default freed memory is kept, as in a CPU training run "
+                             "CPU step as it first ran); by default freed memory is kept, as in a CPU training run "
                              "(host_memory.py)")  # fmt: skip
     parser.add_argument("--decoding", choices=DECODINGS, default="auto",
                         help="the plugin step's decoding (the split compares all three)")  # fmt: skip
@@ -309,6 +309,8 @@ def main():
                              "(--micro_batch_sizes measurements only)")  # fmt: skip
     parser.add_argument("--rollouts_per_image", type=int, default=1, help="K captions per image (RLOO when K > 1)")
     parser.add_argument("--micro_batch_size", type=int, default=None, help="images per pass with gradients")
+    parser.add_argument("--rollout_batch_size", type=int, default=None,
+                        help="images decoded at a time (default: the whole batch)")
     parser.add_argument("--micro_batch_sizes", type=int, nargs="+", default=None,
                         help="measure the step alone at each micro-batch size, each in a fresh process")
     parser.add_argument("--encode_once", action=argparse.BooleanOptionalAction, default=True,
@@ -433,8 +435,9 @@ def sweep(args):
         rows.append((m, result))
         print(f"m={m}: {result}", flush=True)
     first = next((result for _, result in rows if "seconds" in result), None)
+    decoded = f", {args.rollout_batch_size} images decoded at a time" if args.rollout_batch_size else ""
     print(f"{args.captioner}, batch {args.batch_size}, K={args.rollouts_per_image}, {args.max_len}-token "
-          f"rollouts{'' if args.encode_once or args.captioner != 'smolvlm' else ', vision in every pass'}")
+          f"rollouts{'' if args.encode_once or args.captioner != 'smolvlm' else ', vision in every pass'}{decoded}")
     print("| micro-batch (images) | step (s) | step memory above the models (GiB) | time vs first | memory vs first |")
     print("|---|---|---|---|---|")
     for m, result in rows:
@@ -472,7 +475,8 @@ def only_step(args):
     micro = args.micro_batch_size if args.micro_batch_size and args.micro_batch_size < B else None
     game = DiscriminativeGame(CaptionerSender(captioner), RetrieverReceiver(retriever),
                               DiscriminationLoss(temperature=retriever.temperature), baseline_type=baseline,
-                              rollouts_per_image=K, micro_batch_size=micro, precision=args.precision).train()
+                              rollouts_per_image=K, micro_batch_size=micro, precision=args.precision,
+                              rollout_batch_size=args.rollout_batch_size).train()  # fmt: skip
     optimizer = fused_adam(captioner.trainable_parameters(), lr=1e-7)
     batch = (sender_input, images, labels)
     try:
@@ -487,7 +491,7 @@ def only_step(args):
 
 def step_split(game, captioner, optimizer, batch, max_len, device):
     """Times the step's parts: decoding, the rest of the forward, the backward, the optimizer update; then
-    decoding per token with each ``--decoding`` (``generate``: transformers' loop, before issue 17)."""
+    decoding per token with each ``--decoding`` (``generate``: transformers' own loop)."""
     features, images, labels = batch
     condition = captioner.condition(features).detach()
     with torch.no_grad():

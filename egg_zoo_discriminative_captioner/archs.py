@@ -72,7 +72,11 @@ class CaptionerSender(nn.Module):
     def set_extra_state(self, state):
         saved, current = state["captioner_config"], dataclasses.asdict(self.captioner.config)
         if saved != current:
-            raise UsageError(f"checkpoint captioner config {saved} does not match this run's {current}")
+            fields = sorted(set(saved) | set(current))
+            differ = ", ".join(f"{name} {saved.get(name)!r} -> {current.get(name)!r}" for name in fields
+                               if saved.get(name) != current.get(name))  # fmt: skip
+            raise UsageError(f"the checkpoint's captioner differs from this run's: {differ} (the checkpoint's -> "
+                             "this run's)")  # fmt: skip
 
 
 class RetrieverReceiver(nn.Module):

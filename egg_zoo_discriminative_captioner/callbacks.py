@@ -127,9 +127,10 @@ class CheckpointWriter(core.CheckpointSaver):
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self, checkpoint_path, position, checkpoint_freq=1, checkpoint_every=0, update_freq=1,
-                 resume_command="", updates=0, writes=True):  # fmt: skip
+                 resume_command="", updates=0, writes=True, options=None):  # fmt: skip
         super().__init__(checkpoint_path, checkpoint_freq=checkpoint_freq)
         self.writes = writes
+        self.options = options  # the run's computing options, kept in each resume state (run_options.py)
         self.position = position
         self.checkpoint_every = checkpoint_every
         self.update_freq = update_freq
@@ -203,6 +204,8 @@ class CheckpointWriter(core.CheckpointSaver):
         state = self.position.state(completed + 1, batches_done, self.updates)  # on every rank: it gathers
         if not self.writes:
             return path
+        if self.options is not None:
+            state["options"] = self.options
         os.makedirs(self.checkpoint_path, exist_ok=True)
         if len(self.get_checkpoint_files()) > self.max_checkpoints:
             self.remove_oldest_checkpoint()

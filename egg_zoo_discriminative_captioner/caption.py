@@ -32,8 +32,8 @@ def add_caption_options(parser):
 
 
 def expand_images(patterns):
-    """``(paths, missing)``: the image files that ``patterns`` name, in order and without repeats, and the
-    patterns that name nothing."""
+    """``(paths, missing)``: the image files that ``patterns`` name, in order and without repeats, and ``(pattern,
+    why)`` for each pattern that names none."""
     paths, missing = [], []
     for pattern in patterns:
         if os.path.isdir(pattern):
@@ -43,12 +43,14 @@ def expand_images(patterns):
                 for name in names
                 if name.lower().endswith(IMAGE_EXTENSIONS)
             )
+            why = f"a folder without image files ({', '.join(IMAGE_EXTENSIONS)})"
         elif os.path.isfile(pattern):
-            found = [pattern]
+            found, why = [pattern], None
         else:
             found = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+            why = "no such image file, folder or matching glob"
         if not found:
-            missing.append(pattern)
+            missing.append((pattern, why))
         paths += found
     return list(dict.fromkeys(paths)), missing
 
@@ -61,23 +63,25 @@ def main(params):
         raise UsageError(f"--batch_size must be positive, got {opts.batch_size}")
     if opts.output and os.path.exists(opts.output) and not opts.overwrite:
         raise UsageError(f"--output {opts.output} exists: choose another file, or pass --overwrite to replace it")
+    from .evaluation.models import build_model, parse_model
+
+    spec = parse_model(opts.model, flag="--model")  # a bad model folder is said before the images are listed
     paths, missing = expand_images(opts.images)
-    for pattern in missing:
-        print(f"skipped {pattern}: no such image file, folder or matching glob", file=sys.stderr, flush=True)
+    for pattern, why in missing:
+        print(f"skipped {pattern}: {why}", file=sys.stderr, flush=True)
     if not paths:
-        raise UsageError("no image files found in " + " ".join(opts.images))
-    # torch and the models: imported once the options are known to be good
+        raise UsageError(f"no image files in {' '.join(opts.images)}: " + "; ".join(why for _, why in missing))
     from .atomic import atomic_write_text
     from .data import load_dataset
     from .evaluation.image_captions import caption_images
-    from .evaluation.models import build_model, parse_model
     from .preflight import check_files
 
-    spec = parse_model(opts.model, flag="--model")
     own_models = spec.kind == "pretrained" and opts.dataset in OWN_MODELS  # the synthetic world's captioner
     check_files(opts, captioner=spec.kind == "pretrained" and not own_models, retriever=False)
     captioner = build_model(opts, spec, load_dataset(opts) if own_models else None)
     rows, skipped = caption_images(captioner, paths, opts.batch_size, opts.num_beams, opts.device)
+    if not rows:  # nothing to write: the files named were none of them readable images
+        raise UsageError(f"captioned no image: the {len(skipped)} files found could not be read as images (above)")
     if opts.output:
         atomic_write_text("".join(json.dumps(row) + "\n" for row in rows), opts.output)
     else:

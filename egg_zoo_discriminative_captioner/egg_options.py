@@ -1,10 +1,9 @@
 """EGG's common options (``egg.core.init``) and what they mean in this game; importable without torch.
 
 ``add_common_options`` (the bundled core's) adds upstream EGG's options with their exact names, types and defaults
-(API facts §1.2).  The bundled core's ``init`` adds them with it, and every command adds them with it for its first,
-torch-free parse
-(``--help`` and bad options end there, in well under a second); the run's own parse then goes through the active
-core's ``init``, upstream EGG's where it is installed.
+(as upstream's ``egg/core/util.py`` defines them).  The bundled core's ``init`` adds them with it, and every
+command adds them with it for its first, torch-free parse (``--help`` and bad options end there, in well under a
+second); the run's own parse then goes through the active core's ``init``, upstream EGG's where it is installed.
 """
 
 import argparse

@@ -25,12 +25,14 @@ from .data.feature_cache import (
     CacheKey,
     build_cache,
     cache_directory,
+    cached_model,
     default_feature_cache_dir,
     describe_transform,
     readable_indices,
 )
 from .data.images import ImageSubset
 from .errors import UsageError
+from .evaluation.other_retrievers import names_backend, parse_retriever
 from .opts import apply_model_defaults
 from .preflight import check_files
 from .retrievers import build_retriever
@@ -64,16 +66,23 @@ def build_experiment(opts):
 
 
 def extra_retriever_options(opts):
-    """The options of each of the run's other retrievers: ``opts`` with its model (and open_clip weights)."""
+    """The options of each of the run's other retrievers: ``opts`` with its backend, model and open_clip weights
+    (from its ``BACKEND:MODEL[:PRETRAINED]`` spec, or ``--clip_backend`` and ``--clip_pretrained``)."""
     models, weights = getattr(opts, "extra_clip_models", []), getattr(opts, "extra_clip_pretrained", [])
-    if opts.clip_backend == "open_clip" and models and len(weights) != len(models):
-        raise UsageError("--clip_backend open_clip with several --clip_model needs one --clip_pretrained per model")
+    plain = [model for model in models if not names_backend(model)]
+    if opts.clip_backend == "open_clip" and plain and len(weights) != len(models):
+        raise UsageError("--clip_backend open_clip with several --clip_model needs one --clip_pretrained per model, "
+                         "or each model as open_clip:MODEL:PRETRAINED")  # fmt: skip
     extra = []
     for i, model in enumerate(models):
-        extra_opts = copy.copy(opts)
-        extra_opts.clip_model, extra_opts.extra_clip_models = model, []
-        extra_opts.clip_pretrained = weights[i] if weights else None
-        extra.append(extra_opts)
+        if names_backend(model):
+            extra.append(parse_retriever(model, "--clip_model").options(opts))
+        else:
+            extra_opts = copy.copy(opts)
+            extra_opts.clip_model, extra_opts.clip_pretrained = model, weights[i] if weights else None
+            extra.append(extra_opts)
+    for extra_opts in extra:
+        extra_opts.extra_clip_models, extra_opts.extra_clip_pretrained = [], []
     return extra
 
 
@@ -95,13 +104,17 @@ def encoder_models(opts):
     return {"captioner": f"clip {model_name(opts.captioner_clip_model)}", "retriever": retriever}
 
 
-def retriever_cache_role(opts, main_opts):
-    """The feature-cache directory of a retriever other than the run's own (``opts``; ``evaluate
-    --eval_retrievers``): the run's ``retriever`` when it is the same encoder, else one of its own, named by a hash
-    of its model name (so the run's cache is never rebuilt for it, nor it for the run's)."""
+def retriever_cache_role(opts, main_opts, split_directory=None):
+    """The feature-cache directory of retriever ``opts`` in a run whose own retriever is ``main_opts``'s: the run's
+    encoder keeps ``retriever``, any other encoder (``evaluate --eval_retrievers``) has one of its own, named by a
+    hash of its model name.  With ``split_directory`` (the split's cache), the run's encoder too gets one of its
+    own when ``retriever`` there holds another model's cache (written by a run with another retriever): switching
+    retrievers never rebuilds a cache another one needs."""
     model = encoder_models(opts)["retriever"]
     if model == encoder_models(main_opts)["retriever"]:
-        return "retriever"
+        held = None if split_directory is None else cached_model(os.path.join(split_directory, "retriever"))
+        if held in (None, model):
+            return "retriever"
     return f"retriever-{hashlib.sha256(model.encode()).hexdigest()[:12]}"
 
 
@@ -111,8 +124,9 @@ def dataset_cache_name(opts, dataset):
     return f"{opts.dataset}-{hashlib.sha256(os.path.abspath(location).encode()).hexdigest()[:10]}"
 
 
-def split_cache(experiment, split, role, encoder, transform, device, model_opts=None):
-    """The split's feature cache for one frozen encoder, built (or resumed, or rebuilt if stale) when needed.
+def split_cache(experiment, split, kind, encoder, transform, device, model_opts=None):
+    """The split's feature cache for one frozen encoder (``kind``: "captioner" or "retriever"), built (or resumed,
+    or rebuilt if stale) when needed.
 
     ``model_opts``: the options of another retriever than the run's (its model names the cache, in a directory of
     its own: ``retriever_cache_role``)."""
@@ -120,14 +134,15 @@ def split_cache(experiment, split, role, encoder, transform, device, model_opts=
     root = opts.feature_cache_dir or default_feature_cache_dir(opts.cache_dir)
     dataset = experiment.dataset
     cache_split = dataset.cache_split(split.name) if hasattr(dataset, "cache_split") else split.name
-    directory_role = role if model_opts is None else retriever_cache_role(model_opts, opts)
-    directory = cache_directory(root, dataset_cache_name(opts, dataset), cache_split, directory_role)
-    key = CacheKey.of(split, encoder_models(model_opts or opts)[role], describe_transform(transform))
+    split_directory = cache_directory(root, dataset_cache_name(opts, dataset), cache_split, "")
+    role = kind if kind == "captioner" else retriever_cache_role(model_opts or opts, opts, split_directory)
+    directory = os.path.join(split_directory, role)
+    key = CacheKey.of(split, encoder_models(model_opts or opts)[kind], describe_transform(transform))
     rebuild = opts.rebuild and directory not in experiment.rebuilt
     experiment.rebuilt.add(directory)
     return build_cache(directory, split, encoder, transform, key, batch_size=opts.feature_batch_size,
                        device=device, num_workers=opts.num_workers, rebuild=rebuild,
-                       desc=f"{role} features: {split.name}")  # fmt: skip
+                       desc=f"{kind} features: {split.name}")  # fmt: skip
 
 
 def split_counts(split, n_used):
@@ -150,7 +165,7 @@ def encode_split(experiment, name, device, other_retrievers=()):
     caches = {"retriever": split_cache(experiment, split, "retriever", retriever.encode_images,
                                        retriever.image_transform, device)}  # fmt: skip
     for i, (other, other_opts) in enumerate(other_retrievers):
-        if retriever_cache_role(other_opts, opts) == "retriever":  # the run's own encoder: its cache
+        if encoder_models(other_opts)["retriever"] == encoder_models(opts)["retriever"]:  # the run's: its cache
             caches[f"other {i}"] = caches["retriever"]
         else:
             caches[f"other {i}"] = split_cache(experiment, split, "retriever", other.encode_images,

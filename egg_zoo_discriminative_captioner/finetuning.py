@@ -38,6 +38,7 @@ from .experiment import build_experiment, training_splits, write_data_counts
 from .games import build_game, build_optimizer, build_scheduler
 from .host_memory import keep_freed_memory
 from .precision import training_precision
+from .run_options import check_changes, computing_options, write_opts_json
 
 FINAL_RESULTS = "final.json"  # the final test evaluation's results, written last: a run with it is complete
 RUN_FILES = ("opts.json", "clipcap.pt", "blip", "hf", LOG_FILE, "data_counts.json", FINAL_RESULTS)  # checkpoints aside
@@ -112,10 +113,11 @@ def lock_run_directory(opts):
                          remove_created=True)  # fmt: skip
 
 
-def prepare_run(opts):
+def prepare_run(opts, options):
     """Checks paths and checkpoint files in seconds, before anything heavy, and locks the run directory; returns
     the resume state (or None), the results of a complete run being resumed (or None; see ``check_resume``) and
-    the lock (None without a --checkpoint_dir, and on ranks that do not write)."""
+    the lock (None without a --checkpoint_dir, and on ranks that do not write).  ``options``: the launch's
+    computing options (``run_options``), which a checkpoint it resumes must have been written with."""
     training_precision(opts)  # an impossible precision fails here, before the models load
     if opts.hard_distractors and not 1 <= opts.hard_distractors < opts.batch_size:
         raise UsageError(f"--hard_distractors {opts.hard_distractors} must be between 1 and --batch_size - 1")
@@ -130,15 +132,16 @@ def prepare_run(opts):
             opts.load_from_checkpoint = newest_checkpoint(opts.checkpoint_dir)
         if opts.checkpoint_dir is not None:
             check_run_directory(opts)
-        return *check_resume(opts), lock
+        return *check_resume(opts, options), lock
     except BaseException:
         if lock is not None:
             lock.release()
         raise
 
 
-def check_resume(opts):
-    """``(resume state, results)`` of --load_from_checkpoint, ``(None, None)`` without one.
+def check_resume(opts, options):
+    """``(resume state, results)`` of --load_from_checkpoint, ``(None, None)`` without one; a checkpoint written
+    with other computing options than ``options`` is refused, unless --allow_option_change names them.
 
     The resume state is None for a checkpoint without one.  A checkpoint that has trained all --n_epochs resumes
     to the final test evaluation alone (a run stopped during it, or before it); the results are those of its
@@ -149,6 +152,10 @@ def check_resume(opts):
     path = opts.load_from_checkpoint
     completed = read_checkpoint(path).epoch
     resume = load_resume_state(path)
+    if resume is not None and "options" not in resume:  # written before checkpoints held their options
+        print(f"# {path} does not record the options it was written with: this launch's are not compared with "
+              "them", file=sys.stderr, flush=True)  # fmt: skip
+    option_changes(opts, resume, options)
     if opts.n_epochs < completed:
         raise UsageError(f"{path} has trained {completed} epochs, more than --n_epochs {opts.n_epochs}: resume it "
                          f"with --n_epochs {completed} (its final evaluation) or more")  # fmt: skip
@@ -192,11 +199,23 @@ def final_results(directory, epochs):
     return {key: value for key, value in results.items() if key != "epoch"}
 
 
-def save_options(opts, directory):
-    """Writes the run's resolved options next to its checkpoints."""
+def option_changes(opts, resume, options):
+    """The computing options this launch changes from the checkpoint it resumes (``{name: value}``, allowed by
+    --allow_option_change; any other change is refused); None for a new run or an older checkpoint."""
+    if resume is None or "options" not in resume:
+        return None
+    allowed = set(opts.allow_option_change or ())
+    return check_changes(opts.load_from_checkpoint, resume["options"], options, allowed)
+
+
+def save_options(opts, directory, resume, options):
+    """Writes the run's resolved options next to its checkpoints; a resumed run keeps those its earlier epochs
+    used and records what it changes, and from where (``run_options.write_opts_json``)."""
     values = {key: value for key, value in vars(opts).items() if key not in ("distributed_context", "optimizer")}
     values["optimizer"] = opts.optimizer
-    atomic_write_text(json.dumps(values, indent=2, sort_keys=True, default=str), os.path.join(directory, "opts.json"))
+    changes = option_changes(opts, resume, options)
+    position = None if resume is None else {"epoch": resume["epoch"], "batches_done": resume["batches_done"]}
+    write_opts_json(directory, values, changes, position)
 
 
 def build_trainer(opts, game, optimizer, train_loader, validation_loader, callbacks, scheduler=None):
@@ -222,7 +241,8 @@ def build_trainer(opts, game, optimizer, train_loader, validation_loader, callba
 def finetune(opts, params):
     """Finetunes a captioner with DiscriTune (``params``: the command line, for the printed resume command);
     returns the test-split metrics of the finetuned captioner."""
-    resume, results, lock = prepare_run(opts)
+    options = computing_options(opts)  # as parsed, before the models' defaults fill some in
+    resume, results, lock = prepare_run(opts, options)
     with lock or contextlib.nullcontext():  # released however the run ends: done, an error, SIGTERM's exit
         if results is not None:  # e.g. a requeued --preemptable job whose run had ended
             directory = os.path.dirname(os.path.abspath(opts.load_from_checkpoint))
@@ -230,11 +250,12 @@ def finetune(opts, params):
                   f"(P@1 {results.get('acc', float('nan')):.4f}); nothing left to do (train further with a larger "
                   f"--n_epochs)", flush=True)  # fmt: skip
             return results
-        return train_run(opts, params, resume)
+        return train_run(opts, params, resume, options)
 
 
-def train_run(opts, params, resume):
-    """The run itself, once ``prepare_run`` has checked it (``resume``: the state it continues, or None)."""
+def train_run(opts, params, resume, options):
+    """The run itself, once ``prepare_run`` has checked it (``resume``: the state it continues, or None;
+    ``options``: the computing options each checkpoint keeps)."""
     data_seed = distributed.setup(opts)  # the same on every rank
     if opts.device.type == "cpu":
         keep_freed_memory()  # a CPU step then reuses its memory, instead of faulting it in again (host_memory.py)
@@ -270,13 +291,13 @@ def train_run(opts, params, resume):
             CheckpointWriter(opts.checkpoint_dir, position, checkpoint_freq=opts.checkpoint_freq,
                              checkpoint_every=opts.checkpoint_every, update_freq=opts.update_freq,
                              resume_command=resume_command, updates=resume["updates"] if resume else 0,
-                             writes=context.is_leader)
+                             writes=context.is_leader, options=options)
         )  # fmt: skip
     trainer = build_trainer(opts, game, optimizer, train_loader, validation_loader, callbacks, scheduler)
     if opts.checkpoint_dir and context.is_leader:
         if opts.overwrite and not resumes_in_place(opts):  # the other run's files go now, not earlier
             remove_run(opts.checkpoint_dir)
-        save_options(opts, opts.checkpoint_dir)
+        save_options(opts, opts.checkpoint_dir, resume, options)
         write_data_counts(opts.checkpoint_dir, [train_set, validation_set, test_set])
     trainer.train(n_epochs=opts.n_epochs)
 

@@ -4,8 +4,8 @@ A training step allocates and frees the same activations every step.  glibc's ``
 over its mmap threshold (at most 32 MB: a GPT-2-small MLP activation at batch 100 is 61 MB) with its own
 ``mmap`` and unmaps it when freed, and returns the freed top of its heap to the kernel: the next step touches
 fresh pages again, each a page fault (measured: 0.8 us per 4 KiB page where the kernel has it at hand, 12 us
-in a virtual machine whose host takes the guest's freed memory back).  Measured on such a machine (issue 17,
-GPT-2 small at batch 100, one thread): 0.9 M page faults per step, and the scoring forward took 12.3 s with
+in a virtual machine whose host takes the guest's freed memory back).  Measured on such a machine
+(GPT-2 small at batch 100, one thread): 0.9 M page faults per step, and the scoring forward took 12.3 s with
 glibc's defaults and 7.7 s with its memory kept.  ``keep_freed_memory`` sets glibc's ``mallopt`` so that freed
 memory stays in the process for the next allocation that fits in it; the process's resident size then stays
 at its peak, which a training step reaches anyway every step, and does not grow across steps (the step

@@ -29,14 +29,27 @@ TRAINING_ONLY = {
     "lr", "update_freq", "tensorboard", "tensorboard_dir", "distributed_port", "fp16", "greedy_rollouts",
     "checkpoint_every", "hard_distractors", "blip_train_vision", "validation_images", "allow_world_size_change",
     "retriever_mix", "micro_batch_size", "rollout_batch_size", "lr_scheduler", "warmup_steps", "max_grad_norm",
+    "allow_option_change",
 }  # fmt: skip
+# What of a captioner only training uses: evaluate and caption rebuild a run's adapters from its own opts.json.
+TRAINING_CAPTIONER = {"hf_train_vision", "lora_rank", "lora_alpha", "lora_targets", "merge_lora",
+                      "gradient_checkpointing"}  # fmt: skip
 UNUSED = {
     "train": set(),
     # evaluate captions in batches of its own and draws no training batch
-    "evaluate": TRAINING_ONLY | {"batch_size"},
+    "evaluate": TRAINING_ONLY | TRAINING_CAPTIONER | {"batch_size"},
     # caption reads image files and needs neither a data split nor a retriever
-    "caption": TRAINING_ONLY | {"load_from_checkpoint", "data_root", "feature_cache_dir", "feature_batch_size",
-                                "eval_candidates", "eval_seed", "num_workers", "rebuild"},
+    "caption": TRAINING_ONLY | TRAINING_CAPTIONER | {"load_from_checkpoint", "data_root", "feature_cache_dir",
+                                                     "feature_batch_size", "eval_candidates", "eval_seed",
+                                                     "num_workers", "rebuild"},
+}  # fmt: skip
+# Each captioner's own options: given on the command line with another captioner, they are refused.
+CAPTIONER_OPTIONS = {
+    "hf": {"hf_model", "hf_prompt", "hf_instruction", "hf_image_size", "hf_train_vision", "lora_rank", "lora_alpha",
+           "lora_targets", "merge_lora", "gradient_checkpointing"},
+    "blip": {"blip_model", "blip_prompt", "blip_train_vision"},
+    "clipcap": {"clipcap_checkpoint", "language_model", "captioner_clip_model", "mapping_type", "prefix_length",
+                "clip_length", "normalize_prefix"},
 }  # fmt: skip
 UNUSED_GROUPS = {"train": (), "evaluate": (GAME_GROUP,), "caption": (GAME_GROUP, RETRIEVER_GROUP)}
 COMMAND_HELP = {
@@ -172,7 +185,9 @@ def add_retriever_options(parser):
         "open_clip backend: an open_clip model name (ViT-B-32, ViT-B-16-SigLIP, ...; ViT-B-32 if unset) or "
         "local-dir:DIRECTORY / hf-hub:ORG/REPO; transformers backend: a hub id (openai/clip-vit-base-patch32 if "
         "unset, google/siglip-base-patch16-224, ...) or a local directory, SigLIP captions padded to its 64 "
-        "tokens as it was trained; the synthetic world brings its own",
+        "tokens as it was trained; the synthetic world brings its own. A model given as "
+        "BACKEND:MODEL[:PRETRAINED] (openai:FILE.pt, transformers:DIR, open_clip:ViT-B-32:TAG) brings its own "
+        "backend, so that one run mixes backends; --clip_backend is that of the plain names",
     )
     group.add_argument(
         "--clip_pretrained",
@@ -357,6 +372,15 @@ def add_run_options(parser):
         type=int,
         default=0,
         help="also write a resumable checkpoint (latest.tar) every N optimizer updates, within epochs (0: off)",
+    )
+    group.add_argument(
+        "--allow_option_change",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="resume a checkpoint with other values of these options (names without dashes, e.g. lr kl_coeff): "
+        "a resume refuses any other change of what the run computes (how long, where and in how much memory it "
+        "goes may change); opts.json records the new values and the epoch they hold from",
     )
     group.add_argument(
         "--allow_world_size_change",

@@ -16,13 +16,20 @@ import importlib.resources
 import json
 import os
 import re
-import sys
 
 from .choices import GROUP_BASELINES
 from .data import DATASETS, OWN_MODELS, check_batch_size
 from .egg_options import EGG_HELP, EGG_OPTIMIZERS, EGG_OPTIONS, PLUGIN_DEFAULTS, add_common_options
 from .errors import UsageError
-from .option_groups import COMMAND_HELP, COMMANDS, UNUSED, UNUSED_GROUPS, add_plugin_groups, resolve_rollouts
+from .option_groups import (
+    CAPTIONER_OPTIONS,
+    COMMAND_HELP,
+    COMMANDS,
+    UNUSED,
+    UNUSED_GROUPS,
+    add_plugin_groups,
+    resolve_rollouts,
+)
 
 # Model options whose default depends on the data set: the released models unless the data set brings its own.
 MODEL_DEFAULTS = {
@@ -132,6 +139,11 @@ class Parser(OneLineErrors):
         unused = {string for action in self.unused_actions() for string in action.option_strings}
         return list(dict.fromkeys(p.split("=")[0] for p in params if p.split("=")[0] in unused))
 
+    def given_options(self, params):
+        """The destinations of the options given in ``params`` (the command line, not a game file)."""
+        actions = self._option_string_actions
+        return {actions[p.split("=")[0]].dest for p in params if p.split("=")[0] in actions}
+
 
 def checked_value(action, value, source):
     """A game file's (or the plugin's) value for ``action``, typed and checked as the command line would be."""
@@ -233,12 +245,50 @@ def check_options(opts, training=True):
                          "captioner")  # fmt: skip
 
 
+def check_applicable(opts, given):
+    """Refuses, in one line, an option of the command line (``given``: destinations) that has no effect with the
+    chosen captioner or retriever, naming what it needs."""
+    captioner = getattr(opts, "captioner", None)
+    for needed, names in CAPTIONER_OPTIONS.items():
+        wrong = sorted(f"--{name}" for name in names & given if captioner != needed)
+        if wrong:
+            raise UsageError(f"{', '.join(wrong)} {'needs' if len(wrong) == 1 else 'need'} --captioner {needed} "
+                             f"(this run's captioner is {captioner})")  # fmt: skip
+    if "retriever_mix" in given and opts.retriever_mix != "mean" and not opts.extra_clip_models:
+        raise UsageError(f"--retriever_mix {opts.retriever_mix} mixes several retrievers: give --clip_model A B ...")
+    if "clip_pretrained" in given and opts.clip_backend != "open_clip":
+        raise UsageError("--clip_pretrained names open_clip weights: it needs --clip_backend open_clip")
+
+
 def split_retrievers(opts):
     """``--clip_model A B ...`` -> ``clip_model`` A (the run's retriever) and ``extra_clip_models`` [B, ...] (with
-    ``--clip_pretrained`` likewise), so that one retriever reads as it always did."""
+    ``--clip_pretrained`` likewise), so that one retriever reads as it always did.
+
+    A model given as ``BACKEND:MODEL[:PRETRAINED]`` (as ``--eval_retrievers`` takes it) brings its own backend,
+    so that one run mixes backends; ``--clip_backend`` is the backend of the plain names.  The first model's spec
+    becomes ``clip_backend``/``clip_model``/``clip_pretrained``; the other retrievers keep their text, plain names
+    after a first spec of another backend written with the backend they were given under."""
+    from .evaluation.other_retrievers import names_backend, parse_retriever
+
     models, pretrained = getattr(opts, "clip_model", None), getattr(opts, "clip_pretrained", None)
     if isinstance(models, (list, tuple)):
-        opts.clip_model, opts.extra_clip_models = models[0], list(models[1:])
+        specs = [parse_retriever(text, "--clip_model") if names_backend(text) else None for text in models]
+        several_weights = isinstance(pretrained, (list, tuple)) and len(pretrained) > 1
+        if any(specs) and several_weights:
+            raise UsageError("--clip_model with BACKEND:MODEL specs takes each open_clip model's weights in its "
+                             "spec (open_clip:MODEL:PRETRAINED), not several --clip_pretrained")  # fmt: skip
+        plain_backend, first = opts.clip_backend, specs[0]
+        if all(specs) and plain_backend not in ("openai", first.backend):  # set, and used by no model
+            raise UsageError(f"--clip_backend {plain_backend} is the backend of plain --clip_model names, and each "
+                             "--clip_model here names its own (BACKEND:MODEL): drop --clip_backend")  # fmt: skip
+        if first is not None:
+            if first.pretrained and pretrained:
+                raise UsageError(f"--clip_model {first.text} names its weights: drop --clip_pretrained")
+            opts.clip_backend, models = first.backend, [first.model] + list(models[1:])
+            pretrained = [first.pretrained] if first.pretrained else pretrained
+        extra = [text if spec or opts.clip_backend == plain_backend else f"{plain_backend}:{text}"
+                 for text, spec in zip(models[1:], specs[1:])]  # fmt: skip
+        opts.clip_model, opts.extra_clip_models = models[0], extra
     elif not hasattr(opts, "extra_clip_models"):
         opts.extra_clip_models = []
     if isinstance(pretrained, (list, tuple)):
@@ -336,10 +386,11 @@ def get_opts(params, prog=None, description=None, extra_options=None, command="t
 
     parser = layered_parser()
     add_common_options(parser)  # upstream EGG's options, as the core's init adds them
-    parser.parse_args(params)  # --help and bad options end here
+    parsed = parser.parse_args(params)  # --help and bad options end here
     ignored = parser.ignored_options(params)
     if ignored:
-        print(f"note: {command} does not use {', '.join(ignored)} (ignored)", file=sys.stderr, flush=True)
+        raise UsageError(f"{command} does not use {', '.join(ignored)}: drop {'it' if len(ignored) == 1 else 'them'}")
+    check_applicable(parsed, parser.given_options(params))
 
     from . import distributed  # torch: from here on the run is real
     from .core import core
@@ -347,6 +398,7 @@ def get_opts(params, prog=None, description=None, extra_options=None, command="t
     distributed.check_launch(params)  # before the core's init starts the process group
     opts = core.init(arg_parser=layered_parser(), params=params)
     opts.game = game_path
+    opts.seed_drawn = parsed.random_seed is None  # neither the command line nor the game file chose it
     return opts
 
 

@@ -80,7 +80,10 @@ def check_clip(name, what, flag, download_root):
     try:
         url = downloads.clip_url(name)
     except KeyError:  # not a name: a path
-        return check_file(name, what, flag, "a CLIP .pt file")
+        source = "a CLIP .pt file"
+        if os.path.isdir(name) and flag == "--clip_model":  # a transformers or open_clip folder among OpenAI's
+            source += f"; a folder of another backend is given as transformers:{name} or open_clip:local-dir:{name}"
+        return check_file(name, what, flag, source)
     path = os.path.join(download_root or downloads.clip_directory(), os.path.basename(url))
     if os.path.isfile(path) or not offline():
         return None
@@ -284,10 +287,13 @@ def check_files(opts, datasets=(), captioner=True, retriever=True, training=Fals
     if training:
         missing.append(language_model_weights_missing(resolved))
     missing = merge_same_files([m for m in missing if m is not None])
-    if missing:
+    if len(missing) == 1:  # one line
+        m = missing[0]
+        raise UsageError(f"{m.what} is missing: looked for: {m.looked}; pass a path with: {m.flag}; get it from: "
+                         f"{m.source}")  # fmt: skip
+    if missing:  # every one at once, a list
         raise UsageError(
-            f"{len(missing)} file{'s' if len(missing) > 1 else ''} this run needs "
-            f"{'are' if len(missing) > 1 else 'is'} missing:\n"
+            f"{len(missing)} files this run needs are missing:\n"
             + "\n".join(
                 f"  - {m.what}\n      looked for: {m.looked}\n      pass a path with: {m.flag}\n"
                 f"      get it from: {m.source}"

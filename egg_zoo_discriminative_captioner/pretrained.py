@@ -1,5 +1,6 @@
 """Loading transformers models strictly: every weight must come from the checkpoint."""
 
+import os
 import warnings
 
 from .errors import UsageError, missing_weights
@@ -16,8 +17,14 @@ def from_pretrained_strict(model_class, source, flag, what):
 
     try:
         model, info = model_class.from_pretrained(source, output_loading_info=True, dtype=torch.float32)
-    except (OSError, ValueError) as error:  # no network, no such directory, or no weights in it
-        raise missing_weights(what, source, flag, error) from error
+    except Exception as error:  # a truncated or damaged file raises whatever its reader raises
+        if os.path.isdir(source):
+            reason = " ".join(str(error).split())[:200] or type(error).__name__
+            raise UsageError(f"cannot load {what} from the folder {source} ({flag}): {reason}; its files are "
+                             "damaged or incomplete: copy them again") from None  # fmt: skip
+        if isinstance(error, (OSError, ValueError)):  # no network, or no such model on the hub
+            raise missing_weights(what, source, flag, error) from error
+        raise
     problems = {name: sorted(info.get(name) or []) for name in ("missing_keys", "mismatched_keys")}
     if any(problems.values()):
         raise UsageError(f"{source} ({flag}) does not match {model_class.__name__}: {problems}")

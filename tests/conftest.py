@@ -54,6 +54,12 @@ def tiny_run_args(world_cache):
             "--max_len", "6", "--num_beams", "2", "--checkpoint_dir", ""]  # fmt: skip
 
 
+@pytest.fixture
+def tiny_world_args(world_cache):
+    """The tiny synthetic world's options for ``evaluate`` and ``caption`` (which refuse training options)."""
+    return ["--synthetic_world", "tiny", "--cache_dir", world_cache, "--max_len", "6", "--num_beams", "2"]
+
+
 @pytest.fixture(scope="session")
 def tiny_files(tmp_path_factory):
     """Tiny CLIP, GPT-2, ClipCap (both mappers) and BLIP files in their real on-disk formats."""

@@ -1,4 +1,4 @@
-"""The authors' protocol beside this project's choices (issue 15): per-target hard distractors, length-normalised
+"""The authors' protocol beside this project's choices: per-target hard distractors, length-normalised
 log-probabilities, stopping at any token containing '.', beam rollouts with a greedy baseline, and the exact KL
 against a plain language model.  Each option's default keeps this project's behaviour; the paper's game files
 select the authors'."""

@@ -22,9 +22,9 @@ def images(tmp_path):
     return tmp_path
 
 
-def test_caption_files_folders_and_globs_skipping_unreadable_images(tiny_run_args, images, capsys):
+def test_caption_files_folders_and_globs_skipping_unreadable_images(tiny_world_args, images, capsys):
     out = images / "captions.jsonl"
-    rows = caption.main(tiny_run_args + [str(images / "photos"), str(images / "*.png"), str(images / "missing.png"),
+    rows = caption.main(tiny_world_args + [str(images / "photos"), str(images / "*.png"), str(images / "missing.png"),
                                          "--batch_size", "2", "--output", str(out)])  # fmt: skip
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert written == rows
@@ -36,15 +36,15 @@ def test_caption_files_folders_and_globs_skipping_unreadable_images(tiny_run_arg
     assert "captioned 4 images, skipped 2" in err
 
 
-def test_caption_prints_without_output_and_matches_batch_size_one(tiny_run_args, images, capsys):
-    rows = caption.main(tiny_run_args + [str(images / "single.png"), str(images / "photos/b.jpg")])
+def test_caption_prints_without_output_and_matches_batch_size_one(tiny_world_args, images, capsys):
+    rows = caption.main(tiny_world_args + [str(images / "single.png"), str(images / "photos/b.jpg")])
     printed = [line.split("\t") for line in capsys.readouterr().out.splitlines() if "\t" in line]
     assert printed == [[r["image"], r["caption"]] for r in rows]
-    one_by_one = caption.main(tiny_run_args + [str(images / "single.png"), str(images / "photos/b.jpg"),
+    one_by_one = caption.main(tiny_world_args + [str(images / "single.png"), str(images / "photos/b.jpg"),
                                                "--batch_size", "1"])  # fmt: skip
     assert [r["caption"] for r in one_by_one] == [r["caption"] for r in rows]
 
 
-def test_no_images_is_a_one_line_error(tiny_run_args, tmp_path):
+def test_no_images_is_a_one_line_error(tiny_world_args, tmp_path):
     with pytest.raises(UsageError, match="no image files"):
-        caption.main(tiny_run_args + [str(tmp_path / "nothing*.png")])
+        caption.main(tiny_world_args + [str(tmp_path / "nothing*.png")])

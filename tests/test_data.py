@@ -238,11 +238,16 @@ def test_nearest_neighbours_are_the_brute_force_ones():
 # --- runs through train.main ----------------------------------------------------------------------------------
 
 
-def tiny_model_args(tiny_files, root, cache):
-    return ["--data_root", root, "--feature_cache_dir", cache, "--clipcap_checkpoint", tiny_files["clipcap_mlp"],
-            "--language_model", tiny_files["language_model"], "--captioner_clip_model", tiny_files["clip"],
-            "--clip_model", tiny_files["clip"], "--n_epochs", "1", "--batch_size", "4", "--eval_candidates", "4",
-            "--max_len", "4", "--num_beams", "1", "--lr", "1e-4", "--checkpoint_dir", ""]  # fmt: skip
+def tiny_model_args(tiny_files, root, cache, captioner="clipcap", command="train"):
+    """The tiny models' files and small sizes: ClipCap's files for a ClipCap run, training's options for train."""
+    args = ["--data_root", root, "--feature_cache_dir", cache, "--clip_model", tiny_files["clip"], "--eval_candidates",
+            "4", "--max_len", "4", "--num_beams", "1"]  # fmt: skip
+    if captioner == "clipcap":
+        args += ["--clipcap_checkpoint", tiny_files["clipcap_mlp"], "--language_model", tiny_files["language_model"],
+                 "--captioner_clip_model", tiny_files["clip"]]  # fmt: skip
+    if command == "train":
+        args += ["--n_epochs", "1", "--batch_size", "4", "--lr", "1e-4", "--checkpoint_dir", ""]
+    return args
 
 
 @pytest.mark.parametrize("name", sorted(WRITERS))
@@ -347,7 +352,7 @@ def test_check_data_reports_present_missing_and_unreadable_counts(name, data_roo
 
 def test_blip_trains_on_decoded_pixels_in_parallel_workers_without_the_broken_images(data_roots, tiny_files, tmp_path,
                                                                                       capsys):  # fmt: skip
-    args = ["--dataset", "flickr"] + tiny_model_args(tiny_files, data_roots["flickr"], str(tmp_path / "f"))
+    args = ["--dataset", "flickr"] + tiny_model_args(tiny_files, data_roots["flickr"], str(tmp_path / "f"), "blip")
     results = train.main(args + ["--captioner", "blip", "--blip_model", tiny_files["blip"], "--num_workers", "2"])
     assert f"data flickr train: {GOOD} images used" in capsys.readouterr().out and 0 <= results["acc"] <= 1
     cached = tmp_path / "f" / os.listdir(tmp_path / "f")[0] / "train"
@@ -366,7 +371,7 @@ def test_imagecode_sets_are_the_complete_sets_with_one_trial_per_description():
 def test_evaluate_runs_on_the_imagecode_fixture_with_undescribed_images(data_roots, tiny_files, tmp_path):
     from egg.zoo.discriminative_captioner import evaluate
 
-    args = tiny_model_args(tiny_files, data_roots["imagecode"], str(tmp_path / "features"))
+    args = tiny_model_args(tiny_files, data_roots["imagecode"], str(tmp_path / "features"), command="evaluate")
     evaluate.main(args + ["--dataset", "imagecode", "--models", "pretrained", "--output_dir", str(tmp_path / "ev"),
                           "--no-spice", "--hard_sets", "0"])  # fmt: skip
     [record] = json.loads((tmp_path / "ev" / "results.json").read_text())

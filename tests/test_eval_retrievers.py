@@ -172,13 +172,13 @@ def test_open_clip_local_directories_need_their_config(tmp_path, monkeypatch):
     assert "'nobody/nothing'" in m.looked
 
 
-def test_every_missing_retriever_file_is_listed_before_any_captioning(tiny_run_args, tmp_path, monkeypatch):
+def test_every_missing_retriever_file_is_listed_before_any_captioning(tiny_world_args, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     specs = [f"a=openai:{tmp_path / 'clip.pt'}", f"b=open_clip:ViT-B-32:{tmp_path / 'oc.pt'}",
              "c=open_clip:ViT-B-32:laion2b_s34b_b79k", f"d=transformers:{tmp_path / 'siglip'}",
              f"e=open_clip:local-dir:{tmp_path / 'oc_dir'}"]  # fmt: skip
     out = tmp_path / "eval"
-    args = tiny_run_args + ["--clip_download_root", str(tmp_path / "downloads"), "--output_dir", str(out)]
+    args = tiny_world_args + ["--clip_download_root", str(tmp_path / "downloads"), "--output_dir", str(out)]
     with pytest.raises(UsageError, match="5 files this run needs are missing") as error:
         evaluate.main(args + ["--no-nlg", "--hard_sets", "0", "--eval_retrievers", *specs])
     report = str(error.value)
@@ -191,6 +191,10 @@ def test_every_missing_retriever_file_is_listed_before_any_captioning(tiny_run_a
                      "pass a path with: --eval_retrievers e=open_clip:local-dir:DIRECTORY"]:  # fmt: skip
         assert expected in report
     assert not out.exists()
+    with pytest.raises(UsageError) as error:  # a spec without a label is suggested without one
+        evaluate.main(args + ["--no-nlg", "--hard_sets", "0", "--eval_retrievers", "openai:/missing/file.pt"])
+    assert "pass a path with: --eval_retrievers openai:PATH" in str(error.value)
+    assert "=openai:" not in str(error.value)
 
 
 # ------------------------------------------------------------------------ end to end, tiny retrievers
@@ -219,8 +223,7 @@ def evaluations(world_cache, retriever_files, tmp_path_factory):
     from egg.zoo.discriminative_captioner.synthetic import world_directory
 
     root = tmp_path_factory.mktemp("evaluations")
-    run_args = ["--synthetic_world", "tiny", "--cache_dir", world_cache, "--max_len", "6", "--num_beams", "2",
-                "--checkpoint_dir", ""]  # fmt: skip
+    run_args = ["--synthetic_world", "tiny", "--cache_dir", world_cache, "--max_len", "6", "--num_beams", "2"]
     world_retriever = os.path.join(world_directory(world_cache, "tiny"), "retriever.pt")
     specs = [f"tiny=openai:{retriever_files.clip}",
              f"oc=open_clip:{retriever_files.open_clip_name}:{retriever_files.open_clip}",

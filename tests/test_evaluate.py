@@ -23,9 +23,9 @@ def finetuned_run(world_cache, tmp_path_factory):
     return run
 
 
-def test_evaluate_writes_records_tables_captions_stimuli_and_plots(tiny_run_args, finetuned_run, tmp_path, capsys):
+def test_evaluate_writes_records_tables_captions_stimuli_and_plots(tiny_world_args, finetuned_run, tmp_path, capsys):
     out = tmp_path / "eval"
-    records = evaluate.main(tiny_run_args + EVAL_ARGS + [
+    records = evaluate.main(tiny_world_args + EVAL_ARGS + [
         "--models", "pretrained", f"discritune={finetuned_run}/final.tar", f"clipcap={finetuned_run}/clipcap.pt",
         "--datasets", "synthetic", "synthetic_descriptive", "--output_dir", str(out)])  # fmt: skip
     assert [(r["model"], r["dataset"]) for r in records] == [
@@ -59,14 +59,14 @@ def test_evaluate_writes_records_tables_captions_stimuli_and_plots(tiny_run_args
     assert hard_sets["stimuli"] == str(out / "stimuli_synthetic_nearest_neighbours" / "stimuli.json")
 
 
-def test_training_curves_from_a_log(tiny_run_args, tmp_path):
+def test_training_curves_from_a_log(tiny_world_args, tmp_path):
     log = tmp_path / "train.log"
     log.write_text('noise\n{"loss": 1, "acc": 0.1, "reward": -3, "mode": "test", "epoch": 0}\n'
                    '{"loss": 1, "acc": 0.3, "reward": -2, "mode": "train", "epoch": 1}\n'
                    '{"loss": 1, "acc": 0.4, "reward": -1, "mode": "test", "epoch": 1}\n')  # fmt: skip
     out = tmp_path / "eval"
     options = ["--no-nlg", "--hard_sets", "0", "--training_log", str(log), "--output_dir", str(out)]
-    evaluate.main(tiny_run_args + options)
+    evaluate.main(tiny_world_args + options)
     assert (out / "training_train.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -80,7 +80,7 @@ def test_training_curves_from_a_log(tiny_run_args, tmp_path):
         (["--near_duplicate_cosine", "0"], "near_duplicate_cosine"),
     ],
 )
-def test_bad_evaluation_options_are_one_line_errors(tiny_run_args, tmp_path, extra, message):
+def test_bad_evaluation_options_are_one_line_errors(tiny_world_args, tmp_path, extra, message):
     with pytest.raises(UsageError, match=message):
-        evaluate.main(tiny_run_args + ["--output_dir", str(tmp_path / "eval")] + extra)
+        evaluate.main(tiny_world_args + ["--output_dir", str(tmp_path / "eval")] + extra)
     assert not (tmp_path / "eval" / "results.json").exists()

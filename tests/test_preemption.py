@@ -1,4 +1,4 @@
-"""A SIGTERM at any moment of a run resumes exactly (issue 18): signals sent at many points of a step, of a
+"""A SIGTERM at any moment of a run resumes exactly: signals sent at many points of a step, of a
 checkpoint write, of a validation and of the final evaluation, each followed by the resume its message prints,
 must end bitwise where the straight run ends.  And a run whose training is over resumes to its final evaluation
 only, while a complete run is left as it is (exit 0).

@@ -54,11 +54,13 @@ CASES = [pytest.param(*source.values, [], marks=source.marks, id=source.id) for 
 CASES.append(pytest.param(None, ["--hard_distractors", "3"], id="hard-distractors"))
 # and K rollouts per image with the leave-one-out baseline (each image's K draws come from the resumed stream)
 CASES.append(pytest.param(None, ["--rollouts_per_image", "4", "--baseline", "rloo"], id="rollouts-per-image-4"))
-# and in micro-batches (the backward recomputes the scoring passes: no random numbers are drawn there)
-CASES.append(pytest.param(None, ["--micro_batch_size", "7", "--kl_coeff", "0.1"], id="micro-batches"))
-# and with a learning-rate schedule restored from the checkpoint, and clipping
-CASES.append(pytest.param(None, ["--lr_scheduler", "cosine", "--warmup_steps", "3", "--max_grad_norm", "0.5"],
-                          id="schedule"))
+# and, on each core (their Trainers run the backward, the clipping and the scheduler), in micro-batches (the
+# backward recomputes the scoring passes: no random numbers are drawn there), and with a learning-rate schedule
+# restored from the checkpoint, and clipping
+for name, options in (("micro-batches", ["--micro_batch_size", "7", "--kl_coeff", "0.1"]),
+                      ("schedule", ["--lr_scheduler", "cosine", "--warmup_steps", "3", "--max_grad_norm", "0.5"])):
+    CASES += [pytest.param(*source.values, options, marks=source.marks, id=f"{name}-{source.id}")
+              for source in EGG_SOURCES]  # fmt: skip
 
 
 @pytest.mark.parametrize("egg_source, options", CASES)
@@ -67,6 +69,9 @@ def test_a_run_interrupted_mid_epoch_and_resumed_matches_a_straight_run(egg_sour
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     if egg_source:
         env["PYTHONPATH"] = str(egg_tree(tmp_path / "site", egg_source))
+        using = subprocess.run([sys.executable, "-c", "import egg.zoo.discriminative_captioner.core as c; "
+                                "print(c.USING_EGG)"], env=env, capture_output=True, text=True)  # fmt: skip
+        assert using.stdout.strip() == "True", using.stderr[-2000:]  # not the bundled core as a fallback
     args = tiny_run_args + ["--n_epochs", "2", "--random_seed", "3"] + options
     straight_dir, interrupted_dir = tmp_path / "straight", tmp_path / "interrupted"
     straight = run(args + ["--checkpoint_dir", str(straight_dir)], env, tmp_path)

@@ -1,4 +1,4 @@
-"""Several rollouts per image (issue 17, item 1): K sampled captions of each image share its condition, are each
+"""Several rollouts per image: K sampled captions of each image share its condition, are each
 scored against the batch's candidates, and are baselined by the image's other rollouts (rloo) or their group
 mean (with GRPO's standardisation)."""
 

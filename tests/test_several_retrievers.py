@@ -117,3 +117,43 @@ def test_a_run_with_two_retrievers_trains_and_logs_each_ones_p_at_1(tiny_run_arg
     assert 0 <= results["acc_retriever2"] <= 1
     retriever_caches = {path.name for path in (tmp_path / "f").rglob("retriever*") if path.is_dir()}
     assert len(retriever_caches) == 2  # each retriever's embeddings are cached on their own
+
+
+def test_each_clip_model_may_name_its_own_backend():
+    opts = get_opts(["--clip_model", "transformers:DIR", "b.pt", "open_clip:ViT-B-32:tag"])
+    assert (opts.clip_backend, opts.clip_model) == ("transformers", "DIR")
+    assert opts.extra_clip_models == ["openai:b.pt", "open_clip:ViT-B-32:tag"]  # plain names keep --clip_backend's
+    opts = get_opts(["--clip_model", "a.pt", "transformers:DIR"])
+    assert (opts.clip_backend, opts.clip_model, opts.extra_clip_models) == ("openai", "a.pt", ["transformers:DIR"])
+    opts = get_opts(["--clip_model", "open_clip:ViT-B-32:laion2b_s34b_b79k"])
+    assert (opts.clip_backend, opts.clip_model, opts.clip_pretrained) == ("open_clip", "ViT-B-32", "laion2b_s34b_b79k")
+    from egg.zoo.discriminative_captioner.experiment import extra_retriever_options
+
+    others = extra_retriever_options(get_opts(["--clip_model", "a.pt", "open_clip:ViT-B-32:tag", "transformers:D"]))
+    assert [(o.clip_backend, o.clip_model, o.clip_pretrained) for o in others] == [
+        ("open_clip", "ViT-B-32", "tag"), ("transformers", "D", None)]  # fmt: skip
+    for args, message in (
+        (["--clip_model", "open_clip:ViT-B-32:tag", "--clip_pretrained", "x"], "names its weights: drop"),
+        (["--clip_backend", "transformers", "--clip_model", "openai:a.pt"], "drop --clip_backend"),
+        (["--clip_model", "a.pt", "open_clip:ViT-B-32"], "open_clip needs its weights"),
+        (["--clip_model", "a.pt", "transformers:b:c"], "takes no PRETRAINED"),
+    ):  # fmt: skip
+        with pytest.raises(UsageError, match=message) as error:
+            get_opts(args)
+        assert "--clip_model" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_run_mixes_backends_each_retriever_with_its_own_cache(tiny_run_args, world_cache, tmp_path, capsys):
+    from egg.zoo.discriminative_captioner import train
+    from egg.zoo.discriminative_captioner.synthetic import load_world
+
+    world = load_world(world_cache, "tiny", progress=False)
+    folder = f"{world.directory}/retriever_transformers"
+    with pytest.raises(UsageError, match=f"given as transformers:{folder}"):  # a folder under the openai backend
+        train.main(tiny_run_args + ["--clip_model", f"{world.directory}/retriever.pt", folder])
+    capsys.readouterr()
+    results = train.main(tiny_run_args + ["--clip_model", f"{world.directory}/retriever.pt", f"transformers:{folder}",
+                                          "--feature_cache_dir", str(tmp_path / "f")])  # fmt: skip
+    # the same CLIP in two backends: the same embeddings, so the same P@1 (up to float rounding at ties)
+    assert results["acc_retriever2"] == pytest.approx(results["acc"], abs=0.05)
+    assert len({path.name for path in (tmp_path / "f").rglob("retriever*") if path.is_dir()}) == 2

@@ -36,9 +36,9 @@ def tiny_test(world_cache):
     return split, retriever, encode_images(split, retriever.image_transform, retriever.encode_images)
 
 
-def evaluation_opts(tiny_run_args):
+def evaluation_opts(tiny_world_args):
     """``evaluate``'s options at their defaults (``--hard_sets``, ``--near_duplicate_cosine``, ``--eval_seed``)."""
-    return get_opts(tiny_run_args, extra_options=evaluate.add_evaluation_options, command="evaluate")
+    return get_opts(tiny_world_args, extra_options=evaluate.add_evaluation_options, command="evaluate")
 
 
 def test_the_retriever_spreads_the_test_images(tiny_test):
@@ -55,9 +55,9 @@ def test_human_captions_find_their_image_well_above_chance(tiny_test):
     assert p_at_1 >= 2.5 * CHANCE
 
 
-def test_evaluate_finds_hard_sets_under_the_default_near_duplicate_threshold(tiny_test, tiny_run_args, capsys):
+def test_evaluate_finds_hard_sets_under_the_default_near_duplicate_threshold(tiny_test, tiny_world_args, capsys):
     split, _, images = tiny_test
-    opts = evaluation_opts(tiny_run_args)
+    opts = evaluation_opts(tiny_world_args)
     sets = hard_sets_of("synthetic", split, images, opts)["nearest_neighbours"]
     assert len(sets) >= 20  # disjoint sets of 10 from the split: at most len(split) // 10
     for s in sets:
@@ -100,8 +100,8 @@ def test_the_counts_say_why_sets_fell_short():
     assert hard.nearest_neighbour_sets(clusters(25, 1), n_sets=1, max_cosine=1.0).note is None
 
 
-def test_a_split_too_small_for_one_set_is_said_so(tiny_run_args, capsys):
-    split, opts = ImageSplit("test", [None] * 7, [["a caption"]] * 7), evaluation_opts(tiny_run_args)
+def test_a_split_too_small_for_one_set_is_said_so(tiny_world_args, capsys):
+    split, opts = ImageSplit("test", [None] * 7, [["a caption"]] * 7), evaluation_opts(tiny_world_args)
     assert hard_sets_of("synthetic", split, torch.zeros(7, 4), opts) == {}
     said = capsys.readouterr().out
     assert f"hard sets synthetic: none of {opts.hard_sets} asked (the test split has 7 images" in said

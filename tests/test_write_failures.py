@@ -1,4 +1,4 @@
-"""Full disks and failed writes (issue 18): a write that fails leaves the previous file intact, names the path and
+"""Full disks and failed writes: a write that fails leaves the previous file intact, names the path and
 the operating system's reason in one line, and leaves no temporary file behind; a training run keeps going past a
 mid-epoch checkpoint that could not be written.
 

@@ -12,6 +12,8 @@ outputs can be computed once per image), ``config`` (a dataclass saved with chec
 the names without importing torch).
 """
 
+import os
+
 from ..lazy import exports, load
 
 CAPTIONERS = {
@@ -23,9 +25,17 @@ _EXPORTS = {"BlipCaptioner": ".blip", "ClipCapCaptioner": ".clipcap", "HFCaption
 
 
 def build_captioner(opts):
-    """The captioner named by ``--captioner``, decoding as ``--decoding`` says."""
+    """The captioner named by ``--captioner``, decoding as ``--decoding`` says.
+
+    ``--decoding compiled``'s compiler files go under the cache directory (``<--cache_dir>/torchinductor``), not
+    into the system's temporary directory, unless ``TORCHINDUCTOR_CACHE_DIR`` names a place already."""
     captioner = load(__name__, CAPTIONERS[opts.captioner])(opts)
     captioner.decoding = getattr(opts, "decoding", "auto")
+    if captioner.decoding == "compiled":
+        import platformdirs
+
+        cache_dir = getattr(opts, "cache_dir", None) or platformdirs.user_cache_dir("discriminative_captioner")
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(cache_dir, "torchinductor"))
     return captioner
 
 

@@ -20,7 +20,9 @@ adapters alone, which start at zero, so it is the base model.  Checkpoints hold 
 import contextlib
 import copy
 import inspect
+import logging
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -56,6 +58,48 @@ from .hf_parts import (
 PROMPT_ALIGNED = {"token_type_ids": 1, "mm_token_type_ids": 0}
 PROBE_SIZES = ((64, 48), (40, 72))  # two shapes of probe image: a processor whose outputs differ resizes first
 DEFAULT_IMAGE_SIZE = 224
+
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, starts):
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record):
+        return not record.getMessage().startswith(self.starts)
+
+
+# transformers warns of padding without an attention mask whenever the pad id equals the start or end id (GPT-2's
+# one token for all three).  It never applies here: generation starts from one start token or from the same
+# prompt for every image (nothing padded), and in an encoder-decoder's teacher-forced pass (a decoder-only model
+# gets its mask) padding only follows a caption's stop token, which causal attention keeps from every position
+# that is scored.
+PADDING_WARNINGS = _DropMessages(("We strongly recommend passing in an `attention_mask`", "The attention mask"))
+WARNING_LOGGERS = ("transformers.modeling_utils", "transformers.generation.utils")
+
+
+@contextlib.contextmanager
+def peft_warnings_off():
+    """PEFT wrapping a transformers model: transformers' deprecation of the property PEFT reads
+    (``is_gradient_checkpointing``), and PEFT's note that it set ``fan_in_fan_out`` for GPT-2's ``Conv1D``
+    layers, which this code sets itself; neither is the user's to act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message="fan_in_fan_out is set to", category=UserWarning)
+        yield
+
+
+@contextlib.contextmanager
+def no_padding_warnings():
+    loggers = [logging.getLogger(name) for name in WARNING_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(PADDING_WARNINGS)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(PADDING_WARNINGS)
 
 
 @dataclass
@@ -160,10 +204,20 @@ class HFCaptioner(ConditionalCaptioner):
     def _add_lora(self, model, rank, alpha=None, targets=None):
         from peft import LoraConfig, get_peft_model
 
-        targets = list(targets) if targets else language_linear_layers(model, self.encoder_decoder_vision)
-        config = LoraConfig(r=rank, lora_alpha=alpha or 2 * rank, target_modules=targets, lora_dropout=0.0)
-        # get_peft_model puts the adapters into ``model`` itself; the PeftModel is kept to save them
-        return get_peft_model(model, config)
+        layers = language_linear_layers(model, self.encoder_decoder_vision)
+        chosen = list(targets) if targets else layers
+        conv1d = all(type(model.get_submodule(name)).__name__ == "Conv1D" for name in layers)  # GPT-2's layers
+        config = LoraConfig(r=rank, lora_alpha=alpha or 2 * rank, target_modules=chosen, lora_dropout=0.0,
+                            fan_in_fan_out=conv1d)  # fmt: skip
+        try:
+            # get_peft_model puts the adapters into ``model`` itself; the PeftModel is kept to save them
+            with peft_warnings_off():
+                return get_peft_model(model, config)
+        except ValueError as error:  # PEFT's: no module matches (NoMatchingPeftModuleError and its kin)
+            names = sorted({name.rsplit(".", 1)[-1] for name in layers})
+            raise UsageError(f"--lora_targets {' '.join(targets or [])}: {' '.join(str(error).split())[:120]}; "
+                             f"{type(model).__name__}'s language linear layers are named "
+                             f"{', '.join(names)}") from None  # fmt: skip
 
     def _resize_size(self, image_size):
         """``image_size`` when the processor's outputs depend on an image's size (or when asked), else None."""
@@ -293,7 +347,7 @@ class HFCaptioner(ConditionalCaptioner):
             if self.prompt_ids is not None:  # the encoder reads the prompt (Florence-2)
                 inputs.update(self._text_inputs(batch))
             inputs["decoder_input_ids"] = torch.cat([start, tokens[:, :-1]], dim=1)
-            with images.served():
+            with images.served(), no_padding_warnings():
                 return self.model(**inputs, use_cache=False).logits  # [B, T, V]
         inputs.update(self._text_inputs(batch, tokens))
         with images.served():
@@ -338,7 +392,7 @@ class HFCaptioner(ConditionalCaptioner):
             inputs.update(self._text_inputs(batch))
         # beam search repeats a decoder-only model's image inputs per beam: its vision parts run as they come
         served = images.served() if settings.get("num_beams", 1) == 1 else contextlib.nullcontext()
-        with served:
+        with served, no_padding_warnings():
             return generate_with(self.model, generation, sample, ban=self.ban, **inputs)
 
     def _decode_tokens(self, images, **decoding):

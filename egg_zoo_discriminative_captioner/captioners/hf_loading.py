@@ -5,7 +5,8 @@ import json
 import os
 
 from ..errors import UsageError, missing_weights
-from .hf import HFCaptioner
+from .hf import HFCaptioner, peft_warnings_off
+from .hf_folders import check_captioner_folder
 
 ADAPTER_CONFIG = "adapter_config.json"  # a PEFT adapter directory
 
@@ -56,7 +57,8 @@ def load_model(source, flag):
         with open(adapter_config) as f:
             base = json.load(f).get("base_model_name_or_path")
         model = from_pretrained_strict(AutoModelForImageTextToText, base, flag, "the adapters' base model")
-        return PeftModel.from_pretrained(model, source).merge_and_unload().eval()
+        with peft_warnings_off():
+            return PeftModel.from_pretrained(model, source).merge_and_unload().eval()
     return from_pretrained_strict(AutoModelForImageTextToText, source, flag, "the transformers captioner")
 
 
@@ -64,15 +66,23 @@ def load_hf_captioner(opts):
     """The captioner of ``--hf_model`` (a hub id or a local directory, model + processor)."""
     if not opts.hf_model:
         raise UsageError("--captioner hf needs --hf_model (a transformers hub id or a local directory)")
-    model = load_model(opts.hf_model, "--hf_model")
+    named = getattr(opts, "hf_model_named", None) or f"--hf_model {opts.hf_model}"  # evaluate's: --models hf:DIR
+    check_captioner_folder(opts.hf_model, named)
+    flag = named.split(" ")[0]
+    model = load_model(opts.hf_model, flag)
     if getattr(opts, "gradient_checkpointing", False):
         if not model.supports_gradient_checkpointing:
             raise UsageError(f"--gradient_checkpointing: {type(model).__name__} does not support it")
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5 renamed it and warns at the old name (which older releases alone have)
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora = None
     if getattr(opts, "lora_rank", 0):
         lora = {"rank": opts.lora_rank, "alpha": opts.lora_alpha, "targets": opts.lora_targets}
-    return HFCaptioner(model, load_processor(opts.hf_model, "--hf_model"), prompt=opts.hf_prompt,
+    return HFCaptioner(model, load_processor(opts.hf_model, flag), prompt=opts.hf_prompt,
                        instruction=opts.hf_instruction, max_len=opts.max_len, train_vision=opts.hf_train_vision,
                        stop_at_any_period=getattr(opts, "stop_at_any_period", False),
                        image_size=opts.hf_image_size, lora=lora, merge_lora=opts.merge_lora)  # fmt: skip

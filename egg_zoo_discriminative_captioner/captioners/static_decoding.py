@@ -2,7 +2,7 @@
 
 transformers' ``generate`` runs the model's whole ``forward`` per token (mask building, cache objects, output
 classes) and its own bookkeeping (logits processors, stopping criteria, a host sync to ask whether every row has
-stopped): at batch 100 and the paper's sizes the step is bound by that, not by arithmetic (issue 17).  Here the
+stopped): at batch 100 and the paper's sizes the step is bound by that, not by arithmetic.  Here the
 prefix is run once through the model (the same call ``generate`` makes), its keys and values are copied into
 a cache of fixed shape ``[B, H, prefix + max_len, D]`` per layer, and each later token is one call of
 ``_token_step``: the GPT-2 block written out over the model's own modules, writing its key and value at a
@@ -24,7 +24,7 @@ CDF over the raw softmax), so under the same random stream this loop emits ``gen
 (``tests/test_static_decoding.py``), and its beam search finds ``generate``'s beams.
 """
 
-import warnings
+import sys
 from typing import NamedTuple
 
 import torch
@@ -338,7 +338,8 @@ _said = set()
 
 
 def say_once(message):
-    """A warning shown once per process (a fallback to ``generate``, for example)."""
+    """One line on stderr, once per process (a fallback to ``generate``, for example): the project's words, not a
+    Python warning with its source line."""
     if message not in _said:
         _said.add(message)
-        warnings.warn(message, stacklevel=3)
+        print(f"note: {message}", file=sys.stderr, flush=True)

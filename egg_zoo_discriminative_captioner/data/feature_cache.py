@@ -100,6 +100,16 @@ def cache_status(directory, key):
     return "ok"
 
 
+def cached_model(directory):
+    """The encoder whose features ``directory`` holds or is being built with (its key's model), or None."""
+    for name in ("manifest.json", "building.json"):
+        record = _read_json(os.path.join(directory, name))
+        key = (record or {}).get("key") if name == "manifest.json" else record
+        if isinstance(key, dict) and key.get("model"):
+            return key["model"]
+    return None
+
+
 def _difference(recorded, wanted):
     fields = [name for name in wanted if recorded.get(name) != wanted[name]]
     return ", ".join(f"{name} differs" for name in fields) or "unreadable record"

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 
 from ..captioners import build_captioner
+from ..captioners.hf_folders import check_captioner_folder
 from ..checkpointing import read_checkpoint
 from ..errors import UsageError
 from ..frozen import FrozenModule
@@ -30,6 +31,7 @@ class ModelSpec:
     label: str
     kind: str
     path: str = None
+    named: str = None  # how the command line named it, for messages ("--models hf:DIR")
 
 
 def parse_model(text, flag="--models"):
@@ -38,7 +40,8 @@ def parse_model(text, flag="--models"):
     if what == "pretrained":
         return ModelSpec(label or "pretrained", "pretrained")
     if what.startswith("hf:"):  # a transformers captioner: a directory or a hub id
-        return ModelSpec(label or what[3:].rstrip("/").split("/")[-1], "hf", what[3:])
+        check_captioner_folder(what[3:], f"{flag} {what}")
+        return ModelSpec(label or what[3:].rstrip("/").split("/")[-1], "hf", what[3:], f"{flag} {what}")
     if os.path.isdir(what) and os.path.isfile(os.path.join(what, "opts.json")):  # a run directory
         found = [name for name in RUN_CAPTIONERS if os.path.exists(os.path.join(what, name))]
         if not found:
@@ -104,6 +107,7 @@ def model_options(opts, spec, dataset=None):
         model_opts.captioner, model_opts.blip_model = "blip", spec.path
     elif spec.kind == "hf":  # adapters in the directory are merged on loading: none are added
         model_opts.captioner, model_opts.hf_model, model_opts.lora_rank = "hf", spec.path, 0
+        model_opts.hf_model_named = spec.named
         model_opts.lora_alpha = model_opts.lora_targets = None
         model_opts.merge_lora = False
     return apply_model_defaults(model_opts, dataset)

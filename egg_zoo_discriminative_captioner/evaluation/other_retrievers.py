@@ -41,8 +41,10 @@ class RetrieverSpec:
         return other
 
     def flags(self):
-        """How to pass this retriever's model and its open_clip weights as files, for the missing-file report."""
-        return f"{FLAG} {self.label}={self.backend}:PATH", f"{FLAG} {self.label}=open_clip:{self.model}:FILE"
+        """How to pass this retriever's model and its open_clip weights as files, for the missing-file report
+        (with its label only where the command line gave one)."""
+        label = f"{self.label}=" if self.text.startswith(f"{self.label}=") else ""
+        return f"{FLAG} {label}{self.backend}:PATH", f"{FLAG} {label}open_clip:{self.model}:FILE"
 
 
 def _short(name):
@@ -50,35 +52,42 @@ def _short(name):
     return os.path.basename(name.rstrip("/" + os.sep)) if os.path.exists(name) else name
 
 
-def parse_retriever(text):
-    """``[LABEL=]BACKEND:MODEL[:PRETRAINED]`` -> RetrieverSpec; a malformed SPEC is a one-line UsageError."""
+def names_backend(text):
+    """Whether a ``--clip_model`` value is a ``BACKEND:MODEL[:PRETRAINED]`` spec rather than a plain model name."""
+    backend, colon, _ = text.partition(":")
+    return bool(colon) and backend in CLIP_BACKENDS
+
+
+def parse_retriever(text, flag=FLAG):
+    """``[LABEL=]BACKEND:MODEL[:PRETRAINED]`` -> RetrieverSpec; a malformed SPEC is a one-line UsageError naming
+    ``flag``."""
     head, equals, rest = text.partition("=")
     labelled = bool(equals) and ":" not in head and os.sep not in head
     label, what = (head, rest) if labelled else ("", text)
     if labelled and not label.strip():
-        raise UsageError(f"{FLAG} {text}: the LABEL before '=' is empty; give {FORM}")
+        raise UsageError(f"{flag} {text}: the LABEL before '=' is empty; give {FORM}")
     if "|" in label:
-        raise UsageError(f"{FLAG} {text}: a LABEL cannot hold '|' (it heads a column of tables.md)")
+        raise UsageError(f"{flag} {text}: a LABEL cannot hold '|' (it heads a column of tables.md)")
     backend, colon, rest = what.partition(":")
     if not colon or backend not in CLIP_BACKENDS:
         named = f"{backend!r} is not a backend" if colon else "no BACKEND:"
-        raise UsageError(f"{FLAG} {text}: {named}; give {FORM}")
+        raise UsageError(f"{flag} {text}: {named}; give {FORM}")
     pretrained = None
     if backend == "open_clip" and not rest.startswith(SCHEMAS):
         model, _, pretrained = rest.partition(":")
         if not model or not pretrained:
             forms = "open_clip:MODEL:PRETRAINED (a tag or a checkpoint file), or open_clip:local-dir:DIRECTORY"
-            raise UsageError(f"{FLAG} {text}: open_clip needs its weights: {forms} / open_clip:hf-hub:ORG/REPO")
+            raise UsageError(f"{flag} {text}: open_clip needs its weights: {forms} / open_clip:hf-hub:ORG/REPO")
     else:
         model = rest
         if ":" in model and not os.path.exists(model) and not rest.startswith(SCHEMAS):
-            raise UsageError(f"{FLAG} {text}: the {backend} backend takes no PRETRAINED (give {backend}:MODEL, "
+            raise UsageError(f"{flag} {text}: the {backend} backend takes no PRETRAINED (give {backend}:MODEL, "
                              f"MODEL a name or a path); PRETRAINED is open_clip's")  # fmt: skip
     if rest in SCHEMAS:
-        raise UsageError(f"{FLAG} {text}: nothing after {rest} (open_clip:local-dir:DIRECTORY, "
+        raise UsageError(f"{flag} {text}: nothing after {rest} (open_clip:local-dir:DIRECTORY, "
                          "open_clip:hf-hub:ORG/REPO)")  # fmt: skip
     if not model:
-        raise UsageError(f"{FLAG} {text}: no MODEL after {backend}:; give {FORM}")
+        raise UsageError(f"{flag} {text}: no MODEL after {backend}:; give {FORM}")
     default = f"{backend}:{_short(model)}" + (f":{_short(pretrained)}" if pretrained else "")
     return RetrieverSpec(label or default, backend, model, pretrained, text)
 
