@@ -84,6 +84,14 @@ def clip_directory():
     return os.path.join(os.path.expanduser("~"), ".cache", "clip")
 
 
+def default_cache_dir():
+    """The user cache directory (``platformdirs``), e.g. ``~/.cache/discriminative_captioner``: the synthetic
+    world, the feature caches and the compiler's files go under it unless ``--cache_dir`` says otherwise."""
+    import platformdirs
+
+    return platformdirs.user_cache_dir("discriminative_captioner")
+
+
 def default_models_directory():
     """``data.files.models_directory()``: $DISCRITUNE_MODELS, else $DISCRITUNE_DATA/models."""
     from .data.files import models_directory

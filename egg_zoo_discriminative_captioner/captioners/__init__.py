@@ -32,9 +32,9 @@ def build_captioner(opts):
     captioner = load(__name__, CAPTIONERS[opts.captioner])(opts)
     captioner.decoding = getattr(opts, "decoding", "auto")
     if captioner.decoding == "compiled":
-        import platformdirs
+        from ..downloads import default_cache_dir
 
-        cache_dir = getattr(opts, "cache_dir", None) or platformdirs.user_cache_dir("discriminative_captioner")
+        cache_dir = getattr(opts, "cache_dir", None) or default_cache_dir()
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(cache_dir, "torchinductor"))
     return captioner
 

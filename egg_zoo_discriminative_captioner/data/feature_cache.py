@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from .. import locks
 from ..atomic import atomic_path, atomic_write_text, remove_leftovers
+from ..downloads import default_cache_dir
 from ..errors import UsageError
 from .images import IMAGE_ERRORS
 
@@ -415,9 +416,7 @@ class CachedRows:
 
 def default_feature_cache_dir(cache_dir=None):
     """``<cache_dir>/features``; by default in the user cache directory (``~/.cache/discriminative_captioner``)."""
-    import platformdirs
-
-    return os.path.join(cache_dir or platformdirs.user_cache_dir("discriminative_captioner"), "features")
+    return os.path.join(cache_dir or default_cache_dir(), "features")
 
 
 def readable_indices(caches: List[FeatureCache], n_images):

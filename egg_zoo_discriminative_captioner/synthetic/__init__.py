@@ -29,6 +29,7 @@ from PIL import Image
 
 from ..checkpointing import atomic_directory
 from ..data.splits import ImageSplit
+from ..downloads import default_cache_dir
 from ..errors import UsageError
 from ..retrievers.clip_conversion import save_as_transformers
 from . import world as W
@@ -59,13 +60,6 @@ PRESETS = {
         ),
     ),
 }
-
-
-def default_cache_dir():
-    """The user cache directory (``platformdirs``), e.g. ``~/.cache/discriminative_captioner``."""
-    import platformdirs
-
-    return platformdirs.user_cache_dir("discriminative_captioner")
 
 
 def world_directory(cache_dir, preset):
