@@ -24,7 +24,7 @@ class BuildWithPth(build_py):
 
 PACKAGE = "egg.zoo.discriminative_captioner"
 SOURCE = "egg_zoo_discriminative_captioner"
-SUBPACKAGES = ["captioners", "retrievers", "data", "evaluation", "synthetic", "egg_compat", "study"]
+SUBPACKAGES = ["options", "runtime", "captioners", "retrievers", "data", "evaluation", "synthetic", "egg_compat", "study"]
 
 setup(
     name="egg-zoo-discriminative-captioner",
@@ -70,6 +70,6 @@ setup(
         # the human study's web app (python -m egg.zoo.discriminative_captioner.study)
         "study": ["fastapi", "uvicorn", "jinja2", "matplotlib"],
         # httpx: FastAPI's TestClient; selenium: the browser test (Debian's chromium and chromium-driver)
-        "test": ["pytest", "fastapi", "uvicorn", "jinja2", "matplotlib", "httpx", "selenium"],
+        "test": ["pytest", "fastapi", "uvicorn", "jinja2", "matplotlib", "httpx", "selenium", "mkdocs-material"],
     },
 )

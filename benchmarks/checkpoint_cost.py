@@ -30,10 +30,10 @@ from egg.zoo.discriminative_captioner.captioners.clipcap import (  # noqa: E402
     ClipCapConfig,
     ClipCapModel,
 )
-from egg.zoo.discriminative_captioner.clip_models import clip, clip_transform  # noqa: E402
 from egg.zoo.discriminative_captioner.data.samplers import EpochBatchSampler  # noqa: E402
 from egg.zoo.discriminative_captioner.losses import DiscriminationLoss  # noqa: E402
 from egg.zoo.discriminative_captioner.retrievers.clip import ClipRetriever  # noqa: E402
+from egg.zoo.discriminative_captioner.runtime.clip_loading import clip, clip_transform  # noqa: E402
 from tests.tiny_models import gpt2_tokenizer  # noqa: E402
 
 

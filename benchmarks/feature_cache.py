@@ -27,7 +27,7 @@ from egg.zoo.discriminative_captioner.data import collate_game_batch  # noqa: E4
 from egg.zoo.discriminative_captioner.data.base import EncodedSplit, TransformedImages  # noqa: E402
 from egg.zoo.discriminative_captioner.experiment import build_experiment, encode_split  # noqa: E402
 from egg.zoo.discriminative_captioner.games import build_game, build_optimizer  # noqa: E402
-from egg.zoo.discriminative_captioner.opts import get_opts  # noqa: E402
+from egg.zoo.discriminative_captioner.options.parse import get_opts  # noqa: E402
 from tests.tiny_models import model_files  # noqa: E402
 
 

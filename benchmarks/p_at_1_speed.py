@@ -27,9 +27,9 @@ def world_inputs(n_images, cache_dir):
     """The world's CLIP, ``n_images`` images' embeddings (train split first rows) and their alt-text captions."""
     import clip
 
-    from egg.zoo.discriminative_captioner.clip_models import clip_transform
     from egg.zoo.discriminative_captioner.data import encode_images
     from egg.zoo.discriminative_captioner.retrievers.clip import ClipRetriever
+    from egg.zoo.discriminative_captioner.runtime.clip_loading import clip_transform
     from egg.zoo.discriminative_captioner.synthetic import load_world
 
     world = load_world(cache_dir, "default", progress=False)

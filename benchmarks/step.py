@@ -21,7 +21,7 @@ exactly ``--max_len`` tokens long and all steps do the same work.  Measured in t
 On the CPU, times are CPU seconds of the main thread (with ``--threads 1``, what the step takes on an unloaded
 machine: a shared machine's load does not count), wall-clock seconds alongside, and memory is the process's
 resident memory, sampled every millisecond.  As a CPU training run, the benchmark keeps the memory a step frees
-for the next one (``host_memory.py``; ``--glibc_malloc``: glibc's default, which hands freed memory back).  With
+for the next one (``runtime/host_memory.py``; ``--glibc_malloc``: glibc's default, which hands freed memory back).  With
 ``--device cuda``, times are wall-clock seconds between synchronisations and memory is the CUDA allocator's
 peak.  The last line reads ``speedup vs naive: N.Nx (kv-cache)``, the plugin step against the KV-cache
 reference.
@@ -76,13 +76,13 @@ from egg.zoo.discriminative_captioner.archs import (
 )
 from egg.zoo.discriminative_captioner.captioners.clipcap import ClipCapCaptioner, ClipCapConfig, ClipCapModel
 from egg.zoo.discriminative_captioner.choices import DECODINGS
-from egg.zoo.discriminative_captioner.clip_models import clip, clip_transform
 from egg.zoo.discriminative_captioner.core import MeanBaseline
 from egg.zoo.discriminative_captioner.games import fused_adam
-from egg.zoo.discriminative_captioner.host_memory import keep_freed_memory
 from egg.zoo.discriminative_captioner.losses import DiscriminationLoss
-from egg.zoo.discriminative_captioner.precision import PRECISIONS, autocast
 from egg.zoo.discriminative_captioner.retrievers.clip import ClipRetriever
+from egg.zoo.discriminative_captioner.runtime.clip_loading import clip, clip_transform
+from egg.zoo.discriminative_captioner.runtime.host_memory import keep_freed_memory
+from egg.zoo.discriminative_captioner.runtime.precision import PRECISIONS, autocast
 
 SIZES = {  # GPT-2 layers, width, heads
     "tiny": (2, 64, 2),
@@ -301,7 +301,7 @@ def main():
     parser.add_argument("--glibc_malloc", action="store_true",
                         help="on the CPU, glibc's default malloc, which hands freed memory back to the kernel (the "
                              "CPU step as it first ran); by default freed memory is kept, as in a CPU training run "
-                             "(host_memory.py)")  # fmt: skip
+                             "(runtime/host_memory.py)")  # fmt: skip
     parser.add_argument("--decoding", choices=DECODINGS, default="auto",
                         help="the plugin step's decoding (the split compares all three)")  # fmt: skip
     parser.add_argument("--captioner", choices=["clipcap", "smolvlm"], default="clipcap",
@@ -328,7 +328,7 @@ def main():
     if args.only_step:
         return only_step(args)
     if args.device == "cpu" and not args.glibc_malloc:
-        keep_freed_memory()  # as a CPU training run does (finetuning.py)
+        keep_freed_memory()  # as a CPU training run does (train.py)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"

@@ -28,7 +28,7 @@ import sys
 from egg.zoo.discriminative_captioner.data import DATASETS, load_dataset
 from egg.zoo.discriminative_captioner.data.files import DEFAULT_DIRECTORIES, data_base, default_data_root
 from egg.zoo.discriminative_captioner.data.images import unreadable_images
-from egg.zoo.discriminative_captioner.errors import UsageError
+from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 
 SPLITS = ("train", "validation", "test")
 REAL = [name for name in DATASETS if name in DEFAULT_DIRECTORIES]  # the built-in synthetic worlds have no directory

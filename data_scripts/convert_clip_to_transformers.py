@@ -12,7 +12,7 @@ an existing non-empty output is left alone unless ``--overwrite``.
 import argparse
 import os
 
-from egg.zoo.discriminative_captioner.errors import UsageError, run_command
+from egg.zoo.discriminative_captioner.runtime.errors import UsageError, run_command
 
 
 def check_output(path, overwrite):
@@ -33,9 +33,9 @@ def main(argv=None):
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output directory")
     args = parser.parse_args(argv)
     check_output(args.output, args.overwrite)  # before the slow part: loading CLIP
-    from egg.zoo.discriminative_captioner.atomic import atomic_directory
-    from egg.zoo.discriminative_captioner.clip_models import load_clip
     from egg.zoo.discriminative_captioner.retrievers.clip_conversion import save_as_transformers
+    from egg.zoo.discriminative_captioner.runtime.atomic import atomic_directory
+    from egg.zoo.discriminative_captioner.runtime.clip_loading import load_clip
 
     model, _ = load_clip(args.source, "source")
     with atomic_directory(args.output) as staging:

@@ -11,7 +11,7 @@ $DISCRITUNE_DATA (default ~/data), or wherever --data_root points at train time.
 
 import argparse
 
-from egg.zoo.discriminative_captioner import downloads
+from egg.zoo.discriminative_captioner.runtime import downloads
 
 INSTRUCTIONS = {
     "conceptual": """\

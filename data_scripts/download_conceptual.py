@@ -26,9 +26,9 @@ import shutil
 import subprocess
 import sys
 
-from egg.zoo.discriminative_captioner.atomic import atomic_path
 from egg.zoo.discriminative_captioner.data.conceptual import TSV_FILES
 from egg.zoo.discriminative_captioner.data.files import default_data_root
+from egg.zoo.discriminative_captioner.runtime.atomic import atomic_path
 
 TSV_SOURCE = "https://ai.google.com/research/ConceptualCaptions/download"
 

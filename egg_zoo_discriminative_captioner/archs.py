@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 from .baselines import GreedyBaseline, GroupBaseline  # noqa: F401 (part of this module's interface)
-from .errors import UsageError
 from .game import DiscriminativeGame  # noqa: F401 (part of this module's interface)
-from .option_groups import ROLLOUTS as DECODINGS
-from .precision import full_precision
-from .references import FrozenReference, LanguageModelReference  # noqa: F401 (part of this module's interface)
+from .kl_references import FrozenReference, LanguageModelReference  # noqa: F401 (part of this module's interface)
+from .options.groups import ROLLOUTS as DECODINGS
+from .runtime.errors import UsageError
+from .runtime.precision import full_precision
 
 
 class CaptionerSender(nn.Module):

@@ -13,10 +13,15 @@ import time
 
 from tqdm.auto import tqdm
 
-from . import distributed
-from .checkpointing import RESUME_SUFFIX, resume_state_path, rng_states, save_checkpoint_pair, set_rng_states
 from .core import core
-from .errors import UsageError, WriteError
+from .runtime import distributed
+from .runtime.checkpointing import (
+    resume_state_path,
+    rng_states,
+    save_checkpoint_pair,
+    set_rng_states,
+)
+from .runtime.errors import UsageError, WriteError
 
 
 class InitialValidation(core.Callback):
@@ -130,7 +135,7 @@ class CheckpointWriter(core.CheckpointSaver):
                  resume_command="", updates=0, writes=True, options=None):  # fmt: skip
         super().__init__(checkpoint_path, checkpoint_freq=checkpoint_freq)
         self.writes = writes
-        self.options = options  # the run's computing options, kept in each resume state (run_options.py)
+        self.options = options  # the run's computing options, kept in each resume state (options/resume.py)
         self.position = position
         self.checkpoint_every = checkpoint_every
         self.update_freq = update_freq
@@ -281,16 +286,6 @@ def stop_on_signal(message=None):
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-def checkpoint_files(directory):
-    """The checkpoint files (``*.tar`` and their resume states) in a run directory."""
-    if not os.path.isdir(directory):
-        return []
-    return sorted(name for name in os.listdir(directory) if name.endswith((".tar", RESUME_SUFFIX)))
-
-
-LOG_FILE = "log.jsonl"  # a run's logged lines at full precision, beside its checkpoints
 
 
 def rounded(values, digits=4):

@@ -15,8 +15,8 @@ import os
 import sys
 
 from .data import OWN_MODELS
-from .errors import UsageError, run_command
-from .opts import get_opts
+from .options.parse import get_opts
+from .runtime.errors import UsageError, run_command
 
 PROG = "python -m egg.zoo.discriminative_captioner.caption"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -71,10 +71,10 @@ def main(params):
         print(f"skipped {pattern}: {why}", file=sys.stderr, flush=True)
     if not paths:
         raise UsageError(f"no image files in {' '.join(opts.images)}: " + "; ".join(why for _, why in missing))
-    from .atomic import atomic_write_text
     from .data import load_dataset
     from .evaluation.image_captions import caption_images
-    from .preflight import check_files
+    from .runtime.atomic import atomic_write_text
+    from .runtime.preflight import check_files
 
     own_models = spec.kind == "pretrained" and opts.dataset in OWN_MODELS  # the synthetic world's captioner
     check_files(opts, captioner=spec.kind == "pretrained" and not own_models, retriever=False)

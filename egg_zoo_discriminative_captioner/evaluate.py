@@ -30,10 +30,10 @@ import argparse
 import os
 
 from .data import DATASETS
-from .errors import UsageError, run_command
 from .evaluation.other_retrievers import parse_retrievers
 from .evaluation.outputs import check_output_dir
-from .opts import get_opts
+from .options.parse import get_opts
+from .runtime.errors import UsageError, run_command
 
 PROG = "python -m egg.zoo.discriminative_captioner.evaluate"
 

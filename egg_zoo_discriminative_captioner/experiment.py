@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from .captioners import build_captioner
-from .checkpointing import atomic_write_text
 from .data import EncodedSplit, TransformedImages, load_dataset
 from .data.feature_cache import (
     CachedRows,
@@ -31,11 +30,12 @@ from .data.feature_cache import (
     readable_indices,
 )
 from .data.images import ImageSubset
-from .errors import UsageError
 from .evaluation.other_retrievers import names_backend, parse_retriever
-from .opts import apply_model_defaults
-from .preflight import check_files
+from .options.parse import apply_model_defaults
 from .retrievers import build_retriever
+from .runtime.checkpointing import atomic_write_text
+from .runtime.errors import UsageError
+from .runtime.preflight import check_files
 
 
 @dataclass

@@ -14,11 +14,11 @@ from torch import nn
 from .baselines import StepBatch, as_baseline
 from .captioners.base import Scores
 from .core import MeanBaseline, core
-from .frozen import FrozenModule
 from .losses import strict_hits
 from .micro_batches import recomputed_loss, row_chunks
-from .option_groups import KL_ESTIMATORS, LOG_PROB_NORMALIZATIONS
-from .precision import autocast, full_precision
+from .options.groups import KL_ESTIMATORS, LOG_PROB_NORMALIZATIONS
+from .runtime.precision import autocast, full_precision
+from .runtime.pretrained import FrozenModule
 
 
 class DiscriminativeGame(nn.Module):
@@ -48,7 +48,7 @@ class DiscriminativeGame(nn.Module):
     - ``rollouts_per_image`` K: captions sampled per image in training, each scored against the batch's
       candidates; ``entropy_coeff``: weight of the entropy bonus.
     - ``reference``, ``kl_coeff``, ``kl_estimator``: a KL penalty towards a frozen reference
-      (``references.py``), without gradient: "sampled", ``log p - log p_ref`` of the caption (a KL estimate only
+      (``kl_references.py``), without gradient: "sampled", ``log p - log p_ref`` of the caption (a KL estimate only
       on sampled rollouts); "exact", the per-token ``KL(p_ref || p)`` over the vocabulary, summed over the
       caption (the authors' ``KLRegularizer``).
     - ``kl_in_baseline``: the baseline sees the KL-shaped cost (this project's choice); False adds ``kl_coeff *
@@ -63,7 +63,7 @@ class DiscriminativeGame(nn.Module):
     - ``retriever_mix``: "mean" of several retrievers' rewards, or "alternate", one per training batch in turn.
     - ``precision``: the captioner's autocast ("fp32", "bf16" or "fp16"); the retriever, the reward and the KL
       reference run in fp32 with autocast off, also when EGG's Trainer autocasts the game under ``--fp16``.
-    - ``whole_batch``: in data-parallel runs (``distributed.py``) gathers a per-row tensor from every rank, so
+    - ``whole_batch``: in data-parallel runs (``runtime/distributed.py``) gathers a per-row tensor from every rank, so
       that baselines and standardisation see the global batch.
     - ``train_logging_strategy``, ``test_logging_strategy``: EGG's ``LoggingStrategy`` (minimal by default: the
       Trainer holds every batch's Interaction for a whole epoch).

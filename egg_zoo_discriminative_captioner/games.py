@@ -7,12 +7,12 @@ import torch
 from .archs import CaptionerSender, DiscriminativeGame, RetrieverReceiver
 from .baselines import GreedyBaseline, GroupBaseline
 from .core import MeanBaseline, NoBaseline
-from .distributed import data_parallel_game
-from .errors import UsageError
+from .kl_references import FrozenReference, LanguageModelReference
 from .losses import DiscriminationLoss
-from .option_groups import resolve_rollouts
-from .precision import training_precision
-from .references import FrozenReference, LanguageModelReference
+from .options.groups import resolve_rollouts
+from .runtime.distributed import data_parallel_game
+from .runtime.errors import UsageError
+from .runtime.precision import training_precision
 
 BASELINE_TYPES = {
     "mean": MeanBaseline,
@@ -27,7 +27,7 @@ def build_game(opts, captioner, retriever, extra_retrievers=()):
     """The game of ``opts``: rewards at ``--reward_temperature`` (the retriever's own when unset), the captioner
     in ``--precision`` (or EGG's ``--fp16``); ``extra_retrievers`` reward it too (``--retriever_mix``).
 
-    In a distributed run the distractors and batch statistics span the global batch (``distributed.py``).
+    In a distributed run the distractors and batch statistics span the global batch (``runtime/distributed.py``).
     """
     temperature = opts.reward_temperature if opts.reward_temperature is not None else retriever.temperature
     receiver, data_parallel_options = data_parallel_game(opts, RetrieverReceiver(retriever, extra_retrievers))

@@ -13,8 +13,8 @@ from egg.zoo.discriminative_captioner.captioners.clipcap import (  # noqa: E402
     ClipCapConfig,
     ClipCapModel,
 )
-from egg.zoo.discriminative_captioner.clip_models import clip_transform  # noqa: E402
 from egg.zoo.discriminative_captioner.retrievers.clip import ClipRetriever  # noqa: E402
+from egg.zoo.discriminative_captioner.runtime.clip_loading import clip_transform  # noqa: E402
 from egg.zoo.discriminative_captioner.synthetic.pretrain import word_tokenizer  # noqa: E402
 
 from .tiny_models import model_files, tiny_clip, tiny_gpt2  # noqa: E402

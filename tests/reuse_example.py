@@ -88,8 +88,8 @@ class ScalarWriter:
 def main(interactions_dir, n_epochs=3):
     """Trains the tiny game on random data with a recorder and EGG's upstream callbacks; returns the recorder."""
     from egg.zoo.discriminative_captioner.captioners.clipcap import ClipCapCaptioner, ClipCapConfig, ClipCapModel
-    from egg.zoo.discriminative_captioner.clip_models import clip_transform
     from egg.zoo.discriminative_captioner.retrievers.clip import ClipRetriever
+    from egg.zoo.discriminative_captioner.runtime.clip_loading import clip_transform
     from egg.zoo.discriminative_captioner.synthetic.pretrain import word_tokenizer
 
     from .tiny_models import tiny_clip, tiny_gpt2

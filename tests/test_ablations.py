@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from egg.zoo.discriminative_captioner.opts import find_game, get_opts
+from egg.zoo.discriminative_captioner.options.parse import find_game, get_opts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ABLATIONS = os.path.join(ROOT, "games", "ablations")

@@ -11,8 +11,8 @@ from torch import nn
 from egg.zoo.discriminative_captioner.archs import DiscriminativeGame, GroupBaseline
 from egg.zoo.discriminative_captioner.baselines import SPREAD_EPSILON, StepBatch
 from egg.zoo.discriminative_captioner.core import MeanBaseline, NoBaseline
-from egg.zoo.discriminative_captioner.frozen import FrozenModule
 from egg.zoo.discriminative_captioner.losses import DiscriminationLoss
+from egg.zoo.discriminative_captioner.runtime.pretrained import FrozenModule
 
 from .stubs import FixedCaptions
 from .test_game import StubReceiver

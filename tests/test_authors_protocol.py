@@ -25,9 +25,9 @@ from egg.zoo.discriminative_captioner.captioners.clipcap import ClipCapCaptioner
 from egg.zoo.discriminative_captioner.core import NoBaseline
 from egg.zoo.discriminative_captioner.data import EncodedSplit, ImageSplit
 from egg.zoo.discriminative_captioner.data.hard_distractors import hard_distractor_loader
-from egg.zoo.discriminative_captioner.errors import UsageError
 from egg.zoo.discriminative_captioner.losses import DiscriminationLoss
-from egg.zoo.discriminative_captioner.opts import get_opts
+from egg.zoo.discriminative_captioner.options.parse import get_opts
+from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 
 from .stubs import FixedCaptions
 from .test_game import SCORES, StubReceiver

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from egg.zoo.discriminative_captioner import caption
-from egg.zoo.discriminative_captioner.errors import UsageError
+from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import torch
 from egg.zoo.discriminative_captioner.captioners.base import caption_mask, sequence_log_prob
 from egg.zoo.discriminative_captioner.captioners.clipcap import ClipCapConfig, ClipCapModel
 from egg.zoo.discriminative_captioner.captioners.clipcap_checkpoint import load_clipcap_state_dict
-from egg.zoo.discriminative_captioner.errors import UsageError
+from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 
 from .tiny_models import tiny_gpt2
 

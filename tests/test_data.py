@@ -14,8 +14,8 @@ from egg.zoo.discriminative_captioner.data.base import ImageSplit
 from egg.zoo.discriminative_captioner.data.feature_cache import CacheKey, build_cache, cache_status
 from egg.zoo.discriminative_captioner.data.hard_distractors import nearest_neighbours
 from egg.zoo.discriminative_captioner.data.images import IMAGE_ERRORS
-from egg.zoo.discriminative_captioner.errors import UsageError
-from egg.zoo.discriminative_captioner.opts import get_opts
+from egg.zoo.discriminative_captioner.options.parse import get_opts
+from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 
 from .data_fixtures import EXPECTED, GOOD, WRITERS, write_conceptual_tsv
 
@@ -126,7 +126,7 @@ def test_conceptual_reads_shards_and_the_tsv_layout_alike(data_roots, tmp_path):
 def test_conceptual_reads_clipcaps_val_directory_and_says_which_it_read(layout, data_roots, tmp_path, capsys):
     import shutil
 
-    from egg.zoo.discriminative_captioner.preflight import data_missing
+    from egg.zoo.discriminative_captioner.runtime.preflight import data_missing
 
     root = tmp_path / "cc"
     if layout == "shards":

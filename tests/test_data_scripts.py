@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from egg.zoo.discriminative_captioner import downloads
 from egg.zoo.discriminative_captioner.data.files import DEFAULT_DIRECTORIES
-from egg.zoo.discriminative_captioner.errors import UsageError
+from egg.zoo.discriminative_captioner.runtime import downloads
+from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 
 from .data_fixtures import GOOD, WRITERS, write_conceptual_tsv
 
@@ -185,7 +185,7 @@ def test_download_models_gives_every_url_flag_and_place(data_base, capsys):
 def test_prerequisites_name_real_options_and_the_models_directory(tmp_path, monkeypatch):
     import clip.clip
 
-    from egg.zoo.discriminative_captioner.opts import build_parser
+    from egg.zoo.discriminative_captioner.options.parse import build_parser
 
     monkeypatch.setenv("DISCRITUNE_MODELS", str(tmp_path))
     entries = downloads.prerequisites()
@@ -205,7 +205,7 @@ def test_prerequisites_name_real_options_and_the_models_directory(tmp_path, monk
 
 
 def test_downloads_module_needs_neither_torch_nor_transformers_nor_clip(tmp_path):
-    code = ("import sys; from egg.zoo.discriminative_captioner import downloads as d; "
+    code = ("import sys; from egg.zoo.discriminative_captioner.runtime import downloads as d; "
             f"d.prerequisites({str(tmp_path)!r}); d.download_command('ViT-B-32.pt'); "
             "print(sorted(m for m in ('torch', 'transformers', 'clip', 'numpy') if m in sys.modules))")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

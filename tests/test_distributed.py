@@ -24,19 +24,20 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from egg.zoo.discriminative_captioner import distributed, finetuning, train
+from egg.zoo.discriminative_captioner import experiment, train
 from egg.zoo.discriminative_captioner.callbacks import ConsoleLogger, EpochSetter
 from egg.zoo.discriminative_captioner.captioners.clipcap import ClipCapCaptioner, ClipCapConfig, ClipCapModel
-from egg.zoo.discriminative_captioner.checkpointing import save_checkpoint_pair
-from egg.zoo.discriminative_captioner.clip_models import clip_transform
 from egg.zoo.discriminative_captioner.core import Checkpoint, core
 from egg.zoo.discriminative_captioner.data import EncodedSplit, ImageSplit, retrieval_loader, training_loader
 from egg.zoo.discriminative_captioner.data.base import retrieval_share
 from egg.zoo.discriminative_captioner.data.hard_distractors import hard_distractor_loader
 from egg.zoo.discriminative_captioner.data.samplers import EpochBatchSampler
-from egg.zoo.discriminative_captioner.errors import UsageError
 from egg.zoo.discriminative_captioner.games import build_game, build_optimizer
 from egg.zoo.discriminative_captioner.retrievers.clip import ClipRetriever
+from egg.zoo.discriminative_captioner.runtime import distributed
+from egg.zoo.discriminative_captioner.runtime.checkpointing import save_checkpoint_pair
+from egg.zoo.discriminative_captioner.runtime.clip_loading import clip_transform
+from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 from egg.zoo.discriminative_captioner.synthetic.pretrain import word_tokenizer
 
 from .tiny_models import tiny_clip, tiny_gpt2
@@ -355,7 +356,7 @@ def test_a_checkpoint_resumes_only_with_the_number_of_processes_that_wrote_it(ti
     def refuse(opts):
         raise AssertionError("heavy work started")
 
-    monkeypatch.setattr(finetuning, "build_experiment", refuse)
+    monkeypatch.setattr(experiment, "build_experiment", refuse)
     state = EpochSetter(EpochBatchSampler(600, 50, seed=0)).state(epoch=1, batches_done=5, updates=5)
     state.update(world_size=2, rank_rng=[state["rng"], state["rng"]])  # as two processes write it
     checkpoint = Checkpoint(epoch=0, model_state_dict={}, optimizer_state_dict={}, optimizer_scheduler_state_dict=None)

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 
 from egg.zoo.discriminative_captioner import evaluate
 from egg.zoo.discriminative_captioner.data.base import retrieval_batches
-from egg.zoo.discriminative_captioner.errors import UsageError
 from egg.zoo.discriminative_captioner.evaluation.other_retrievers import parse_retriever, parse_retrievers
 from egg.zoo.discriminative_captioner.experiment import encoder_models, retriever_cache_role
-from egg.zoo.discriminative_captioner.preflight import retriever_missing
+from egg.zoo.discriminative_captioner.runtime.errors import UsageError
+from egg.zoo.discriminative_captioner.runtime.preflight import retriever_missing
 
 from .tiny_models import register_tiny_open_clip, save_open_clip, save_openai_clip, save_siglip
 
@@ -249,7 +249,7 @@ def scorers(files):
     import open_clip
     from transformers import AutoTokenizer, SiglipImageProcessor, SiglipModel
 
-    from egg.zoo.discriminative_captioner.clip_models import clip, clip_transform
+    from egg.zoo.discriminative_captioner.runtime.clip_loading import clip, clip_transform
 
     from .tiny_models import tiny_clip
 
@@ -308,7 +308,7 @@ def test_main_retriever_column_and_captions_are_unchanged_by_more_retrievers(eva
 
 def test_each_retriever_column_equals_an_independent_computation(evaluations, retriever_files):
     from egg.zoo.discriminative_captioner.data import load_dataset
-    from egg.zoo.discriminative_captioner.opts import get_opts
+    from egg.zoo.discriminative_captioner.options.parse import get_opts
 
     rows = [json.loads(line) for line in (evaluations.root / "extra" / "captions.jsonl").read_text().splitlines()]
     by_scorer = scorers(retriever_files)

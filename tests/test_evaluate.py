@@ -6,7 +6,7 @@ import os
 import pytest
 
 from egg.zoo.discriminative_captioner import evaluate, train
-from egg.zoo.discriminative_captioner.errors import UsageError
+from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 from egg.zoo.discriminative_captioner.synthetic import PRESETS
 
 # Hard sets under the default near-duplicate threshold: the tiny world's retriever spreads its images.

@@ -2,7 +2,7 @@
 
 The kill test runs this file as a script (``python -m tests.test_feature_cache_faults ROOT``): one process imports
 torch once, then forks a child per build, which a profile hook kills with SIGKILL at its k-th function call in
-the cache's code (``feature_cache.py``, ``atomic.py``, ``shutil``): between any two of its writes, in the middle of
+the cache's code (``feature_cache.py``, ``runtime/atomic.py``, ``shutil``): between any two of its writes, in the middle of
 a shard's write, while it removes a stale cache, before the manifest.  Another forked child resumes each killed
 build; the test compares every resumed directory with a cache built in one go, file by file and byte by byte.
 """
@@ -21,11 +21,11 @@ import pytest
 import torch
 from PIL import Image
 
-from egg.zoo.discriminative_captioner import atomic
 from egg.zoo.discriminative_captioner.data import feature_cache
 from egg.zoo.discriminative_captioner.data.feature_cache import CacheKey, FeatureCache, build_cache, verify_cache
 from egg.zoo.discriminative_captioner.data.splits import ImageSplit
-from egg.zoo.discriminative_captioner.errors import UsageError
+from egg.zoo.discriminative_captioner.runtime import atomic
+from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_IMAGES, SHARD_SIZE, BATCH_SIZE = 120, 12, 6  # 10 shards of 2 batches

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from egg.zoo.discriminative_captioner import caption, evaluate, train
-from egg.zoo.discriminative_captioner.errors import UsageError
 from egg.zoo.discriminative_captioner.evaluation import nlg
+from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 
 COMMANDS = {"train": train, "evaluate": evaluate, "caption": caption}
 
@@ -70,7 +70,7 @@ def test_option_prefixes_are_refused_and_unused_options_refused(capsys):
     assert exit_info.value.code == 2 and "unrecognized arguments: --n_epoch 3" in capsys.readouterr().err
     with pytest.raises(UsageError, match="--data_root is where a real data set is read from"):
         train.main(["--data_root", "/somewhere"])
-    from egg.zoo.discriminative_captioner.opts import get_opts
+    from egg.zoo.discriminative_captioner.options.parse import get_opts
 
     with pytest.raises(UsageError, match=r"^evaluate does not use --lr, --n_epochs"):
         get_opts(["--lr", "0.1", "--n_epochs=3", "--max_len", "5"], command="evaluate")

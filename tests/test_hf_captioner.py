@@ -16,7 +16,7 @@ from PIL import Image
 from egg.zoo.discriminative_captioner.captioners import base
 from egg.zoo.discriminative_captioner.captioners.fused import BANNED
 from egg.zoo.discriminative_captioner.captioners.hf_loading import load_hf_captioner
-from egg.zoo.discriminative_captioner.errors import UsageError
+from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 
 from . import tiny_hf_captioners as families
 

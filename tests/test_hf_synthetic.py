@@ -11,8 +11,8 @@ import torch
 
 from egg.zoo.discriminative_captioner import train
 from egg.zoo.discriminative_captioner.captioners import base
-from egg.zoo.discriminative_captioner.errors import UsageError
-from egg.zoo.discriminative_captioner.opts import get_opts
+from egg.zoo.discriminative_captioner.options.parse import get_opts
+from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 from egg.zoo.discriminative_captioner.synthetic import load_world, pretrain_hf, world_directory
 
 

@@ -1,4 +1,4 @@
-"""A CPU run keeps the memory it frees (host_memory.py): a freed block stays resident, and the next block that fits
+"""A CPU run keeps the memory it frees (runtime/host_memory.py): a freed block stays resident, and the next block that fits
 in it is served from it without page faults.
 
 Each check runs in its own interpreter: ``keep_freed_memory`` changes the allocator of the whole process.  The
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc
 SCRIPT = """
 import resource, sys
 import torch
-from egg.zoo.discriminative_captioner.host_memory import keep_freed_memory
+from egg.zoo.discriminative_captioner.runtime.host_memory import keep_freed_memory
 
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -21,11 +21,11 @@ from egg.zoo.discriminative_captioner.archs import (
 from egg.zoo.discriminative_captioner.captioners import base, fused
 from egg.zoo.discriminative_captioner.captioners.base import PolicySampler, caption_mask, sequence_log_prob
 from egg.zoo.discriminative_captioner.captioners.clipcap import ClipCapConfig, ClipCapModel, ClipImageEncoder
-from egg.zoo.discriminative_captioner.clip_models import clip_transform
 from egg.zoo.discriminative_captioner.core import MeanBaseline
-from egg.zoo.discriminative_captioner.errors import UsageError
 from egg.zoo.discriminative_captioner.losses import DiscriminationLoss
-from egg.zoo.discriminative_captioner.precision import training_precision
+from egg.zoo.discriminative_captioner.runtime.clip_loading import clip_transform
+from egg.zoo.discriminative_captioner.runtime.errors import UsageError
+from egg.zoo.discriminative_captioner.runtime.precision import training_precision
 
 from .test_real_models import blip_opts, clipcap_opts
 from .tiny_models import tiny_clip, tiny_gpt2

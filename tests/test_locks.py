@@ -15,9 +15,10 @@ import time
 
 import pytest
 
-from egg.zoo.discriminative_captioner import finetuning, locks, train
+from egg.zoo.discriminative_captioner import experiment, train
 from egg.zoo.discriminative_captioner.data.feature_cache import build_cache
-from egg.zoo.discriminative_captioner.errors import UsageError
+from egg.zoo.discriminative_captioner.runtime import locks
+from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 
 from .test_feature_cache_faults import BATCH_SIZE, KEY, SPLIT, build, files_of, linear_encoder, to_pixels
 
@@ -85,7 +86,7 @@ def test_a_second_run_into_the_same_checkpoint_dir_is_refused_in_one_line_naming
 
 def test_a_run_refused_by_a_held_lock_does_no_heavy_work(tiny_run_args, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    monkeypatch.setattr(finetuning, "build_experiment", lambda opts: pytest.fail("heavy work started"))
+    monkeypatch.setattr(experiment, "build_experiment", lambda opts: pytest.fail("heavy work started"))
     with locks.acquire(str(run / ".lock"), "a test"):
         with pytest.raises(UsageError, match=f"is in use by PID {os.getpid()} on host"):
             train.main(tiny_run_args + ["--checkpoint_dir", str(run)])
@@ -124,7 +125,7 @@ def test_a_failed_run_releases_its_lock_and_removes_the_directory_it_made(tiny_r
         held.append(owner_pid(run / ".lock"))
         raise failure
 
-    monkeypatch.setattr(finetuning, "build_experiment", fail)
+    monkeypatch.setattr(experiment, "build_experiment", fail)
     with pytest.raises(type(failure)):
         train.main(tiny_run_args + ["--checkpoint_dir", str(run)])
     assert held == [os.getpid()]  # the run held the lock while loading
@@ -139,7 +140,7 @@ def test_a_failed_run_releases_its_lock_and_removes_the_directory_it_made(tiny_r
 def test_a_lock_from_another_host_is_refused_with_how_to_remove_it(tiny_run_args, tmp_path, monkeypatch):
     run = tmp_path / "run"
     write_lock(str(run / ".lock"), host="node-elsewhere", pid=4242)
-    monkeypatch.setattr(finetuning, "build_experiment", lambda opts: pytest.fail("heavy work started"))
+    monkeypatch.setattr(experiment, "build_experiment", lambda opts: pytest.fail("heavy work started"))
     with pytest.raises(UsageError) as error:
         train.main(tiny_run_args + ["--checkpoint_dir", str(run)])
     assert str(error.value) == (

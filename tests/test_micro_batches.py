@@ -17,7 +17,7 @@ from egg.zoo.discriminative_captioner.archs import (
 from egg.zoo.discriminative_captioner.core import MeanBaseline
 from egg.zoo.discriminative_captioner.experiment import build_experiment
 from egg.zoo.discriminative_captioner.losses import DiscriminationLoss
-from egg.zoo.discriminative_captioner.opts import get_opts
+from egg.zoo.discriminative_captioner.options.parse import get_opts
 
 B, K = 6, 4
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from egg.zoo.discriminative_captioner.errors import UsageError
-from egg.zoo.discriminative_captioner.opts import get_opts
+from egg.zoo.discriminative_captioner.options.parse import get_opts
+from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 
 
 def game_file(tmp_path, values):
@@ -54,7 +54,7 @@ class World:
 
 
 def test_a_data_sets_own_models_fill_unset_options_model_by_model():
-    from egg.zoo.discriminative_captioner.opts import apply_model_defaults
+    from egg.zoo.discriminative_captioner.options.parse import apply_model_defaults
 
     opts = apply_model_defaults(get_opts([]), World())
     assert (opts.clip_model, opts.clipcap_checkpoint, opts.language_model) == ("world.pt", "cap.pt", "lm")

@@ -14,8 +14,9 @@ import signal
 import pytest
 import torch
 
-from egg.zoo.discriminative_captioner import callbacks, checkpointing, train
+from egg.zoo.discriminative_captioner import callbacks, train
 from egg.zoo.discriminative_captioner.archs import DiscriminativeGame
+from egg.zoo.discriminative_captioner.runtime import checkpointing
 
 EPOCHS = ["--n_epochs", "2", "--random_seed", "5", "--checkpoint_every", "1"]
 STEP = 15  # a training forward of epoch 2 (12 batches of 50 per epoch), in the middle of the run

@@ -12,10 +12,10 @@ from egg.zoo.discriminative_captioner import train
 from egg.zoo.discriminative_captioner.captioners import build_captioner
 from egg.zoo.discriminative_captioner.captioners.blip import BlipCaptioner
 from egg.zoo.discriminative_captioner.captioners.clipcap_checkpoint import is_legacy_buffer
-from egg.zoo.discriminative_captioner.errors import UsageError
-from egg.zoo.discriminative_captioner.opts import apply_model_defaults, get_opts
+from egg.zoo.discriminative_captioner.options.parse import apply_model_defaults, get_opts
 from egg.zoo.discriminative_captioner.retrievers import build_retriever
 from egg.zoo.discriminative_captioner.retrievers.clip_conversion import save_as_transformers
+from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 
 
 class ReleasedModels:

@@ -28,11 +28,11 @@ from egg.zoo.discriminative_captioner.captioners.clipcap import (
     ClipCapModel,
     ClipImageEncoder,
 )
-from egg.zoo.discriminative_captioner.clip_models import clip, clip_transform
 from egg.zoo.discriminative_captioner.losses import DiscriminationLoss
 from egg.zoo.discriminative_captioner.retrievers.clip import ClipRetriever
 from egg.zoo.discriminative_captioner.retrievers.clip_conversion import clip_bpe_tokenizer
 from egg.zoo.discriminative_captioner.retrievers.hf_clip import HFClipRetriever
+from egg.zoo.discriminative_captioner.runtime.clip_loading import clip, clip_transform
 
 from .tiny_models import gpt2_tokenizer
 

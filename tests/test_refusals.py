@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from egg.zoo.discriminative_captioner import caption, evaluate, train
-from egg.zoo.discriminative_captioner.errors import UsageError
+from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 
 from .tiny_hf_captioners import save_vit_gpt2
 from .tiny_models import save_language_model, save_openai_clip, save_siglip

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from egg.zoo.discriminative_captioner import train
-from egg.zoo.discriminative_captioner.errors import UsageError
+from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_a_preemptable_restart_with_other_options_is_refused(base_run):
 def test_a_checkpoint_without_its_options_resumes_saying_they_are_not_compared(base_run, tmp_path, capsys):
     import torch
 
-    from egg.zoo.discriminative_captioner.checkpointing import resume_state_path
+    from egg.zoo.discriminative_captioner.runtime.checkpointing import resume_state_path
 
     args, directory = base_run
     copy = tmp_path / "older"

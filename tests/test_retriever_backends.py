@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from egg.zoo.discriminative_captioner.errors import UsageError
 from egg.zoo.discriminative_captioner.games import build_game
-from egg.zoo.discriminative_captioner.opts import apply_model_defaults, get_opts
+from egg.zoo.discriminative_captioner.options.parse import apply_model_defaults, get_opts
 from egg.zoo.discriminative_captioner.retrievers import HFClipRetriever, OpenClipRetriever, build_retriever
+from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 
 from .tiny_models import register_tiny_open_clip, save_open_clip, save_open_clip_directory, save_siglip
 

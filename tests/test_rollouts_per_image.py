@@ -10,9 +10,9 @@ from torch import nn
 
 from egg.zoo.discriminative_captioner import train
 from egg.zoo.discriminative_captioner.archs import CaptionerSender, DiscriminativeGame, GroupBaseline, RetrieverReceiver
-from egg.zoo.discriminative_captioner.errors import UsageError
 from egg.zoo.discriminative_captioner.losses import DiscriminationLoss
-from egg.zoo.discriminative_captioner.opts import get_opts
+from egg.zoo.discriminative_captioner.options.parse import get_opts
+from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 
 from .stubs import FixedCaptions
 

@@ -3,7 +3,7 @@
 import pytest
 
 from egg.zoo.discriminative_captioner.data.samplers import EpochBatchSampler
-from egg.zoo.discriminative_captioner.errors import UsageError
+from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 
 
 def test_each_epoch_has_its_own_order_which_a_new_sampler_reproduces():

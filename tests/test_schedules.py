@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import get_scheduler
 
-from egg.zoo.discriminative_captioner import finetuning, train
+from egg.zoo.discriminative_captioner import train
 from egg.zoo.discriminative_captioner.games import build_scheduler
 
 
@@ -70,7 +70,7 @@ def test_a_restored_schedule_goes_on_where_it_stopped():
 
 def test_the_schedule_and_the_clipping_reach_the_trainer(tiny_run_args, monkeypatch):
     seen = {}
-    build_trainer = finetuning.build_trainer
+    build_trainer = train.build_trainer
 
     def recorded(opts, game, optimizer, *rest):
         trainer = build_trainer(opts, game, optimizer, *rest)
@@ -78,7 +78,7 @@ def test_the_schedule_and_the_clipping_reach_the_trainer(tiny_run_args, monkeypa
         optimizer.register_step_pre_hook(lambda opt, args, kwargs: seen["rates"].append(opt.param_groups[0]["lr"]))
         return trainer
 
-    monkeypatch.setattr(finetuning, "build_trainer", recorded)
+    monkeypatch.setattr(train, "build_trainer", recorded)
     train.main(tiny_run_args + ["--lr_scheduler", "linear", "--warmup_steps", "2", "--max_grad_norm", "0.5",
                                 "--lr", "0.001", "--validation_freq", "0"])  # fmt: skip
     assert seen["grad_norm"] == 0.5 and seen["scheduler"] is not None

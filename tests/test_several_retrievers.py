@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from egg.zoo.discriminative_captioner.archs import DiscriminativeGame, RetrieverReceiver
-from egg.zoo.discriminative_captioner.clip_models import clip_transform
-from egg.zoo.discriminative_captioner.errors import UsageError
 from egg.zoo.discriminative_captioner.losses import DiscriminationLoss
-from egg.zoo.discriminative_captioner.opts import get_opts
+from egg.zoo.discriminative_captioner.options.parse import get_opts
 from egg.zoo.discriminative_captioner.retrievers.clip import ClipRetriever
+from egg.zoo.discriminative_captioner.runtime.clip_loading import clip_transform
+from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 
 from .stubs import FixedCaptions
 from .tiny_models import save_openai_clip, tiny_clip

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from egg.zoo.discriminative_captioner.clip_models import load_clip
 from egg.zoo.discriminative_captioner.data import encode_images
-from egg.zoo.discriminative_captioner.errors import UsageError
 from egg.zoo.discriminative_captioner.retrievers.clip import ClipRetriever
+from egg.zoo.discriminative_captioner.runtime.clip_loading import load_clip
+from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 from egg.zoo.discriminative_captioner.study.__main__ import main as study_main
 from egg.zoo.discriminative_captioner.study.design import assign, load_design, trial_set
 from egg.zoo.discriminative_captioner.study.export import CHANCE, bootstrap_accuracy, chart, export

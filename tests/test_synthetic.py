@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from egg.zoo.discriminative_captioner.captioners.clipcap_checkpoint import load_clipcap_captioner
-from egg.zoo.discriminative_captioner.clip_models import load_clip
-from egg.zoo.discriminative_captioner.errors import UsageError
 from egg.zoo.discriminative_captioner.retrievers.clip import ClipRetriever
+from egg.zoo.discriminative_captioner.runtime.clip_loading import load_clip
+from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 from egg.zoo.discriminative_captioner.synthetic import load_world
 from egg.zoo.discriminative_captioner.synthetic import world as W
 

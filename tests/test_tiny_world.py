@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from egg.zoo.discriminative_captioner import evaluate, train
-from egg.zoo.discriminative_captioner.clip_models import load_clip
 from egg.zoo.discriminative_captioner.data import ImageSplit, encode_images
 from egg.zoo.discriminative_captioner.evaluation import hard
 from egg.zoo.discriminative_captioner.evaluation.pipeline import hard_sets_of
 from egg.zoo.discriminative_captioner.evaluation.retrieval import encode_captions, precision_at_1
-from egg.zoo.discriminative_captioner.opts import get_opts
+from egg.zoo.discriminative_captioner.options.parse import get_opts
 from egg.zoo.discriminative_captioner.retrievers.clip import ClipRetriever
+from egg.zoo.discriminative_captioner.runtime.clip_loading import load_clip
 from egg.zoo.discriminative_captioner.synthetic import load_world
 
 CHANCE = 1 / 100  # P@1 among 100 candidates

@@ -9,11 +9,11 @@ import sys
 import pytest
 import torch
 
-from egg.zoo.discriminative_captioner import finetuning, train
+from egg.zoo.discriminative_captioner import experiment, train
 from egg.zoo.discriminative_captioner.core import Checkpoint, core
-from egg.zoo.discriminative_captioner.errors import UsageError
 from egg.zoo.discriminative_captioner.games import build_game, build_optimizer
-from egg.zoo.discriminative_captioner.opts import get_opts
+from egg.zoo.discriminative_captioner.options.parse import get_opts
+from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 
 
 def json_lines(text):
@@ -111,7 +111,7 @@ def no_heavy_work(monkeypatch):
     def refuse(opts):
         raise AssertionError("heavy work started")
 
-    monkeypatch.setattr(finetuning, "build_experiment", refuse)
+    monkeypatch.setattr(experiment, "build_experiment", refuse)
 
 
 @pytest.mark.parametrize(

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from egg.zoo.discriminative_captioner import finetuning, train
+from egg.zoo.discriminative_captioner import train
 from egg.zoo.discriminative_captioner.data import EncodedSplit, ImageSplit, load_dataset
 from egg.zoo.discriminative_captioner.data.feature_cache import CachedRows
-from egg.zoo.discriminative_captioner.errors import UsageError
 from egg.zoo.discriminative_captioner.experiment import hold_out, validation_is_test
-from egg.zoo.discriminative_captioner.opts import get_opts
+from egg.zoo.discriminative_captioner.options.parse import get_opts
+from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 
 from .data_fixtures import GOOD, WRITERS
 from .test_data import readable, tiny_model_args
@@ -70,13 +70,13 @@ def test_training_never_sees_the_held_out_images_whose_features_come_from_the_tr
     conceptual_root, tiny_files, tmp_path, monkeypatch, capsys
 ):
     loaders = {}
-    real_build_trainer = finetuning.build_trainer
+    real_build_trainer = train.build_trainer
 
     def build_trainer(opts, game, optimizer, train_loader, validation_loader, *rest):
         loaders.update(train=train_loader, validation=validation_loader)
         return real_build_trainer(opts, game, optimizer, train_loader, validation_loader, *rest)
 
-    monkeypatch.setattr(finetuning, "build_trainer", build_trainer)
+    monkeypatch.setattr(train, "build_trainer", build_trainer)
     args = ["--dataset", "conceptual"] + tiny_model_args(tiny_files, conceptual_root, str(tmp_path / "features"))
     train.main(args + ["--validation_images", "4", "--batch_size", "2"])
     out, err = capsys.readouterr()

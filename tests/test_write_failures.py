@@ -14,15 +14,16 @@ import subprocess
 import pytest
 import torch
 
-from egg.zoo.discriminative_captioner import atomic, callbacks, train
-from egg.zoo.discriminative_captioner.checkpointing import (
+from egg.zoo.discriminative_captioner import callbacks, train
+from egg.zoo.discriminative_captioner.data.feature_cache import build_cache
+from egg.zoo.discriminative_captioner.runtime import atomic
+from egg.zoo.discriminative_captioner.runtime.checkpointing import (
     atomic_save,
     atomic_write_text,
     load_resume_state,
     save_checkpoint_pair,
 )
-from egg.zoo.discriminative_captioner.data.feature_cache import build_cache
-from egg.zoo.discriminative_captioner.errors import WriteError
+from egg.zoo.discriminative_captioner.runtime.errors import WriteError
 
 from .test_feature_cache_faults import KEY, SPLIT, linear_encoder, to_pixels
 

@@ -16,7 +16,7 @@ from transformers import (
 )
 
 from egg.zoo.discriminative_captioner.captioners.clipcap import ClipCapConfig, ClipCapModel
-from egg.zoo.discriminative_captioner.clip_models import clip
+from egg.zoo.discriminative_captioner.runtime.clip_loading import clip
 
 SENTENCES = [
     "a red circle on a dark background.",

@@ -14,7 +14,7 @@ the names without importing torch).
 
 import os
 
-from ..lazy import exports, load
+from ..runtime.lazy import exports, load
 
 CAPTIONERS = {
     "clipcap": (".clipcap_checkpoint", "load_clipcap_captioner"),
@@ -32,7 +32,7 @@ def build_captioner(opts):
     captioner = load(__name__, CAPTIONERS[opts.captioner])(opts)
     captioner.decoding = getattr(opts, "decoding", "auto")
     if captioner.decoding == "compiled":
-        from ..downloads import default_cache_dir
+        from ..runtime.downloads import default_cache_dir
 
         cache_dir = getattr(opts, "cache_dir", None) or default_cache_dir()
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(cache_dir, "torchinductor"))

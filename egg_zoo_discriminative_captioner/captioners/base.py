@@ -240,7 +240,7 @@ class ConditionalCaptioner(nn.Module):
 
     def score_rows(self, captions, rows=None, kl_reference=None, kl_estimator="exact"):
         """``Scores`` of ``captions``' rows ``rows`` (all by default): one teacher-forced pass, with gradients
-        where autograd records them.  ``kl_reference`` (``references.py``) adds each caption's KL to it:
+        where autograd records them.  ``kl_reference`` (``kl_references.py``) adds each caption's KL to it:
         "exact", the per-token ``KL(reference || policy)`` over the vocabulary from the same hidden states;
         "sampled", ``log p(caption) - log p_ref(caption)``."""
         if rows is None:

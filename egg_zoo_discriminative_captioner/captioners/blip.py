@@ -14,11 +14,10 @@ import torch
 from torch import nn
 from transformers import BlipForConditionalGeneration, BlipProcessor
 
-from ..checkpointing import atomic_directory
 from ..choices import BLIP_PROMPT
-from ..errors import missing_weights
-from ..frozen import FrozenModule
-from ..pretrained import from_pretrained_strict
+from ..runtime.checkpointing import atomic_directory
+from ..runtime.errors import missing_weights
+from ..runtime.pretrained import FrozenModule, from_pretrained_strict
 from .base import ConditionalCaptioner, generate_with, pad_batch, pad_to, stop_token_ids
 
 DEFAULT_PROMPT = BLIP_PROMPT

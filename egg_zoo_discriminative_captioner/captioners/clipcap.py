@@ -12,10 +12,10 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN, NewGELUActivation
 
-from ..checkpointing import atomic_save
 from ..choices import CLIPCAP_MAPPING_TYPES
-from ..errors import UsageError
-from ..frozen import FrozenModule
+from ..runtime.checkpointing import atomic_save
+from ..runtime.errors import UsageError
+from ..runtime.pretrained import FrozenModule
 from .base import ConditionalCaptioner, generate_with, pad_batch, pad_to, stop_token_ids
 
 MAPPING_TYPES = CLIPCAP_MAPPING_TYPES

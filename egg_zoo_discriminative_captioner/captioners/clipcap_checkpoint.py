@@ -11,9 +11,9 @@ import os
 import torch
 from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel
 
-from ..clip_models import load_clip
-from ..errors import UsageError, missing_weights, unreadable_file
-from ..pretrained import from_pretrained_strict
+from ..runtime.clip_loading import load_clip
+from ..runtime.errors import UsageError, missing_weights, unreadable_file
+from ..runtime.pretrained import from_pretrained_strict
 from .clipcap import ClipCapCaptioner, ClipCapConfig, ClipCapModel, ClipImageEncoder
 
 RELEASED_FILES = "coco_weights.pt or conceptual_weights.pt from github.com/rmokady/CLIP_prefix_caption"

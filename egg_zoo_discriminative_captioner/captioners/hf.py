@@ -30,8 +30,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..checkpointing import atomic_directory
-from ..errors import UsageError
+from ..runtime.checkpointing import atomic_directory
+from ..runtime.errors import UsageError
 from .base import (
     ConditionalCaptioner,
     caption_mask,

@@ -8,7 +8,7 @@ a name that looks like a path (``/``, ``./``, ``../``, ``~``) and is no director
 import json
 import os
 
-from ..errors import UsageError
+from ..runtime.errors import UsageError
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 PROCESSORS = ("preprocessor_config.json", "processor_config.json")

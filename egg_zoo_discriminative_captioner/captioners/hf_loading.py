@@ -4,7 +4,7 @@ directory with its base), its processor, and the options that say what trains.""
 import json
 import os
 
-from ..errors import UsageError, missing_weights
+from ..runtime.errors import UsageError, missing_weights
 from .hf import HFCaptioner, peft_warnings_off
 from .hf_folders import check_captioner_folder
 
@@ -48,7 +48,7 @@ def load_model(source, flag):
     base model with the adapters merged into the weights: further training starts from there)."""
     from transformers import AutoModelForImageTextToText
 
-    from ..pretrained import from_pretrained_strict
+    from ..runtime.pretrained import from_pretrained_strict
 
     adapter_config = os.path.join(source, ADAPTER_CONFIG) if os.path.isdir(source) else None
     if adapter_config and os.path.isfile(adapter_config):

@@ -3,7 +3,7 @@ tokens, which parameters are its language model and which linear layers LoRA ada
 
 from torch import nn
 
-from ..errors import UsageError
+from ..runtime.errors import UsageError
 
 # Name components of the parameters outside the language part: vision towers, their projectors and Q-formers.
 VISION_PARTS = {

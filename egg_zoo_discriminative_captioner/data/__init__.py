@@ -7,8 +7,8 @@ sets are read from ``--data_root`` (default: ``$DISCRITUNE_DATA/<directory>``, s
 in their published formats, one reader module each.
 """
 
-from ..errors import UsageError
-from ..lazy import exports, load
+from ..runtime.errors import UsageError
+from ..runtime.lazy import exports, load
 
 DATASETS = {
     "synthetic": ("..synthetic", "load_dataset"),

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..errors import UsageError
+from ..runtime.errors import UsageError
 from .samplers import EpochBatchSampler
 from .splits import ImageSplit  # noqa: F401 (part of this module's interface)
 

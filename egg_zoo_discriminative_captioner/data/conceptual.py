@@ -18,7 +18,7 @@ import csv
 import glob
 import os
 
-from ..errors import UsageError
+from ..runtime.errors import UsageError
 from .files import RealDataset, data_root, file_split, hint
 from .images import TarImages, read_member_text, read_shard
 from .splits import ImageSplit

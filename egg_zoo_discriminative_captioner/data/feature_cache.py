@@ -15,7 +15,7 @@ cache whose manifest records another key is *stale* and rebuilt.  A build that s
 with SIGKILL) resumes at the first missing shard, provided ``building.json`` records the same key, and ends with
 the same bytes as a build in one go (nothing in the cache depends on when or how fast it was built).  Every file
 appears by an atomic rename; a resumed build removes the temporary files a killed one left.  One process builds
-a cache at a time, holding ``<cache dir>.lock`` beside it (``locks.py``); another waits for it.  Opening a cache
+a cache at a time, holding ``<cache dir>.lock`` beside it (``runtime/locks.py``); another waits for it.  Opening a cache
 checks every file's size (a truncated shard is refused in one line); ``verify_cache`` also checks the sha256
 sums (``data_scripts/check_data.py --verify_cache``).  Broken images are counted as unreadable in the build, so a
 run with a matching cache never decodes an image.
@@ -37,10 +37,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .. import locks
-from ..atomic import atomic_path, atomic_write_text, remove_leftovers
-from ..downloads import default_cache_dir
-from ..errors import UsageError
+from ..runtime import locks
+from ..runtime.atomic import atomic_path, atomic_write_text, remove_leftovers
+from ..runtime.downloads import default_cache_dir
+from ..runtime.errors import UsageError
 from .images import IMAGE_ERRORS
 
 FORMAT_VERSION = 2  # 2: the manifest records every file's size and sha256

@@ -10,7 +10,7 @@ import json
 import os
 from typing import Callable, Dict
 
-from ..errors import UsageError
+from ..runtime.errors import UsageError
 from .images import ImageFiles, existing_files
 from .splits import ImageSplit
 

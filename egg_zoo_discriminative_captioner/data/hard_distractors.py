@@ -21,8 +21,8 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..checkpointing import atomic_path
-from ..errors import UsageError
+from ..runtime.checkpointing import atomic_path
+from ..runtime.errors import UsageError
 from .base import collate_game_batch, sampled_loader
 from .samplers import EpochBatchSampler
 

@@ -12,7 +12,7 @@ from typing import List
 import torch
 from torch.utils.data import Sampler
 
-from ..errors import UsageError
+from ..runtime.errors import UsageError
 from . import check_batch_size
 
 

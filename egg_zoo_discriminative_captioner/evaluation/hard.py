@@ -13,7 +13,7 @@ from typing import List
 
 import torch
 
-from ..checkpointing import atomic_write_text
+from ..runtime.checkpointing import atomic_write_text
 from .retrieval import strict_hits
 
 STIMULI_FORMAT = "discritune-stimuli/1"

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 from ..captioners import build_captioner
 from ..captioners.hf_folders import check_captioner_folder
-from ..checkpointing import read_checkpoint
-from ..errors import UsageError
-from ..frozen import FrozenModule
-from ..opts import apply_model_defaults, build_parser
+from ..options.parse import apply_model_defaults, build_parser
+from ..runtime.checkpointing import read_checkpoint
+from ..runtime.errors import UsageError
+from ..runtime.pretrained import FrozenModule
 
 CAPTIONER_KEYS = "sender.captioner."  # the captioner's parameters in a game checkpoint
 RUN_CAPTIONERS = ("clipcap.pt", "blip", "hf", "final.tar")  # what a run directory's finetuned captioner may be

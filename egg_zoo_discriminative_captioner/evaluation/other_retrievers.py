@@ -12,8 +12,8 @@ import copy
 import os
 from dataclasses import dataclass
 
-from ..errors import UsageError
 from ..retrievers import CLIP_BACKENDS
+from ..runtime.errors import UsageError
 
 FLAG = "--eval_retrievers"
 SCHEMAS = ("hf-hub:", "local-dir:")  # open_clip model names that bring their own weights

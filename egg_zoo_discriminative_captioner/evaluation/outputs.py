@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 
-from ..errors import UsageError
+from ..runtime.errors import UsageError
 
 OUTPUTS = ("results.json", "summary.json", "tables.md", "captions.jsonl", "p_at_1.png", "training_*.png",
            "stimuli_*")  # fmt: skip

@@ -12,14 +12,14 @@ import json
 import os
 import types
 
-from ..atomic import atomic_write_text
 from ..data import TransformedImages, encode_images, load_dataset
 from ..data.imagecode import image_sets as imagecode_sets
-from ..errors import UsageError
 from ..experiment import Experiment, encode_split
-from ..opts import apply_model_defaults
-from ..preflight import check_files
+from ..options.parse import apply_model_defaults
 from ..retrievers import build_retriever
+from ..runtime.atomic import atomic_write_text
+from ..runtime.errors import UsageError
+from ..runtime.preflight import check_files
 from . import analysis, hard, nlg, plots
 from .models import build_model, parse_model
 from .other_retrievers import FLAG as OTHER_RETRIEVERS

@@ -4,7 +4,7 @@ import json
 import math
 import os
 
-from ..atomic import atomic_path
+from ..runtime.atomic import atomic_path
 
 
 def _figure():

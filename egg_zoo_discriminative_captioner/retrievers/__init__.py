@@ -8,7 +8,7 @@ tokenizer, context length and preprocessing: ``openai``, OpenAI CLIP through the
 SigLIP dual encoders through transformers.  Each loads only when chosen.
 """
 
-from ..lazy import exports, load
+from ..runtime.lazy import exports, load
 
 CLIP_BACKENDS = {
     "openai": (".clip", "load_clip_retriever"),

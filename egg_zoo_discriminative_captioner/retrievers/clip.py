@@ -3,9 +3,9 @@
 import torch
 import torch.nn.functional as F
 
-from ..clip_models import clip, load_clip
-from ..frozen import FrozenModule
-from ..precision import dtype_of
+from ..runtime.clip_loading import clip, load_clip
+from ..runtime.precision import dtype_of
+from ..runtime.pretrained import FrozenModule
 
 
 class ClipRetriever(FrozenModule):

@@ -9,8 +9,8 @@ import os
 
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
-from ..clip_models import CLIP_MEAN, CLIP_STD, clip
-from ..errors import UsageError
+from ..runtime.clip_loading import CLIP_MEAN, CLIP_STD, clip
+from ..runtime.errors import UsageError
 
 
 def _blocks(state_dict, prefix):

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..errors import UsageError, missing_weights
-from ..frozen import FrozenModule
-from ..precision import dtype_of
-from ..pretrained import from_pretrained_strict
+from ..runtime.errors import UsageError, missing_weights
+from ..runtime.precision import dtype_of
+from ..runtime.pretrained import FrozenModule, from_pretrained_strict
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ import pickle
 import torch
 import torch.nn.functional as F
 
-from ..errors import UsageError, missing_weights, unreadable_file
-from ..frozen import FrozenModule
-from ..precision import dtype_of
+from ..runtime.errors import UsageError, missing_weights, unreadable_file
+from ..runtime.precision import dtype_of
+from ..runtime.pretrained import FrozenModule
 
 # open_clip model names with a schema bring their own weights (and config, and tokenizer).
 SCHEMAS = ("hf-hub:", "local-dir:")

@@ -6,7 +6,7 @@ import os
 import secrets
 import socket
 
-from ..errors import UsageError, run_command
+from ..runtime.errors import UsageError, run_command
 
 
 def get_parser():

@@ -20,8 +20,8 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from ..atomic import atomic_directory
-from ..errors import UsageError
+from ..runtime.atomic import atomic_directory
+from ..runtime.errors import UsageError
 from .stimuli import N_IMAGES, read_json
 
 FORMAT = "discritune-study/1"

@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from ..atomic import atomic_path, atomic_write_text
-from ..errors import UsageError
+from ..runtime.atomic import atomic_path, atomic_write_text
+from ..runtime.errors import UsageError
 from .design import load_design
 from .store import read_answers
 

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from ..errors import UsageError
+from ..runtime.errors import UsageError
 
 FORMAT = "discritune-stimuli/1"
 N_IMAGES = 10

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..checkpointing import atomic_directory
 from ..data.splits import ImageSplit
-from ..downloads import default_cache_dir
-from ..errors import UsageError
 from ..retrievers.clip_conversion import save_as_transformers
+from ..runtime.checkpointing import atomic_directory
+from ..runtime.downloads import default_cache_dir
+from ..runtime.errors import UsageError
 from . import world as W
 from .pretrain import PretrainConfig, to_pixels, train_captioner, train_language_model, train_retriever, word_tokenizer
 

@@ -20,7 +20,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from ..captioners.base import pad_batch
 from ..captioners.clipcap import ClipCapCaptioner, ClipCapConfig, ClipCapModel
-from ..clip_models import CLIP_MEAN, CLIP_STD, clip
+from ..runtime.clip_loading import CLIP_MEAN, CLIP_STD, clip
 from . import world as W
 
 EOS = "<|endoftext|>"

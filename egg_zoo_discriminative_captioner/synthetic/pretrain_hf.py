@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_directory
+from ..runtime.atomic import atomic_directory
 from .pretrain import _cosine_lr, _set_lr
 
 HF_DIRECTORY = "hf_captioner"  # inside the world's cache directory

@@ -14,8 +14,8 @@ import torch
 
 from .captioners.base import caption_mask
 from .captioners.fused import head_kl, head_token_log_probs
-from .frozen import FrozenModule
-from .precision import full_precision
+from .runtime.precision import full_precision
+from .runtime.pretrained import FrozenModule
 
 
 class FrozenReference(FrozenModule):

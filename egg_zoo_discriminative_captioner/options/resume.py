@@ -12,8 +12,8 @@ without the comparison.
 import json
 import os
 
-from .atomic import atomic_write_text
-from .errors import UsageError
+from ..runtime.atomic import atomic_write_text
+from ..runtime.errors import UsageError
 
 # How long, where, in how much memory, and with how much logging a run goes: a resume may change them.
 FREE_ON_RESUME = {

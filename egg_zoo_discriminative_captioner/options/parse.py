@@ -1,4 +1,4 @@
-"""Command-line options: the plugin's argument groups (``option_groups.py``) on top of EGG's common options.
+"""Command-line options: the plugin's argument groups (``options/groups.py``) on top of EGG's common options.
 
 Values come in three layers: the plugin's defaults (for EGG's options too: the paper's settings, never EGG's toy
 defaults), then a game file (``--game``: one JSON file per experiment, by default the chosen data set's), then
@@ -6,7 +6,7 @@ the command line.  The first two become the parser's defaults right before it pa
 values the run will use and where each one comes from.  Model options left unset fall back to the data set's own
 models (the synthetic world has some) and then to the released models.
 
-Options are parsed twice: first without torch (EGG's options from ``egg_options.py``), so that ``--help`` and bad
+Options are parsed twice: first without torch (EGG's options from ``options/egg.py``), so that ``--help`` and bad
 options answer at once; then by the active core's ``init``, which seeds and picks the device.  Option prefixes are
 refused (``--n_epoch`` is not ``--n_epochs``).
 """
@@ -17,11 +17,11 @@ import json
 import os
 import re
 
-from .choices import GROUP_BASELINES
-from .data import DATASETS, OWN_MODELS, check_batch_size
-from .egg_options import EGG_HELP, EGG_OPTIMIZERS, EGG_OPTIONS, PLUGIN_DEFAULTS, add_common_options
-from .errors import UsageError
-from .option_groups import (
+from ..choices import GROUP_BASELINES
+from ..data import DATASETS, OWN_MODELS, check_batch_size
+from ..runtime.errors import UsageError
+from .egg import EGG_HELP, EGG_OPTIMIZERS, EGG_OPTIONS, PLUGIN_DEFAULTS, add_common_options
+from .groups import (
     CAPTIONER_OPTIONS,
     COMMAND_HELP,
     COMMANDS,
@@ -30,6 +30,8 @@ from .option_groups import (
     add_plugin_groups,
     resolve_rollouts,
 )
+
+GAME_FILES = __package__.rpartition(".")[0] + ".game_files"  # the repository's games/, packaged
 
 # Model options whose default depends on the data set: the released models unless the data set brings its own.
 MODEL_DEFAULTS = {
@@ -268,7 +270,7 @@ def split_retrievers(opts):
     so that one run mixes backends; ``--clip_backend`` is the backend of the plain names.  The first model's spec
     becomes ``clip_backend``/``clip_model``/``clip_pretrained``; the other retrievers keep their text, plain names
     after a first spec of another backend written with the backend they were given under."""
-    from .evaluation.other_retrievers import names_backend, parse_retriever
+    from ..evaluation.other_retrievers import names_backend, parse_retriever
 
     models, pretrained = getattr(opts, "clip_model", None), getattr(opts, "clip_pretrained", None)
     if isinstance(models, (list, tuple)):
@@ -325,17 +327,17 @@ def find_game(name):
     """The path of a game file: an existing path, or a name in the packaged games/ directory."""
     if os.path.isfile(name):
         return name
-    packaged = importlib.resources.files(__package__ + ".game_files") / f"{name}.json"
+    packaged = importlib.resources.files(GAME_FILES) / f"{name}.json"
     if packaged.is_file():
         return str(packaged)
-    available = sorted(p.name[:-5] for p in importlib.resources.files(__package__ + ".game_files").iterdir()
+    available = sorted(p.name[:-5] for p in importlib.resources.files(GAME_FILES).iterdir()
                        if p.name.endswith(".json"))  # fmt: skip
     raise UsageError(f"no game file {name!r}: give a JSON path or one of {available}")
 
 
 def has_game(name):
     """Whether a game file of that name is packaged (data sets used only for evaluation have none)."""
-    return (importlib.resources.files(__package__ + ".game_files") / f"{name}.json").is_file()
+    return (importlib.resources.files(GAME_FILES) / f"{name}.json").is_file()
 
 
 def read_game(path, known):
@@ -392,8 +394,8 @@ def get_opts(params, prog=None, description=None, extra_options=None, command="t
         raise UsageError(f"{command} does not use {', '.join(ignored)}: drop {'it' if len(ignored) == 1 else 'them'}")
     check_applicable(parsed, parser.given_options(params))
 
-    from . import distributed  # torch: from here on the run is real
-    from .core import core
+    from ..core import core
+    from ..runtime import distributed  # torch: from here on the run is real
 
     distributed.check_launch(params)  # before the core's init starts the process group
     opts = core.init(arg_parser=layered_parser(), params=params)

@@ -1,44 +1,22 @@
-"""A DiscriTune finetuning run (``train.py`` parses its options): checks -> data set and models -> game -> Trainer.
+"""A run directory (``--checkpoint_dir``): checked, locked and read before anything heavy; its ``opts.json``.
 
-Checks of paths and checkpoints -> data set and models -> encoded splits -> game -> optimizer ->
-callbacks -> EGG Trainer.  Validation runs before the first update (logged as epoch 0) and after every epoch,
-with beam-search captions and P@1 among ``--eval_candidates`` images; the finetuned captioner is evaluated on the
-test split at the end.  A run resumes exactly from any of its checkpoints, including the mid-epoch ones of
-``--checkpoint_every`` and the one written on SIGTERM / SIGINT.
+A run writes into its directory only if it is empty, holds the run being resumed, or ``--overwrite``; it holds
+``<dir>/.lock`` while it writes there.  A resume reads the checkpoint it continues, refuses computing options
+that differ from those the checkpoint was written with (``options/resume.py``), and finds a completed run's
+``final.json``.
 """
 
-import contextlib
 import json
 import os
-import pickle
-import shlex
 import shutil
 import sys
 import tempfile
 
-from . import distributed, locks
-from .callbacks import (
-    LOG_FILE,
-    CheckpointWriter,
-    ConsoleLogger,
-    EpochSetter,
-    InitialValidation,
-    ProgressBar,
-    checkpoint_files,
-    final_evaluation_left,
-    log_line,
-    stop_on_signal,
-)
-from .checkpointing import atomic_write_text, load_resume_state, read_checkpoint
-from .core import core
-from .data import retrieval_loader, training_loader
-from .data.hard_distractors import hard_distractor_loader
+from ..options.resume import check_changes, write_opts_json
+from . import locks
+from .checkpointing import LOG_FILE, checkpoint_files, load_resume_state, read_checkpoint
 from .errors import UsageError
-from .experiment import build_experiment, training_splits, write_data_counts
-from .games import build_game, build_optimizer, build_scheduler
-from .host_memory import keep_freed_memory
 from .precision import training_precision
-from .run_options import check_changes, computing_options, write_opts_json
 
 FINAL_RESULTS = "final.json"  # the final test evaluation's results, written last: a run with it is complete
 RUN_FILES = ("opts.json", "clipcap.pt", "blip", "hf", LOG_FILE, "data_counts.json", FINAL_RESULTS)  # checkpoints aside
@@ -216,105 +194,3 @@ def save_options(opts, directory, resume, options):
     changes = option_changes(opts, resume, options)
     position = None if resume is None else {"epoch": resume["epoch"], "batches_done": resume["batches_done"]}
     write_opts_json(directory, values, changes, position)
-
-
-def build_trainer(opts, game, optimizer, train_loader, validation_loader, callbacks, scheduler=None):
-    """EGG's Trainer (with the learning-rate ``scheduler`` and ``--max_grad_norm``); a checkpoint that cannot be
-    resumed becomes a one-line error."""
-    try:
-        return core.Trainer(
-            game=game,
-            optimizer=optimizer,
-            optimizer_scheduler=scheduler,
-            train_data=train_loader,
-            validation_data=validation_loader,
-            callbacks=callbacks,
-            grad_norm=getattr(opts, "max_grad_norm", None),
-        )
-    except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as error:
-        if opts.load_from_checkpoint is None:
-            raise
-        reason = " ".join(str(error).split())[:300]
-        raise UsageError(f"cannot resume from {opts.load_from_checkpoint}: {reason}") from error
-
-
-def finetune(opts, params):
-    """Finetunes a captioner with DiscriTune (``params``: the command line, for the printed resume command);
-    returns the test-split metrics of the finetuned captioner."""
-    options = computing_options(opts)  # as parsed, before the models' defaults fill some in
-    resume, results, lock = prepare_run(opts, options)
-    with lock or contextlib.nullcontext():  # released however the run ends: done, an error, SIGTERM's exit
-        if results is not None:  # e.g. a requeued --preemptable job whose run had ended
-            directory = os.path.dirname(os.path.abspath(opts.load_from_checkpoint))
-            print(f"run complete: its final test results are in {os.path.join(directory, FINAL_RESULTS)} "
-                  f"(P@1 {results.get('acc', float('nan')):.4f}); nothing left to do (train further with a larger "
-                  f"--n_epochs)", flush=True)  # fmt: skip
-            return results
-        return train_run(opts, params, resume, options)
-
-
-def train_run(opts, params, resume, options):
-    """The run itself, once ``prepare_run`` has checked it (``resume``: the state it continues, or None;
-    ``options``: the computing options each checkpoint keeps)."""
-    data_seed = distributed.setup(opts)  # the same on every rank
-    if opts.device.type == "cpu":
-        keep_freed_memory()  # a CPU step then reuses its memory, instead of faulting it in again (host_memory.py)
-    context = opts.distributed_context
-    rank, world_size = context.rank, context.world_size
-    with distributed.leader_first(opts):  # the leader builds and caches shared data first
-        experiment = build_experiment(opts)
-    train_set, validation_set, test_set = training_splits(experiment, opts.device)  # --validation_images: held out
-
-    loader_options = dict(seed=data_seed, num_workers=opts.num_workers, rank=rank, world_size=world_size)
-    if opts.hard_distractors:
-        train_loader = hard_distractor_loader(train_set, opts.hard_distractors, opts.batch_size, **loader_options)
-    else:
-        train_loader = training_loader(train_set, opts.batch_size, **loader_options)
-    evaluation_options = dict(seed=opts.eval_seed, rank=rank, world_size=world_size)  # each rank captions its share
-    validation_loader = retrieval_loader(validation_set, opts.eval_candidates, **evaluation_options)
-    extra = [retriever for retriever, _ in experiment.extra_retrievers]
-    game = build_game(opts, experiment.captioner, experiment.retriever, extra)
-    optimizer = build_optimizer(game)
-    scheduler = build_scheduler(opts, optimizer, len(train_loader) // opts.update_freq)
-
-    position = EpochSetter(train_loader.batch_sampler)
-    if resume is not None:
-        position.resume_from(resume)
-    callbacks = [] if opts.load_from_checkpoint else [InitialValidation()]  # first: it runs in on_epoch_begin
-    callbacks.append(position)
-    if context.is_leader:  # the other ranks of a distributed run neither print nor save
-        log_file = os.path.join(opts.checkpoint_dir, LOG_FILE) if opts.checkpoint_dir else None
-        callbacks += [ConsoleLogger(log_file=log_file), ProgressBar(len(train_loader))]
-    resume_command = ("python -m egg.zoo.discriminative_captioner.train " + shlex.join(params)).strip()
-    if opts.checkpoint_dir:  # on every rank: the ranks checkpoint and stop together, the leader writes
-        callbacks.append(
-            CheckpointWriter(opts.checkpoint_dir, position, checkpoint_freq=opts.checkpoint_freq,
-                             checkpoint_every=opts.checkpoint_every, update_freq=opts.update_freq,
-                             resume_command=resume_command, updates=resume["updates"] if resume else 0,
-                             writes=context.is_leader, options=options)
-        )  # fmt: skip
-    trainer = build_trainer(opts, game, optimizer, train_loader, validation_loader, callbacks, scheduler)
-    if opts.checkpoint_dir and context.is_leader:
-        if opts.overwrite and not resumes_in_place(opts):  # the other run's files go now, not earlier
-            remove_run(opts.checkpoint_dir)
-        save_options(opts, opts.checkpoint_dir, resume, options)
-        write_data_counts(opts.checkpoint_dir, [train_set, validation_set, test_set])
-    trainer.train(n_epochs=opts.n_epochs)
-
-    writes = opts.checkpoint_dir and context.is_leader
-    stopped = final_evaluation_left(opts.checkpoint_dir, resume_command) if writes else None  # the leader says it
-    with stop_on_signal(stopped) if opts.checkpoint_dir else contextlib.nullcontext():
-        loss, logs = trainer.eval(retrieval_loader(test_set, opts.eval_candidates, **evaluation_options))
-        results = {"loss": loss, **{key: value.mean().item() for key, value in logs.aux.items()}}
-        if context.is_leader:
-            log_line({**results, "mode": "final", "split": "test", "epoch": opts.n_epochs}, log_file)
-        if writes:
-            saved = experiment.captioner.save_pretrained(opts.checkpoint_dir)
-            final_json = json.dumps({**results, "epoch": opts.n_epochs}, indent=2)
-            atomic_write_text(final_json, os.path.join(opts.checkpoint_dir, FINAL_RESULTS))  # last: the run is done
-            print(f"run in {opts.checkpoint_dir}/: checkpoints final.tar and <epoch>.tar, the finetuned captioner "
-                  f"{saved}, {FINAL_RESULTS}, opts.json, {LOG_FILE}", flush=True)
-    core.close()
-    distributed.close(trainer)
-    return results
-

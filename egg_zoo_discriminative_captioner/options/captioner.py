@@ -6,8 +6,8 @@ option that rebuilds a captioner belongs here.
 
 import argparse
 
-from .captioners import CAPTIONERS
-from .choices import BLIP_PROMPT, CLIPCAP_MAPPING_TYPES, DECODINGS
+from ..captioners import CAPTIONERS
+from ..choices import BLIP_PROMPT, CLIPCAP_MAPPING_TYPES, DECODINGS
 
 
 def add_captioner_options(parser):

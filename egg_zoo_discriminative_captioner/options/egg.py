@@ -8,7 +8,7 @@ second); the run's own parse then goes through the active core's ``init``, upstr
 
 import argparse
 
-from .egg_compat.options import add_common_options  # noqa: F401 (upstream's options, without torch)
+from ..egg_compat.options import add_common_options  # noqa: F401 (upstream's options, without torch)
 
 EGG_OPTIMIZERS = ("adam", "sgd", "adagrad")
 

@@ -8,10 +8,10 @@ Importable without torch: the choices come from the registries and ``choices.py`
 
 import argparse
 
-from .captioner_options import add_captioner_options
-from .choices import BASELINES, PRECISIONS, REWARDS
-from .data import DATASETS
-from .retrievers import CLIP_BACKENDS, RETRIEVERS
+from ..choices import BASELINES, PRECISIONS, REWARDS
+from ..data import DATASETS
+from ..retrievers import CLIP_BACKENDS, RETRIEVERS
+from .captioner import add_captioner_options
 
 COMMANDS = ("train", "evaluate", "caption")
 ROLLOUTS = ("sample", "greedy", "beam")

@@ -94,7 +94,7 @@ def default_cache_dir():
 
 def default_models_directory():
     """``data.files.models_directory()``: $DISCRITUNE_MODELS, else $DISCRITUNE_DATA/models."""
-    from .data.files import models_directory
+    from ..data.files import models_directory
 
     return models_directory()
 

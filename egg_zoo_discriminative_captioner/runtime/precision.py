@@ -10,7 +10,7 @@ import contextlib
 
 import torch
 
-from . import choices
+from .. import choices
 from .errors import UsageError
 
 PRECISIONS = {name: {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]

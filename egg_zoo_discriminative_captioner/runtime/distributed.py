@@ -44,8 +44,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .core import USING_EGG, core
-from .egg_compat.distributed import LAUNCH_KEYS, SLURM_KEYS, gather_tensor
+from ..core import USING_EGG, core
+from ..egg_compat.distributed import LAUNCH_KEYS, SLURM_KEYS, gather_tensor
 from .errors import UsageError
 
 

@@ -17,6 +17,7 @@ from .atomic import RecordingFile, atomic_directory, atomic_path, atomic_write_t
 from .errors import UsageError, unreadable_file
 
 RESUME_SUFFIX = ".resume.pt"
+LOG_FILE = "log.jsonl"  # a run's logged lines at full precision, beside its checkpoints
 
 
 def atomic_save(obj, path):
@@ -122,3 +123,10 @@ def read_checkpoint(path, purpose="resume"):
     if not isinstance(epoch, int) or epoch < 0:
         raise UsageError(f"cannot {purpose} from {path}: its epoch is {epoch!r}")
     return checkpoint
+
+
+def checkpoint_files(directory):
+    """The checkpoint files (``*.tar`` and their resume states) in a run directory."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(name for name in os.listdir(directory) if name.endswith((".tar", RESUME_SUFFIX)))

@@ -1,7 +1,9 @@
-"""Loading transformers models strictly: every weight must come from the checkpoint."""
+"""Pretrained parts: loaded strictly (every weight must come from the checkpoint), and frozen where they never train."""
 
 import os
 import warnings
+
+from torch import nn
 
 from .errors import UsageError, missing_weights
 
@@ -32,3 +34,20 @@ def from_pretrained_strict(model_class, source, flag, what):
         warnings.warn(f"{source}: weights not used by {model_class.__name__}: {sorted(info['unexpected_keys'])}",
                       stacklevel=2)  # fmt: skip
     return model.eval()
+
+class FrozenModule(nn.Module):
+    """Base class for frozen pretrained parts (the retriever, the captioner's image encoder).
+
+    Subclasses call ``self.freeze()`` once their weights are loaded.  ``train()`` is overridden so that the
+    Trainer's ``game.train()`` cannot switch dropout or normalisation statistics back on.  Games leave frozen
+    parts out of their checkpoints (see ``archs.DiscriminativeGame``): they are rebuilt from their own source.
+    """
+
+    def freeze(self):
+        """Stops gradients and puts the module in eval mode for good; returns self."""
+        self.requires_grad_(False)
+        return super().train(False)
+
+    def train(self, mode=True):
+        """Ignores ``mode``: a frozen module stays in eval mode."""
+        return super().train(False)

@@ -12,11 +12,11 @@ import glob
 import os
 from dataclasses import dataclass
 
+from ..data import OWN_MODELS
+from ..data.files import default_data_root, models_directory, required_files
+from ..options.parse import apply_model_defaults
 from . import downloads
-from .data import OWN_MODELS
-from .data.files import default_data_root, models_directory, required_files
 from .errors import UsageError
-from .opts import apply_model_defaults
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""The run machinery: files written atomically, locks, checkpoints, processes, precision, memory, downloads."""
