@@ -42,7 +42,8 @@ import torch
 
 from egg.zoo.discriminative_captioner.data import hard_distractors
 from egg.zoo.discriminative_captioner.data.base import EncodedSplit, training_loader
-from egg.zoo.discriminative_captioner.data.feature_cache import CachedRows, CacheKey, FeatureCache, build_cache
+from egg.zoo.discriminative_captioner.data.feature_cache import CachedRows, CacheKey, FeatureCache
+from egg.zoo.discriminative_captioner.data.feature_cache_build import build_cache
 from egg.zoo.discriminative_captioner.data.hard_distractors import cached_neighbours, hard_distractor_loader
 from egg.zoo.discriminative_captioner.data.splits import ImageSplit
 

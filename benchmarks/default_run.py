@@ -1,5 +1,6 @@
 """Times the default ``train`` run on the built-in synthetic world: first use (building the cached world) and
-with the cache, against the budgets of the foundation issue (6 and 3 minutes on a 2-core CPU).
+with the cache, against this project's budgets for the default run on a 2-core CPU: 6 minutes on first use, 3
+with the cache.
 
     python benchmarks/default_run.py [--keep DIR]
 

@@ -1,5 +1,6 @@
 """Times text-to-image P@1 (100 candidates, every image scored) over 5,000 images from cached image features on
-the CPU, excluding caption generation, against the evaluation issue's budget of 30 seconds.
+the CPU, excluding caption generation, against this project's budget of 30 seconds for scoring a 5,000-image
+split.
 
     python benchmarks/p_at_1_speed.py [--images 5000] [--source cached|world] [--cache_dir DIR]
 

@@ -27,7 +27,7 @@ peak.  The last line reads ``speedup vs naive: N.Nx (kv-cache)``, the plugin ste
 reference.
 
 The step's split follows: decoding, the scoring forward (the game's forward less decoding), the backward and the
-Adam update; then decoding with each ``--decoding`` (``generate``, transformers' own loop;
+Adam update; then decoding with each ``--decoder`` (``generate``, transformers' own loop;
 ``static``, the default; ``compiled``): time per token, the top-level torch operators it dispatches per token
 (from the torch profiler; with ``--device cuda`` also its kernel launches and host syncs per token), the
 first call's time (``compiled`` compiles then) and beam-5 captions per second (5 captions).
@@ -75,7 +75,7 @@ from egg.zoo.discriminative_captioner.archs import (
     RetrieverReceiver,
 )
 from egg.zoo.discriminative_captioner.captioners.clipcap import ClipCapCaptioner, ClipCapConfig, ClipCapModel
-from egg.zoo.discriminative_captioner.choices import DECODINGS
+from egg.zoo.discriminative_captioner.choices import DECODERS
 from egg.zoo.discriminative_captioner.core import MeanBaseline
 from egg.zoo.discriminative_captioner.games import fused_adam
 from egg.zoo.discriminative_captioner.losses import DiscriminationLoss
@@ -302,8 +302,8 @@ def main():
                         help="on the CPU, glibc's default malloc, which hands freed memory back to the kernel (the "
                              "CPU step as it first ran); by default freed memory is kept, as in a CPU training run "
                              "(runtime/host_memory.py)")  # fmt: skip
-    parser.add_argument("--decoding", choices=DECODINGS, default="auto",
-                        help="the plugin step's decoding (the split compares all three)")  # fmt: skip
+    parser.add_argument("--decoder", choices=DECODERS, default="auto",
+                        help="what decodes the plugin step's captions (the split compares all three)")  # fmt: skip
     parser.add_argument("--captioner", choices=["clipcap", "smolvlm"], default="clipcap",
                         help="clipcap: ClipCap over the GPT-2 of --size; smolvlm: SmolVLM-256M, random weights "
                              "(--micro_batch_sizes measurements only)")  # fmt: skip
@@ -335,7 +335,7 @@ def main():
     B, T = args.batch_size, args.max_len
 
     captioner, retriever = build_captioner(args.size, T).to(device), build_retriever(args.retriever).to(device)
-    captioner.decoding = args.decoding
+    captioner.decoder = args.decoder
     reference = None
     if args.kl_coeff:
         from egg.zoo.discriminative_captioner.archs import FrozenReference
@@ -491,7 +491,7 @@ def only_step(args):
 
 def step_split(game, captioner, optimizer, batch, max_len, device):
     """Times the step's parts: decoding, the rest of the forward, the backward, the optimizer update; then
-    decoding per token with each ``--decoding`` (``generate``: transformers' own loop)."""
+    decoding per token with each ``--decoder`` (``generate``: transformers' own loop)."""
     features, images, labels = batch
     condition = captioner.condition(features).detach()
     with torch.no_grad():
@@ -501,11 +501,11 @@ def step_split(game, captioner, optimizer, batch, max_len, device):
     backward = timed(lambda: loss.backward(retain_graph=True), 1, device)[0]
     update = timed(lambda: optimizer.step(), 1, device)[0]
     optimizer.zero_grad(set_to_none=True)
-    print(f"step split ({captioner.decoding} decoding): decode {decode:.3f} s, scoring forward {forward - decode:.3f} "
+    print(f"step split ({captioner.decoder} decoder): decode {decode:.3f} s, scoring forward {forward - decode:.3f} "
           f"s, backward {backward:.3f} s, optimizer {update:.3f} s", flush=True)  # fmt: skip
-    chosen = captioner.decoding
-    for decoding in (decoding for decoding in DECODINGS if decoding != "auto"):
-        captioner.decoding = decoding
+    chosen = captioner.decoder
+    for decoder in (decoder for decoder in DECODERS if decoder != "auto"):
+        captioner.decoder = decoder
         with torch.no_grad():
             started = time.monotonic()
             captioner._decode(condition, sample=True)  # warm-up; compiles the step for "compiled"
@@ -515,9 +515,9 @@ def step_split(game, captioner, optimizer, batch, max_len, device):
             captioner._decode(few, num_beams=5)  # warm-up
             beam_seconds = timed(functools.partial(captioner._decode, few, num_beams=5), 1, device)[0]
         counts = decoding_counts(captioner, condition, device, max_len)
-        print(f"decoding {decoding}: {1000 * seconds / max_len:.2f} ms per token; {counts} per token; first call "
+        print(f"decoder {decoder}: {1000 * seconds / max_len:.2f} ms per token; {counts} per token; first call "
               f"{first:.1f} s wall; beam 5: {few.shape[0] / beam_seconds:.2f} captions/s", flush=True)  # fmt: skip
-    captioner.decoding = chosen
+    captioner.decoder = chosen
 
 
 def decoding_counts(captioner, condition, device, max_len):

@@ -47,7 +47,7 @@ Concadia, https://github.com/elisakreiss/concadia
     "imagecode": """\
 ImageCoDe, https://github.com/McGill-NLP/imagecode
   1. data/valid_data.json into {root}/
-  2. The image sets (image-sets.zip, linked from the README) unpacked into {root}/image-sets/<set>/img<X>.jpg""",
+  2. The image sets (image-sets.zip, linked from its README) unpacked into {root}/image-sets/<set>/img<X>.jpg""",
 }
 DIRECTORY_OF = {"conceptual": "conceptual", "coco": "coco", "flickr": "flickr", "nocaps": "nocaps_near",
                 "concadia": "concadia_captions", "imagecode": "imagecode"}  # fmt: skip

@@ -1,14 +1,17 @@
 """The agents: a captioner Sender and a frozen retriever Receiver (the game between them: ``game.py``)."""
 
 import dataclasses
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from .baselines import GreedyBaseline, GroupBaseline  # noqa: F401 (part of this module's interface)
+from .captioners.base import Captioner
+from .choices import ROLLOUTS
 from .game import DiscriminativeGame  # noqa: F401 (part of this module's interface)
 from .kl_references import FrozenReference, LanguageModelReference  # noqa: F401 (part of this module's interface)
-from .options.groups import ROLLOUTS as DECODINGS
+from .retrievers.base import Retriever
 from .runtime.errors import UsageError
 from .runtime.precision import full_precision
 
@@ -21,38 +24,39 @@ class CaptionerSender(nn.Module):
     are scored like sampled ones, but make REINFORCE biased.  ``greedy_rollouts=True`` means ``rollouts="greedy"``.
     """
 
-    def __init__(self, captioner, greedy_rollouts=False, num_beams=5, rollouts=None):
+    def __init__(self, captioner: Captioner, greedy_rollouts=False, num_beams=5, rollouts=None):
         super().__init__()
         self.captioner = captioner
         self.rollouts = rollouts or ("greedy" if greedy_rollouts else "sample")
-        if self.rollouts not in DECODINGS:
-            raise ValueError(f"unknown rollouts {self.rollouts!r}: one of {', '.join(DECODINGS)}")
+        if self.rollouts not in ROLLOUTS:
+            raise ValueError(f"unknown rollouts {self.rollouts!r}: one of {', '.join(ROLLOUTS)}")
         self.num_beams = num_beams
 
     @property
     def greedy_rollouts(self):
         return self.rollouts == "greedy"
 
-    def forward(self, sender_input, aux_input=None, decoding=None, score=None, kl_reference=None, per_image=1):
-        """A ``Rollout``; ``decoding`` overrides the mode's default (``rollouts`` in training, "beam" otherwise).
+    def forward(self, sender_input, aux_input=None, strategy=None, score=None, kl_reference=None, per_image=1):
+        """A ``Rollout``; ``strategy`` (sample, greedy, beam) overrides the mode's default (``rollouts`` in
+        training, "beam" otherwise).
 
         Captions are scored (their log-probability, with gradients) unless ``score=False``, the default for beam
         search in evaluation; unscored captions carry zero ``log_prob``.  ``kl_reference`` and ``per_image`` (K
         sampled captions per image): see ``ConditionalCaptioner.rollout``.
         """
-        if decoding is None:
-            decoding = self.rollouts if self.training else "beam"
-        if decoding not in DECODINGS:
-            raise ValueError(f"unknown decoding {decoding!r}: one of {', '.join(DECODINGS)}")
+        if strategy is None:
+            strategy = self.rollouts if self.training else "beam"
+        if strategy not in ROLLOUTS:
+            raise ValueError(f"unknown strategy {strategy!r}: one of {', '.join(ROLLOUTS)}")
         if score is None:
-            score = self.training or decoding != "beam"
-        num_beams = self.num_beams if decoding == "beam" else 1
-        if not score and decoding != "sample":
+            score = self.training or strategy != "beam"
+        num_beams = self.num_beams if strategy == "beam" else 1
+        if not score and strategy != "sample":
             return self.captioner.generate(sender_input, num_beams=num_beams)
         extra = {} if kl_reference is None else {"kl_reference": kl_reference}
         if per_image > 1:
             extra["per_image"] = per_image
-        return self.captioner.rollout(sender_input, greedy=decoding == "greedy", num_beams=num_beams, **extra)
+        return self.captioner.rollout(sender_input, greedy=strategy == "greedy", num_beams=num_beams, **extra)
 
     def sample(self, sender_input, per_image=1, images_per_decode=None):
         """Training captions (``base.Captions``), decoded by ``rollouts`` without gradients: ``per_image`` K per
@@ -93,7 +97,7 @@ class RetrieverReceiver(nn.Module):
     temperatures): one reward temperature scores each retriever as its own training did.
     """
 
-    def __init__(self, retriever, extra=()):
+    def __init__(self, retriever: Retriever, extra: Sequence[Retriever] = ()):
         super().__init__()
         self.retriever = retriever
         self.extra = nn.ModuleList(extra)

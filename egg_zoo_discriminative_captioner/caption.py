@@ -77,7 +77,7 @@ def main(params):
     from .runtime.preflight import check_files
 
     own_models = spec.kind == "pretrained" and opts.dataset in OWN_MODELS  # the synthetic world's captioner
-    check_files(opts, captioner=spec.kind == "pretrained" and not own_models, retriever=False)
+    opts = check_files(opts, captioner=spec.kind == "pretrained" and not own_models, retriever=False)
     captioner = build_model(opts, spec, load_dataset(opts) if own_models else None)
     rows, skipped = caption_images(captioner, paths, opts.batch_size, opts.num_beams, opts.device)
     if not rows:  # nothing to write: the files named were none of them readable images

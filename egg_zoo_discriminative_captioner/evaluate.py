@@ -30,9 +30,9 @@ import argparse
 import os
 
 from .data import DATASETS
-from .evaluation.other_retrievers import parse_retrievers
 from .evaluation.outputs import check_output_dir
 from .options.parse import get_opts
+from .retrievers.specs import parse_retrievers
 from .runtime.errors import UsageError, run_command
 
 PROG = "python -m egg.zoo.discriminative_captioner.evaluate"
@@ -97,7 +97,6 @@ def main(params):
     """Evaluates captioners on data sets; returns the result records (one per model and data set)."""
     opts = get_opts(params, prog=PROG, description=__doc__.splitlines()[0], extra_options=add_evaluation_options,
                     command="evaluate")  # fmt: skip
-    opts.datasets = opts.datasets or [opts.dataset]
     check_evaluation_opts(opts)
     from .evaluation.pipeline import evaluate  # torch and the models: imported once the options are known to be good
 

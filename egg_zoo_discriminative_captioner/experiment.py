@@ -1,4 +1,4 @@
-"""What train.py and evaluate.py share: options -> data set, captioner, retriever and encoded splits.
+"""What train.py and evaluate.py share: the run config -> data set, captioner, retriever and encoded splits.
 
 Each split's frozen encodings (the retriever's image embeddings, and ClipCap's CLIP features) come from the
 feature cache (``data/feature_cache.py``): computed once per data set, split and encoder, then read by memory
@@ -6,7 +6,6 @@ mapping, so a run with a matching cache decodes no image and runs no image encod
 while the cache is built; they are left out of the split, and the counts are printed when the split is loaded.
 """
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -22,17 +21,16 @@ from .data import EncodedSplit, TransformedImages, load_dataset
 from .data.feature_cache import (
     CachedRows,
     CacheKey,
-    build_cache,
     cache_directory,
     cached_model,
     default_feature_cache_dir,
     describe_transform,
     readable_indices,
 )
+from .data.feature_cache_build import build_cache
 from .data.images import ImageSubset
-from .evaluation.other_retrievers import names_backend, parse_retriever
-from .options.parse import apply_model_defaults
 from .retrievers import build_retriever
+from .retrievers.specs import names_backend, parse_retriever
 from .runtime.checkpointing import atomic_write_text
 from .runtime.errors import UsageError
 from .runtime.preflight import check_files
@@ -45,20 +43,20 @@ class Experiment:
     dataset: object
     captioner: object
     retriever: object
-    opts: object = None
+    config: object = None  # the run's, with its models resolved
     rebuilt: set = field(default_factory=set)  # feature caches already rebuilt by this run (--rebuild)
     # ``(retriever, options)`` of the run's other retrievers (``--clip_model A B ...``), each with its own cache
     extra_retrievers: list = field(default_factory=list)
 
 
-def build_experiment(opts):
-    """Checks every file first, then loads the data set, the captioner and the retriever (with the data set's
-    model defaults)."""
+def build_experiment(config):
+    """Checks every file first, then loads the data set, the captioner and the retriever; the experiment's
+    ``config`` is ``config`` with its models resolved (local copies of released files, the data set's models)."""
     others = [(f"retriever {extra.clip_model}", extra, "--clip_model", "--clip_pretrained")
-              for extra in extra_retriever_options(opts)]  # fmt: skip
-    check_files(opts, datasets=[opts.dataset], training=True, other_retrievers=others)
-    dataset = load_dataset(opts)
-    apply_model_defaults(opts, dataset)
+              for extra in extra_retriever_options(config)]  # fmt: skip
+    config = check_files(config, datasets=[config.dataset], training=True, other_retrievers=others)
+    dataset = load_dataset(config)
+    opts = config.with_model_defaults(dataset.model_defaults(config))
     captioner = build_captioner(opts).to(opts.device)
     retriever = build_retriever(opts).to(opts.device)
     extra = [(build_retriever(extra_opts).to(opts.device), extra_opts) for extra_opts in extra_retriever_options(opts)]
@@ -66,24 +64,17 @@ def build_experiment(opts):
 
 
 def extra_retriever_options(opts):
-    """The options of each of the run's other retrievers: ``opts`` with its backend, model and open_clip weights
+    """The config of each of the run's other retrievers: ``opts`` with its backend, model and open_clip weights
     (from its ``BACKEND:MODEL[:PRETRAINED]`` spec, or ``--clip_backend`` and ``--clip_pretrained``)."""
-    models, weights = getattr(opts, "extra_clip_models", []), getattr(opts, "extra_clip_pretrained", [])
+    models, weights = opts.extra_clip_models, opts.extra_clip_pretrained
     plain = [model for model in models if not names_backend(model)]
     if opts.clip_backend == "open_clip" and plain and len(weights) != len(models):
         raise UsageError("--clip_backend open_clip with several --clip_model needs one --clip_pretrained per model, "
                          "or each model as open_clip:MODEL:PRETRAINED")  # fmt: skip
-    extra = []
-    for i, model in enumerate(models):
-        if names_backend(model):
-            extra.append(parse_retriever(model, "--clip_model").options(opts))
-        else:
-            extra_opts = copy.copy(opts)
-            extra_opts.clip_model, extra_opts.clip_pretrained = model, weights[i] if weights else None
-            extra.append(extra_opts)
-    for extra_opts in extra:
-        extra_opts.extra_clip_models, extra_opts.extra_clip_pretrained = [], []
-    return extra
+    alone = opts.replace(extra_clip_models=(), extra_clip_pretrained=())
+    return [parse_retriever(model, "--clip_model").options(alone) if names_backend(model)
+            else alone.replace(clip_model=model, clip_pretrained=weights[i] if weights else None)
+            for i, model in enumerate(models)]  # fmt: skip
 
 
 def model_name(name):
@@ -98,7 +89,7 @@ def encoder_models(opts):
     when set: without them (every other configuration) the name is what it always was, so those caches stay valid.
     """
     retriever = f"{opts.clip_backend} {model_name(opts.clip_model)} {opts.retriever_precision}"
-    pretrained = getattr(opts, "clip_pretrained", None)
+    pretrained = opts.clip_pretrained
     if pretrained:
         retriever += f" pretrained={model_name(pretrained)}"
     return {"captioner": f"clip {model_name(opts.captioner_clip_model)}", "retriever": retriever}
@@ -120,7 +111,7 @@ def retriever_cache_role(opts, main_opts, split_directory=None):
 
 def dataset_cache_name(opts, dataset):
     """The data set's directory in the feature cache: its name and a hash of where it was read from."""
-    location = getattr(dataset, "root", None) or getattr(dataset, "directory", "")
+    location = dataset.root
     return f"{opts.dataset}-{hashlib.sha256(os.path.abspath(location).encode()).hexdigest()[:10]}"
 
 
@@ -130,10 +121,10 @@ def split_cache(experiment, split, kind, encoder, transform, device, model_opts=
 
     ``model_opts``: the options of another retriever than the run's (its model names the cache, in a directory of
     its own: ``retriever_cache_role``)."""
-    opts = experiment.opts
+    opts = experiment.config
     root = opts.feature_cache_dir or default_feature_cache_dir(opts.cache_dir)
     dataset = experiment.dataset
-    cache_split = dataset.cache_split(split.name) if hasattr(dataset, "cache_split") else split.name
+    cache_split = dataset.cache_split(split.name)
     split_directory = cache_directory(root, dataset_cache_name(opts, dataset), cache_split, "")
     role = kind if kind == "captioner" else retriever_cache_role(model_opts or opts, opts, split_directory)
     directory = os.path.join(split_directory, role)
@@ -161,7 +152,7 @@ def encode_split(experiment, name, device, other_retrievers=()):
     order, are in ``encoded.other_receiver_inputs``.
     """
     split = experiment.dataset.split(name)
-    captioner, retriever, opts = experiment.captioner, experiment.retriever, experiment.opts
+    captioner, retriever, opts = experiment.captioner, experiment.retriever, experiment.config
     caches = {"retriever": split_cache(experiment, split, "retriever", retriever.encode_images,
                                        retriever.image_transform, device)}  # fmt: skip
     for i, (other, other_opts) in enumerate(other_retrievers):
@@ -178,7 +169,7 @@ def encode_split(experiment, name, device, other_retrievers=()):
     print(f"data {opts.dataset} {name}: {counts['used']} images used of {counts['listed']} listed "
           f"({counts['missing']} missing, {counts['unreadable']} unreadable)", flush=True)  # fmt: skip
     if not readable:
-        location = getattr(experiment.dataset, "root", "the data set")
+        location = experiment.dataset.root
         raise UsageError(f"{opts.dataset} {name}: no readable image in {location} (see data_scripts/check_data.py)")
     kept = split if len(readable) == len(split) else split.subset(readable)
     if captioner.cache_inputs:
@@ -209,7 +200,7 @@ class JoinedRows:
 
 def with_extra_retrievers(encoded):
     """``encoded`` whose receiver inputs also hold the run's other retrievers' embeddings (``JoinedRows``)."""
-    others = getattr(encoded, "other_receiver_inputs", [])
+    others = encoded.other_receiver_inputs
     if not others:
         return encoded
     joined = EncodedSplit(encoded.split, encoded.sender_inputs, JoinedRows([encoded.receiver_inputs, *others]))
@@ -255,7 +246,7 @@ def hold_out(train, n_images, seed, dataset_name="data"):
 def validation_is_test(dataset):
     """Whether the data set's validation split is its test split (same images: Conceptual Captions, the
     evaluation-only data sets)."""
-    return hasattr(dataset, "cache_split") and dataset.cache_split("validation") == dataset.cache_split("test")
+    return dataset.cache_split("validation") == dataset.cache_split("test")
 
 
 def training_splits(experiment, device):
@@ -264,7 +255,7 @@ def training_splits(experiment, device):
     ``--validation_images N`` validates on N held-out training images (``hold_out``); otherwise validation is
     the data set's validation split, with a one-line warning where that is its test split.
     """
-    opts = experiment.opts
+    opts = experiment.config
     if opts.validation_images and opts.validation_images < opts.eval_candidates:  # before any cache is built
         raise UsageError(f"--validation_images {opts.validation_images} must be 0 or at least --eval_candidates "
                          f"{opts.eval_candidates} (each held-out target meets that many candidates)")  # fmt: skip
@@ -279,8 +270,7 @@ def training_splits(experiment, device):
         print(f"data {opts.dataset} validation: {len(validation)} training images held out (--validation_images, "
               f"drawn with --eval_seed {opts.eval_seed}), training on the other {len(train)}", flush=True)  # fmt: skip
     else:
-        context = getattr(opts, "distributed_context", None)
-        if validation_is_test(experiment.dataset) and (context is None or context.is_leader):  # once per run
+        if validation_is_test(experiment.dataset) and opts.distributed_context.is_leader:  # once per run
             print(f"# warning: {opts.dataset}'s validation split is its test split: validating each epoch (and any "
                   "early stopping or checkpoint choice on it) sees the test images; --validation_images N validates "
                   "on N held-out training images instead", file=sys.stderr, flush=True)  # fmt: skip

@@ -7,16 +7,18 @@ knows about baselines, advantages and entropy.
 """
 
 import dataclasses
+from typing import Optional
 
 import torch
 from torch import nn
 
 from .baselines import StepBatch, as_baseline
 from .captioners.base import Scores
+from .choices import KL_ESTIMATORS, LOG_PROB_NORMALIZATIONS
 from .core import MeanBaseline, core
+from .kl_references import KLReference
 from .losses import strict_hits
 from .micro_batches import recomputed_loss, row_chunks
-from .options.groups import KL_ESTIMATORS, LOG_PROB_NORMALIZATIONS
 from .runtime.precision import autocast, full_precision
 from .runtime.pretrained import FrozenModule
 
@@ -76,8 +78,8 @@ class DiscriminativeGame(nn.Module):
     """
 
     def __init__(self, sender, receiver, loss, baseline_type=MeanBaseline, entropy_coeff=0.0,
-                 standardize_advantage=False, reference=None, kl_coeff=0.0, kl_estimator="sampled",
-                 kl_in_baseline=True, log_prob_normalization="sum", train_logging_strategy=None,
+                 standardize_advantage=False, reference: Optional[KLReference] = None, kl_coeff=0.0,
+                 kl_estimator="sampled", kl_in_baseline=True, log_prob_normalization="sum", train_logging_strategy=None,
                  test_logging_strategy=None, precision="fp32", whole_batch=None, rollouts_per_image=1,
                  retriever_mix="mean", micro_batch_size=None, rollout_batch_size=None):  # fmt: skip
         super().__init__()
@@ -248,7 +250,7 @@ class DiscriminativeGame(nn.Module):
 
     @torch.no_grad()
     def _greedy_cost(self, sender_input, labels, receiver_input, aux_input):
-        greedy = self._send(sender_input, aux_input, labels.device.type, decoding="greedy", score=False)
+        greedy = self._send(sender_input, aux_input, labels.device.type, strategy="greedy", score=False)
         return self._cost(sender_input, greedy.message, greedy.text, labels, receiver_input, aux_input)[0]
 
     # ---- evaluation
@@ -267,9 +269,9 @@ class DiscriminativeGame(nn.Module):
             cost, interaction = self._whole_set(aux_input["padding"], cost, interaction)
         return cost.mean(), interaction
 
-    def _send(self, sender_input, aux_input, device_type, **decoding):
+    def _send(self, sender_input, aux_input, device_type, **strategy):
         with autocast(self.precision, device_type):
-            return self.sender(sender_input, aux_input, **decoding)
+            return self.sender(sender_input, aux_input, **strategy)
 
     def _whole_set(self, padding, cost, interaction):
         """A distributed evaluation: this rank captioned its share of a candidate set (``data.retrieval_share``).

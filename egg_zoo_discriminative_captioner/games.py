@@ -1,4 +1,4 @@
-"""Builds the DiscriTune game from options: captioner Sender + frozen retriever Receiver + reward loss."""
+"""Builds the DiscriTune game from the run config: captioner Sender + frozen retriever Receiver + reward loss."""
 
 import functools
 
@@ -9,7 +9,6 @@ from .baselines import GreedyBaseline, GroupBaseline
 from .core import MeanBaseline, NoBaseline
 from .kl_references import FrozenReference, LanguageModelReference
 from .losses import DiscriminationLoss
-from .options.groups import resolve_rollouts
 from .runtime.distributed import data_parallel_game
 from .runtime.errors import UsageError
 from .runtime.precision import training_precision
@@ -32,7 +31,7 @@ def build_game(opts, captioner, retriever, extra_retrievers=()):
     temperature = opts.reward_temperature if opts.reward_temperature is not None else retriever.temperature
     receiver, data_parallel_options = data_parallel_game(opts, RetrieverReceiver(retriever, extra_retrievers))
     return DiscriminativeGame(
-        sender=CaptionerSender(captioner, num_beams=opts.num_beams, rollouts=resolve_rollouts(opts)),
+        sender=CaptionerSender(captioner, num_beams=opts.num_beams, rollouts=opts.rollouts),
         receiver=receiver,
         loss=DiscriminationLoss(reward=opts.reward, temperature=temperature),
         baseline_type=BASELINE_TYPES[opts.baseline],
@@ -40,14 +39,14 @@ def build_game(opts, captioner, retriever, extra_retrievers=()):
         standardize_advantage=opts.standardize_advantage,
         reference=build_reference(opts, captioner) if opts.kl_coeff > 0 else None,
         kl_coeff=opts.kl_coeff,
-        kl_estimator=getattr(opts, "kl_estimator", "sampled"),
-        kl_in_baseline=getattr(opts, "kl_in_baseline", True),
-        log_prob_normalization=getattr(opts, "log_prob_normalization", "sum"),
+        kl_estimator=opts.kl_estimator,
+        kl_in_baseline=opts.kl_in_baseline,
+        log_prob_normalization=opts.log_prob_normalization,
         precision=training_precision(opts),
-        rollouts_per_image=getattr(opts, "rollouts_per_image", 1),
-        retriever_mix=getattr(opts, "retriever_mix", "mean"),
-        micro_batch_size=getattr(opts, "micro_batch_size", None),
-        rollout_batch_size=getattr(opts, "rollout_batch_size", None),
+        rollouts_per_image=opts.rollouts_per_image,
+        retriever_mix=opts.retriever_mix,
+        micro_batch_size=opts.micro_batch_size,
+        rollout_batch_size=opts.rollout_batch_size,
         **data_parallel_options,
     )
 
@@ -55,7 +54,7 @@ def build_game(opts, captioner, retriever, extra_retrievers=()):
 def build_reference(opts, captioner):
     """The frozen KL reference of ``--kl_reference``: a copy of the pretrained captioner (this project's), or
     the plain language model of ``--language_model`` (the authors'), never trained and left out of checkpoints."""
-    if getattr(opts, "kl_reference", "captioner") == "captioner":
+    if opts.kl_reference == "captioner":
         return FrozenReference(captioner)
     from .captioners.clipcap import ClipCapCaptioner
     from .captioners.clipcap_checkpoint import load_pretrained_language_model
@@ -74,19 +73,15 @@ def build_reference(opts, captioner):
     return reference.to(captioner.lm_head.weight.device)
 
 
-def build_optimizer(game):
+def build_optimizer(opts, game):
     """EGG's optimizer (``--optimizer``, ``--lr``, constant) over the captioner's trainable parameters only.
 
     Adam is torch's fused implementation: the same update as EGG's ``torch.optim.Adam(params, lr)`` in one
     kernel per step and no temporaries (on the CPU, one thread, 9x faster than the per-tensor loop torch uses
-    by default there).
+    by default there); SGD and Adagrad are EGG's, built from the run's config rather than EGG's global options.
     """
-    from .core import core
-
-    parameters, opts = game.sender.captioner.trainable_parameters(), core.get_opts()
-    if opts.optimizer == "adam":
-        return fused_adam(parameters, lr=opts.lr)
-    return core.build_optimizer(parameters)
+    optimizers = {"adam": fused_adam, "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}
+    return optimizers[opts.optimizer](game.sender.captioner.trainable_parameters(), lr=opts.lr)
 
 
 def fused_adam(parameters, lr):

@@ -25,6 +25,17 @@ def main(params):
     return finetune(opts, params)  # torch and the models: imported once the options are known to be good
 
 
+def hand_to_egg(opts):
+    """EGG's Trainer reads its options from the core's own namespace (``core.get_opts()``), not from the run
+    config: of those it reads, the two that the run resolves after parsing are handed over here."""
+    from .core import core
+    from .runtime.precision import training_precision
+
+    egg = core.get_opts()
+    egg.load_from_checkpoint = opts.load_from_checkpoint  # --preemptable: the newest checkpoint of the directory
+    egg.fp16 = training_precision(opts) == "fp16"  # EGG's Trainer keeps a GradScaler for fp16
+
+
 def build_trainer(opts, game, optimizer, train_loader, validation_loader, callbacks, scheduler=None):
     """EGG's Trainer (with the learning-rate ``scheduler`` and ``--max_grad_norm``); a checkpoint that cannot be
     resumed becomes a one-line error."""
@@ -39,7 +50,7 @@ def build_trainer(opts, game, optimizer, train_loader, validation_loader, callba
             train_data=train_loader,
             validation_data=validation_loader,
             callbacks=callbacks,
-            grad_norm=getattr(opts, "max_grad_norm", None),
+            grad_norm=opts.max_grad_norm,
         )
     except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as error:
         if opts.load_from_checkpoint is None:
@@ -55,7 +66,7 @@ def finetune(opts, params):
     from .runtime.run_directory import FINAL_RESULTS, prepare_run
 
     options = computing_options(opts)  # as parsed, before the models' defaults fill some in
-    resume, results, lock = prepare_run(opts, options)
+    opts, resume, results, lock = prepare_run(opts, options)  # opts: with the checkpoint it resumes
     with lock or contextlib.nullcontext():  # released however the run ends: done, an error, SIGTERM's exit
         if results is not None:  # e.g. a requeued --preemptable job whose run had ended
             directory = os.path.dirname(os.path.abspath(opts.load_from_checkpoint))
@@ -91,11 +102,12 @@ def train_run(opts, params, resume, options):
 
     data_seed = distributed.setup(opts)  # the same on every rank
     if opts.device.type == "cpu":
-        keep_freed_memory()  # a CPU step then reuses its memory, instead of faulting it in again (runtime/host_memory.py)
+        keep_freed_memory()  # a CPU step then reuses its memory instead of faulting it in (runtime/host_memory.py)
     context = opts.distributed_context
     rank, world_size = context.rank, context.world_size
     with distributed.leader_first(opts):  # the leader builds and caches shared data first
         experiment = build_experiment(opts)
+    opts = experiment.config  # with its models resolved: what opts.json records
     train_set, validation_set, test_set = training_splits(experiment, opts.device)  # --validation_images: held out
 
     loader_options = dict(seed=data_seed, num_workers=opts.num_workers, rank=rank, world_size=world_size)
@@ -107,7 +119,7 @@ def train_run(opts, params, resume, options):
     validation_loader = retrieval_loader(validation_set, opts.eval_candidates, **evaluation_options)
     extra = [retriever for retriever, _ in experiment.extra_retrievers]
     game = build_game(opts, experiment.captioner, experiment.retriever, extra)
-    optimizer = build_optimizer(game)
+    optimizer = build_optimizer(opts, game)
     scheduler = build_scheduler(opts, optimizer, len(train_loader) // opts.update_freq)
 
     position = EpochSetter(train_loader.batch_sampler)
@@ -126,6 +138,7 @@ def train_run(opts, params, resume, options):
                              resume_command=resume_command, updates=resume["updates"] if resume else 0,
                              writes=context.is_leader, options=options)
         )  # fmt: skip
+    hand_to_egg(opts)
     trainer = build_trainer(opts, game, optimizer, train_loader, validation_loader, callbacks, scheduler)
     if opts.checkpoint_dir and context.is_leader:
         if opts.overwrite and not resumes_in_place(opts):  # the other run's files go now, not earlier

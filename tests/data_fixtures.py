@@ -1,4 +1,4 @@
-"""Tiny data sets written in their published on-disk formats (the README's data set section), with a few broken images.
+"""Tiny data sets written in their published on-disk formats (docs/datasets.md), with a few broken images.
 
 Every fixture has, per split, some good JPEGs, one corrupted file (random bytes), one truncated JPEG and one
 listed image whose file is absent; ``EXPECTED[name]`` gives what a reader must find.

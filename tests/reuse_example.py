@@ -1,4 +1,4 @@
-"""The README's reuse example: DiscriTune's agents in another EGG experiment, trained on the user's own data.
+"""The reuse example of docs/egg.md: DiscriTune's agents in another EGG experiment, trained on the user's own data.
 
 ``python -m tests.reuse_example`` runs it on random data with tiny models, on whichever core is active (the test
 suite runs it on the bundled core, and on facebookresearch EGG when ``EGG_SOURCE`` is set), with upstream

@@ -3,7 +3,6 @@ log-probabilities, stopping at any token containing '.', beam rollouts with a gr
 against a plain language model.  Each option's default keeps this project's behaviour; the paper's game files
 select the authors'."""
 
-import argparse
 
 import pytest
 import torch
@@ -300,16 +299,13 @@ def test_rollouts_options_and_the_greedy_rollouts_alias():
         get_opts(["--game", "coco", "--baseline", "greedy"])
 
 
-def test_build_game_reads_rollouts_and_the_old_greedy_rollouts_namespace(clipcap, retriever):
+def test_build_game_reads_rollouts_and_the_old_greedy_rollouts_option(clipcap, retriever):
     from egg.zoo.discriminative_captioner.games import build_game
 
-    base = dict(reward_temperature=None, num_beams=2, reward="logprob", baseline="mean", entropy_coeff=0.0,
-                standardize_advantage=False, kl_coeff=0.0,
-                distributed_context=argparse.Namespace(is_distributed=False))  # fmt: skip
-    old = argparse.Namespace(**base, greedy_rollouts=True)  # no rollouts: options as they were before
+    old = get_opts(["--greedy_rollouts", "--num_beams", "2", "--kl_coeff", "0"])  # as older game files say it
     game = build_game(old, clipcap, retriever)
     assert game.sender.rollouts == "greedy" and game.log_prob_normalization == "sum"
-    new = argparse.Namespace(**base, rollouts="beam", greedy_rollouts=False, log_prob_normalization="mean")
+    new = get_opts(["--rollouts", "beam", "--num_beams", "2", "--log_prob_normalization", "mean", "--kl_coeff", "0"])
     game = build_game(new, clipcap, retriever)
     assert game.sender.rollouts == "beam" and game.log_prob_normalization == "mean"
 

@@ -11,7 +11,8 @@ import torch
 from egg.zoo.discriminative_captioner import train
 from egg.zoo.discriminative_captioner.data import DATASETS, load_dataset
 from egg.zoo.discriminative_captioner.data.base import ImageSplit
-from egg.zoo.discriminative_captioner.data.feature_cache import CacheKey, build_cache, cache_status
+from egg.zoo.discriminative_captioner.data.feature_cache import CacheKey, cache_status
+from egg.zoo.discriminative_captioner.data.feature_cache_build import build_cache
 from egg.zoo.discriminative_captioner.data.hard_distractors import nearest_neighbours
 from egg.zoo.discriminative_captioner.data.images import IMAGE_ERRORS
 from egg.zoo.discriminative_captioner.options.parse import get_opts

@@ -33,6 +33,7 @@ from egg.zoo.discriminative_captioner.data.base import retrieval_share
 from egg.zoo.discriminative_captioner.data.hard_distractors import hard_distractor_loader
 from egg.zoo.discriminative_captioner.data.samplers import EpochBatchSampler
 from egg.zoo.discriminative_captioner.games import build_game, build_optimizer
+from egg.zoo.discriminative_captioner.options.parse import config_of
 from egg.zoo.discriminative_captioner.retrievers.clip import ClipRetriever
 from egg.zoo.discriminative_captioner.runtime import distributed
 from egg.zoo.discriminative_captioner.runtime.checkpointing import save_checkpoint_pair
@@ -49,7 +50,8 @@ GLOBAL_BATCH, N_IMAGES, FEATURES = 8, 16, 32  # two global batches per epoch
 # Candidate sets of 5, which two ranks cannot share evenly; neither split is a multiple of 5.  Validation: sets
 # of 5, 5, 5 and 1 targets (rank 1 captions only padding for the last); test: 5, 5 and 3 targets.
 CANDIDATES, EVAL_IMAGES = 5, {"validation": 16, "test": 13}
-GAME_OPTIONS = dict(reward="logprob", reward_temperature=0.05, greedy_rollouts=True, num_beams=2)
+GAME_OPTIONS = dict(reward="logprob", reward_temperature=0.05, rollouts="greedy", greedy_rollouts=True, num_beams=2,
+                    optimizer="sgd", lr=0.1)  # the optimizer as the core's init below is given it
 # With greedy rollouts the greedy baseline cancels the reward, so that configuration's gradient is the entropy's.
 CONFIGURATIONS = {
     "mean baseline, KL, entropy": dict(baseline="mean", kl_coeff=0.2, entropy_coeff=0.01, standardize_advantage=False),
@@ -132,11 +134,12 @@ def train_one_epoch(configuration):
     model = ClipCapModel(ClipCapConfig(prefix_length=3, prefix_size=FEATURES), tiny_gpt2(len(tokenizer)))
     captioner = ClipCapCaptioner(model, tokenizer, image_encoder=None, max_len=6)
     retriever = ClipRetriever(tiny_clip(), clip_transform(32))
-    game_opts = argparse.Namespace(**GAME_OPTIONS, **configuration, distributed_context=context)
+    game_options = {key: value for key, value in configuration.items() if key != "retrievers"}
+    game_opts = config_of(distributed_context=context).replace(**GAME_OPTIONS, **game_options)
     retrievers = configuration.get("retrievers", 1)
     extra = [ClipRetriever(tiny_clip(seed=10 + i), clip_transform(32)) for i in range(retrievers - 1)]
     game = build_game(game_opts, captioner, retriever, extra)
-    optimizer = build_optimizer(game)
+    optimizer = build_optimizer(game_opts, game)
     parameters = list(captioner.trainable_parameters())
 
     shares = dict(seed=0, rank=context.rank, world_size=context.world_size)
@@ -384,12 +387,12 @@ def close_after_a_step(rank, world_size, port, directory):
     tokenizer = word_tokenizer()
     model = ClipCapModel(ClipCapConfig(prefix_length=3, prefix_size=FEATURES), tiny_gpt2(len(tokenizer)))
     captioner = ClipCapCaptioner(model, tokenizer, image_encoder=None, max_len=6)
-    game_opts = argparse.Namespace(**GAME_OPTIONS, **CONFIGURATIONS["micro-batches"],
-                                   distributed_context=opts.distributed_context)  # fmt: skip
+    game_opts = config_of(distributed_context=opts.distributed_context).replace(**GAME_OPTIONS,
+                                                                               **CONFIGURATIONS["micro-batches"])
     game = build_game(game_opts, captioner, ClipRetriever(tiny_clip(), clip_transform(32)))
     loader = training_loader(tiny_split("train"), GLOBAL_BATCH, seed=0, rank=rank, world_size=world_size)
     callbacks = [EpochSetter(loader.batch_sampler), ConsoleLogger()]  # they point back at the trainer: a cycle
-    trainer = core.Trainer(game, build_optimizer(game), loader, callbacks=callbacks)
+    trainer = core.Trainer(game, build_optimizer(game_opts, game), loader, callbacks=callbacks)
     with contextlib.redirect_stdout(io.StringIO()):
         trainer.train(n_epochs=1)
     alive, destroy = [], dist.destroy_process_group

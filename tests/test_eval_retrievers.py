@@ -15,8 +15,9 @@ import torch.nn.functional as F
 
 from egg.zoo.discriminative_captioner import evaluate
 from egg.zoo.discriminative_captioner.data.base import retrieval_batches
-from egg.zoo.discriminative_captioner.evaluation.other_retrievers import parse_retriever, parse_retrievers
 from egg.zoo.discriminative_captioner.experiment import encoder_models, retriever_cache_role
+from egg.zoo.discriminative_captioner.options.parse import config_of
+from egg.zoo.discriminative_captioner.retrievers.specs import parse_retriever, parse_retrievers
 from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 from egg.zoo.discriminative_captioner.runtime.preflight import retriever_missing
 
@@ -43,7 +44,7 @@ from .tiny_models import register_tiny_open_clip, save_open_clip, save_openai_cl
 def test_specs_name_backend_model_weights_and_label(text, label, backend, model, pretrained):
     spec = parse_retriever(text)
     assert (spec.label, spec.backend, spec.model, spec.pretrained) == (label, backend, model, pretrained)
-    options = spec.options(types.SimpleNamespace(clip_backend="openai", clip_model="x", clip_pretrained=None))
+    options = spec.options(config_of(["--clip_model", "x"]))
     assert (options.clip_backend, options.clip_model, options.clip_pretrained) == (backend, model, pretrained)
 
 
@@ -87,9 +88,9 @@ def test_a_bad_spec_stops_evaluate_before_any_model_loads(tmp_path):
 
 
 def retriever_options(backend="openai", model="ViT-B/32", pretrained=None, precision="fp32", download_root=None):
-    return types.SimpleNamespace(clip_backend=backend, clip_model=model, clip_pretrained=pretrained,
-                                 retriever_precision=precision, clip_download_root=download_root,
-                                 captioner_clip_model="ViT-B/32")  # fmt: skip
+    return config_of().replace(clip_backend=backend, clip_model=model, clip_pretrained=pretrained,
+                               retriever_precision=precision, clip_download_root=download_root,
+                               captioner_clip_model="ViT-B/32")  # fmt: skip
 
 
 def test_open_clip_weights_are_part_of_the_cache_key_and_other_keys_stay_as_they_were(tmp_path, monkeypatch):

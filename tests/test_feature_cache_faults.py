@@ -2,9 +2,10 @@
 
 The kill test runs this file as a script (``python -m tests.test_feature_cache_faults ROOT``): one process imports
 torch once, then forks a child per build, which a profile hook kills with SIGKILL at its k-th function call in
-the cache's code (``feature_cache.py``, ``runtime/atomic.py``, ``shutil``): between any two of its writes, in the middle of
-a shard's write, while it removes a stale cache, before the manifest.  Another forked child resumes each killed
-build; the test compares every resumed directory with a cache built in one go, file by file and byte by byte.
+the cache's code (``feature_cache.py``, ``feature_cache_build.py``, ``runtime/atomic.py``, ``shutil``): between any
+two of its writes, in the middle of a shard's write, while it removes a stale cache, before the manifest.  Another
+forked child resumes each killed build; the test compares every resumed directory with a cache built in one go,
+file by file and byte by byte.
 """
 
 import json
@@ -21,8 +22,9 @@ import pytest
 import torch
 from PIL import Image
 
-from egg.zoo.discriminative_captioner.data import feature_cache
-from egg.zoo.discriminative_captioner.data.feature_cache import CacheKey, FeatureCache, build_cache, verify_cache
+from egg.zoo.discriminative_captioner.data import feature_cache, feature_cache_build
+from egg.zoo.discriminative_captioner.data.feature_cache import CacheKey, FeatureCache, verify_cache
+from egg.zoo.discriminative_captioner.data.feature_cache_build import build_cache
 from egg.zoo.discriminative_captioner.data.splits import ImageSplit
 from egg.zoo.discriminative_captioner.runtime import atomic
 from egg.zoo.discriminative_captioner.runtime.errors import UsageError
@@ -72,7 +74,7 @@ def files_of(directory):
 
 # --- the driver: builds killed at the k-th call, run as a script -------------------------------------------------
 
-TRACED = {feature_cache.__file__, atomic.__file__, shutil.__file__}
+TRACED = {feature_cache.__file__, feature_cache_build.__file__, atomic.__file__, shutil.__file__}
 
 
 def _profile(kill_at=None, labels=None):

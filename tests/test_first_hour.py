@@ -70,10 +70,10 @@ def test_option_prefixes_are_refused_and_unused_options_refused(capsys):
     assert exit_info.value.code == 2 and "unrecognized arguments: --n_epoch 3" in capsys.readouterr().err
     with pytest.raises(UsageError, match="--data_root is where a real data set is read from"):
         train.main(["--data_root", "/somewhere"])
-    from egg.zoo.discriminative_captioner.options.parse import get_opts
+    from egg.zoo.discriminative_captioner import evaluate
 
     with pytest.raises(UsageError, match=r"^evaluate does not use --lr, --n_epochs"):
-        get_opts(["--lr", "0.1", "--n_epochs=3", "--max_len", "5"], command="evaluate")
+        evaluate.main(["--lr", "0.1", "--n_epochs=3", "--max_len", "5"])
 
 
 def test_a_conceptual_run_on_an_empty_machine_names_every_missing_file_at_once(tmp_path):

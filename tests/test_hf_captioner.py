@@ -6,7 +6,6 @@ one training step changes the trainable parameters and nothing else, saving and 
 captions, and LoRA trains the adapters alone.
 """
 
-import argparse
 import os
 
 import pytest
@@ -16,6 +15,7 @@ from PIL import Image
 from egg.zoo.discriminative_captioner.captioners import base
 from egg.zoo.discriminative_captioner.captioners.fused import BANNED
 from egg.zoo.discriminative_captioner.captioners.hf_loading import load_hf_captioner
+from egg.zoo.discriminative_captioner.options.parse import config_of
 from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 
 from . import tiny_hf_captioners as families
@@ -52,7 +52,7 @@ def hf_opts(info, **overrides):
                   hf_image_size=None, lora_rank=0, lora_alpha=None, lora_targets=None, merge_lora=False,
                   gradient_checkpointing=False)  # fmt: skip
     values.update(overrides)
-    return argparse.Namespace(**values)
+    return config_of().replace(captioner="hf", **values)
 
 
 def images(n=3):

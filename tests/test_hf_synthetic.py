@@ -88,8 +88,8 @@ def test_without_hf_model_the_world_pretrains_its_own_into_its_directory(own_wor
 
     full = pretrain_hf.config_for
     monkeypatch.setattr(pretrain_hf, "config_for", lambda world, **overrides: full(world, **{"steps": 10, **overrides}))
-    opts = get_opts(run_args(own_world_cache) + ["--checkpoint_dir", ""])
-    experiment = build_experiment(opts)
+    experiment = build_experiment(get_opts(run_args(own_world_cache) + ["--checkpoint_dir", ""]))
+    opts = experiment.config  # with the world's own models
     world = load_world(own_world_cache, "tiny", progress=False)
     assert opts.hf_model == os.path.join(world.directory, pretrain_hf.HF_DIRECTORY)
     assert isinstance(experiment.captioner, HFCaptioner)

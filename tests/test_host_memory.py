@@ -1,5 +1,5 @@
-"""A CPU run keeps the memory it frees (runtime/host_memory.py): a freed block stays resident, and the next block that fits
-in it is served from it without page faults.
+"""A CPU run keeps the memory it frees (``runtime/host_memory.py``): a freed block stays resident, and the next
+block that fits in it is served from it without page faults.
 
 Each check runs in its own interpreter: ``keep_freed_memory`` changes the allocator of the whole process.  The
 reference is glibc's default in the same script: there a 64 MB block (above glibc's largest mmap threshold, 32

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from egg.zoo.discriminative_captioner import experiment, train
-from egg.zoo.discriminative_captioner.data.feature_cache import build_cache
+from egg.zoo.discriminative_captioner.data.feature_cache_build import build_cache
 from egg.zoo.discriminative_captioner.runtime import locks
 from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 

@@ -45,23 +45,18 @@ def test_help_lists_every_model_option_with_its_default(capsys):
     assert "running-mean baseline irrelevant" in text
 
 
-class World:
-    """A data set with its own captioner and retriever files."""
-
-    def model_defaults(self, opts):
-        return {"clip_model": "world.pt", "captioner_clip_model": "world.pt", "clipcap_checkpoint": "cap.pt",
-                "language_model": "lm"}  # fmt: skip
+# a data set's own captioner and retriever files (its model_defaults)
+WORLD = {"clip_model": "world.pt", "captioner_clip_model": "world.pt", "clipcap_checkpoint": "cap.pt",
+         "language_model": "lm"}
 
 
 def test_a_data_sets_own_models_fill_unset_options_model_by_model():
-    from egg.zoo.discriminative_captioner.options.parse import apply_model_defaults
-
-    opts = apply_model_defaults(get_opts([]), World())
+    opts = get_opts([]).with_model_defaults(WORLD)
     assert (opts.clip_model, opts.clipcap_checkpoint, opts.language_model) == ("world.pt", "cap.pt", "lm")
     # a released ClipCap file comes with the released GPT-2 and CLIP, not the data set's tiny ones
-    opts = apply_model_defaults(get_opts(["--clipcap_checkpoint", "coco_weights.pt"]), World())
+    opts = get_opts(["--clipcap_checkpoint", "coco_weights.pt"]).with_model_defaults(WORLD)
     assert (opts.language_model, opts.captioner_clip_model, opts.clip_model) == ("gpt2", "ViT-B/32", "world.pt")
-    opts = apply_model_defaults(get_opts(["--clip_backend", "transformers", "--clip_model", "x"]), World())
+    opts = get_opts(["--clip_backend", "transformers", "--clip_model", "x"]).with_model_defaults(WORLD)
     assert opts.clip_model == "x" and opts.clipcap_checkpoint == "cap.pt"
 
 

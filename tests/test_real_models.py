@@ -12,22 +12,15 @@ from egg.zoo.discriminative_captioner import train
 from egg.zoo.discriminative_captioner.captioners import build_captioner
 from egg.zoo.discriminative_captioner.captioners.blip import BlipCaptioner
 from egg.zoo.discriminative_captioner.captioners.clipcap_checkpoint import is_legacy_buffer
-from egg.zoo.discriminative_captioner.options.parse import apply_model_defaults, get_opts
+from egg.zoo.discriminative_captioner.options.parse import get_opts
 from egg.zoo.discriminative_captioner.retrievers import build_retriever
 from egg.zoo.discriminative_captioner.retrievers.clip_conversion import save_as_transformers
 from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 
 
-class ReleasedModels:
-    """A data set that brings no models of its own: unset model options fall back to the released ones."""
-
-    def model_defaults(self, opts):
-        return {}
-
-
 def options(params):
     """Options as a run resolves them (command line, game file, then the released models' defaults)."""
-    return apply_model_defaults(get_opts(params), ReleasedModels())
+    return get_opts(params).with_model_defaults()
 
 
 def clipcap_opts(files, kind="mlp", *extra):

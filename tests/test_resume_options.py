@@ -74,7 +74,7 @@ def test_how_long_where_and_in_how_much_memory_may_change(base_run, tmp_path):
     new = tmp_path / "elsewhere"
     args = [arg if arg != str(directory) else str(new) for arg in args]
     results = resume(args, directory, "--micro_batch_size", "10", "--num_workers", "0", "--checkpoint_every", "5",
-                     "--decoding", "generate")  # fmt: skip
+                     "--decoder", "generate")  # fmt: skip
     assert 0 <= results["acc"] <= 1
     assert "option_changes" not in json.loads((new / "opts.json").read_text())
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from egg.zoo.discriminative_captioner.games import build_game
-from egg.zoo.discriminative_captioner.options.parse import apply_model_defaults, get_opts
+from egg.zoo.discriminative_captioner.options.parse import get_opts
 from egg.zoo.discriminative_captioner.retrievers import HFClipRetriever, OpenClipRetriever, build_retriever
 from egg.zoo.discriminative_captioner.runtime.errors import UsageError
 
@@ -18,14 +18,9 @@ from .tiny_models import register_tiny_open_clip, save_open_clip, save_open_clip
 TEXTS = ["a red circle on a dark background.", "two dogs playing in the water", "x", "a very long caption " * 30]
 
 
-class ReleasedModels:
-    def model_defaults(self, opts):
-        return {}
-
-
 def options(params):
     """Options as a run resolves them (command line, then the released models' defaults)."""
-    return apply_model_defaults(get_opts(params), ReleasedModels())
+    return get_opts(params).with_model_defaults()
 
 
 def random_images(n, size=40):

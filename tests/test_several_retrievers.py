@@ -88,15 +88,15 @@ def test_alternate_rewards_one_retriever_per_training_batch_in_turn_and_the_turn
 
 def test_the_options_split_into_the_runs_retriever_and_the_others(tmp_path):
     opts = get_opts(["--clip_model", "a.pt", "b.pt", "c.pt", "--retriever_mix", "alternate"])
-    assert (opts.clip_model, opts.extra_clip_models, opts.retriever_mix) == ("a.pt", ["b.pt", "c.pt"], "alternate")
-    assert get_opts(["--clip_model", "a.pt"]).extra_clip_models == []
+    assert (opts.clip_model, opts.extra_clip_models, opts.retriever_mix) == ("a.pt", ("b.pt", "c.pt"), "alternate")
+    assert get_opts(["--clip_model", "a.pt"]).extra_clip_models == ()
     with pytest.raises(UsageError, match="one per model"):
         get_opts(["--clip_backend", "open_clip", "--clip_model", "A", "B", "C", "--clip_pretrained", "x", "y"])
     with pytest.raises(UsageError, match="--hard_distractors"):
         get_opts(["--clip_model", "a.pt", "b.pt", "--hard_distractors", "3"])
     game = tmp_path / "two.json"
     game.write_text(json.dumps({"clip_model": ["a.pt", "b.pt"]}))  # a game file gives them as a list
-    assert get_opts(["--game", str(game)]).extra_clip_models == ["b.pt"]
+    assert get_opts(["--game", str(game)]).extra_clip_models == ("b.pt",)
 
 
 def test_a_run_with_two_retrievers_trains_and_logs_each_ones_p_at_1(tiny_run_args, world_cache, tmp_path, capsys):
@@ -122,9 +122,9 @@ def test_a_run_with_two_retrievers_trains_and_logs_each_ones_p_at_1(tiny_run_arg
 def test_each_clip_model_may_name_its_own_backend():
     opts = get_opts(["--clip_model", "transformers:DIR", "b.pt", "open_clip:ViT-B-32:tag"])
     assert (opts.clip_backend, opts.clip_model) == ("transformers", "DIR")
-    assert opts.extra_clip_models == ["openai:b.pt", "open_clip:ViT-B-32:tag"]  # plain names keep --clip_backend's
+    assert opts.extra_clip_models == ("openai:b.pt", "open_clip:ViT-B-32:tag")  # plain names keep --clip_backend's
     opts = get_opts(["--clip_model", "a.pt", "transformers:DIR"])
-    assert (opts.clip_backend, opts.clip_model, opts.extra_clip_models) == ("openai", "a.pt", ["transformers:DIR"])
+    assert (opts.clip_backend, opts.clip_model, opts.extra_clip_models) == ("openai", "a.pt", ("transformers:DIR",))
     opts = get_opts(["--clip_model", "open_clip:ViT-B-32:laion2b_s34b_b79k"])
     assert (opts.clip_backend, opts.clip_model, opts.clip_pretrained) == ("open_clip", "ViT-B-32", "laion2b_s34b_b79k")
     from egg.zoo.discriminative_captioner.experiment import extra_retriever_options

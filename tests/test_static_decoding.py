@@ -1,4 +1,4 @@
-"""The static-cache decoding loop (``--decoding static|compiled``) against transformers' ``generate``.
+"""The static-cache decoding loop (``--decoder static|compiled``) against transformers' ``generate``.
 
 Checked against independent references: ``generate``'s own tokens under the same random stream (and the stream
 it leaves behind), the scoring pass's log-probabilities of the emitted tokens, and the top-level operators it
@@ -28,7 +28,7 @@ def captioner(tokenizer, decoding, max_len=12, any_period=True, seed=0, stop_boo
     result = ClipCapCaptioner(model, tokenizer, image_encoder=None, max_len=max_len, stop_at_any_period=any_period)
     period = model.gpt.transformer.wte.weight[result.period_id].detach()
     model.gpt.transformer.ln_f.bias.data += stop_boost * period / period.norm()
-    result.decoding = decoding
+    result.decoder = decoding
     return result
 
 
@@ -146,11 +146,11 @@ def test_a_model_the_loop_cannot_decode_falls_back_to_generate_saying_so_once(to
         model.rollout(features)
         model.rollout(features)
     said = capsys.readouterr().err.splitlines()
-    assert len(said) == 1 and said[0].startswith("note: --decoding static:") and "decodes with generate" in said[0]
+    assert len(said) == 1 and said[0].startswith("note: --decoder static:") and "decodes with generate" in said[0]
     assert not caught  # one line of the project's own, not a Python warning with its source line
-    model.decoding = "auto"  # auto falls back without a word
+    model.decoder = "auto"  # auto falls back without a word
     model.rollout(features)
-    assert "--decoding" not in capsys.readouterr().err
+    assert "--decoder" not in capsys.readouterr().err
 
 
 def top_level_operators(function):

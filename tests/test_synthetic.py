@@ -1,6 +1,5 @@
 """The synthetic world: deterministic drawing, what captions mean, and files in the real on-disk formats."""
 
-import argparse
 import os
 import shutil
 
@@ -9,6 +8,7 @@ import pytest
 import torch
 
 from egg.zoo.discriminative_captioner.captioners.clipcap_checkpoint import load_clipcap_captioner
+from egg.zoo.discriminative_captioner.options.parse import config_of
 from egg.zoo.discriminative_captioner.retrievers.clip import ClipRetriever
 from egg.zoo.discriminative_captioner.runtime.clip_loading import load_clip
 from egg.zoo.discriminative_captioner.runtime.errors import UsageError
@@ -70,12 +70,12 @@ def test_world_files_load_through_the_real_loaders(world_cache):
     model, transform = load_clip(os.path.join(directory, "retriever.pt"), "--clip_model")
     retriever = ClipRetriever(model, transform)
     assert retriever.encode_texts(["a red circle"]).shape == (1, model.text_projection.shape[1])
-    opts = argparse.Namespace(
+    opts = config_of().replace(
         clipcap_checkpoint=os.path.join(directory, "captioner.pt"),
         captioner_clip_model=os.path.join(directory, "retriever.pt"),
         language_model=os.path.join(directory, "language_model"),
         clip_download_root=None, mapping_type="auto", prefix_length=None, clip_length=None, normalize_prefix=None,
-        max_len=10,
+        max_len=10, stop_at_any_period=False,
     )  # fmt: skip
     captioner = load_clipcap_captioner(opts)
     features = captioner.encode_images(torch.zeros(2, 3, 32, 32))

@@ -54,7 +54,7 @@ def test_resuming_restores_parameters_and_optimizer_state(tiny_run_args, tmp_pat
 
     experiment = build_experiment(opts)
     game = build_game(opts, experiment.captioner, experiment.retriever)
-    optimizer = build_optimizer(game)
+    optimizer = build_optimizer(opts, game)
     trainer = core.Trainer(game=game, optimizer=optimizer, train_data=[])
     assert trainer.start_epoch == 1
     for key, value in saved.model_state_dict.items():
@@ -78,7 +78,7 @@ def test_the_optimizer_holds_only_the_captioners_trainable_parameters(tiny_run_a
     opts = get_opts(tiny_run_args)
     experiment = build_experiment(opts)
     game = build_game(opts, experiment.captioner, experiment.retriever)
-    optimized = {id(p) for group in build_optimizer(game).param_groups for p in group["params"]}
+    optimized = {id(p) for group in build_optimizer(opts, game).param_groups for p in group["params"]}
     assert optimized == {id(p) for p in experiment.captioner.model.parameters()}
     frozen = list(experiment.retriever.parameters()) + list(game.reference.parameters())
     assert not optimized & {id(p) for p in frozen}
@@ -89,7 +89,7 @@ def test_adam_is_torchs_fused_adam_with_egg_s_learning_rate_and_the_same_update(
 
     opts = get_opts(tiny_run_args + ["--optimizer", "adam", "--lr", "0.01"])
     experiment = build_experiment(opts)
-    optimizer = build_optimizer(build_game(opts, experiment.captioner, experiment.retriever))
+    optimizer = build_optimizer(opts, build_game(opts, experiment.captioner, experiment.retriever))
     assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["fused"] and optimizer.defaults["lr"] == 0.01
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     copies = [p.detach().clone().requires_grad_() for p in parameters]

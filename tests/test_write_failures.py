@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from egg.zoo.discriminative_captioner import callbacks, train
-from egg.zoo.discriminative_captioner.data.feature_cache import build_cache
+from egg.zoo.discriminative_captioner.data.feature_cache_build import build_cache
 from egg.zoo.discriminative_captioner.runtime import atomic
 from egg.zoo.discriminative_captioner.runtime.checkpointing import (
     atomic_save,

@@ -25,16 +25,16 @@ _EXPORTS = {"BlipCaptioner": ".blip", "ClipCapCaptioner": ".clipcap", "HFCaption
 
 
 def build_captioner(opts):
-    """The captioner named by ``--captioner``, decoding as ``--decoding`` says.
+    """The captioner named by ``--captioner``, decoding with ``--decoder``.
 
-    ``--decoding compiled``'s compiler files go under the cache directory (``<--cache_dir>/torchinductor``), not
+    ``--decoder compiled``'s compiler files go under the cache directory (``<--cache_dir>/torchinductor``), not
     into the system's temporary directory, unless ``TORCHINDUCTOR_CACHE_DIR`` names a place already."""
     captioner = load(__name__, CAPTIONERS[opts.captioner])(opts)
-    captioner.decoding = getattr(opts, "decoding", "auto")
-    if captioner.decoding == "compiled":
+    captioner.decoder = opts.decoder
+    if captioner.decoder == "compiled":
         from ..runtime.downloads import default_cache_dir
 
-        cache_dir = getattr(opts, "cache_dir", None) or default_cache_dir()
+        cache_dir = opts.cache_dir or default_cache_dir()
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(cache_dir, "torchinductor"))
     return captioner
 

@@ -1,7 +1,7 @@
-"""What every captioner offers the game, and the token bookkeeping they share."""
+"""What every captioner offers the game (``Captioner``), and the token bookkeeping they share."""
 
 import contextlib
-from typing import Any, List, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, NamedTuple, Optional, Protocol, Tuple, runtime_checkable
 
 import torch
 from torch import nn
@@ -9,6 +9,9 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from .fused import head_token_log_probs, vocabulary_slices
 from .static_decoding import StaticDecoder, draw_tokens, say_once, unsupported
+
+if TYPE_CHECKING:
+    from ..kl_references import KLReference
 
 
 class Rollout(NamedTuple):
@@ -52,6 +55,39 @@ class Scores(NamedTuple):
     log_prob: torch.Tensor  # summed over the caption's tokens, stop token included
     entropy: torch.Tensor  # mean per-token entropy over the same positions
     kl: Optional[torch.Tensor] = None  # summed KL to the reference over the same positions, no gradients
+
+
+@runtime_checkable
+class Captioner(Protocol):
+    """What the game, the feature cache, evaluation and checkpoints use of a captioner, an ``nn.Module``
+    (``ConditionalCaptioner`` implements all but the model's own members; a ``FrozenReference`` copies one).
+    ``sender_input`` ``[B, ...]`` is what ``encode_images`` makes of preprocessed pixels where ``cache_inputs``,
+    else the pixels themselves."""
+
+    cache_inputs: bool  # whether encode_images is frozen, so that its outputs are computed once per image
+    decoder: str  # --decoder: what decodes captions (static_decoding.py)
+    image_transform: Callable  # PIL image -> preprocessed pixels
+    tokenizer: Any  # the transformers tokenizer of the captions
+    stop_ids: List[int]  # a caption ends at the first of them
+
+    @property
+    def config(self) -> Any: ...  # a dataclass saved with every checkpoint; resuming checks it
+    @property
+    def lm_head(self) -> nn.Linear: ...  # last hidden states -> vocabulary (a KL reference's must match it)
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor: ...  # pixels [N, 3, H, W] -> sender_input
+    # training captions decoded without gradients, per_image of each image; then Scores of their rows
+    def sample(self, sender_input, greedy=False, num_beams=1, per_image=1, images_per_decode=None) -> Captions: ...
+    def score_rows(self, captions, rows=None, kl_reference: Optional["KLReference"] = None,
+                   kl_estimator="exact") -> Scores: ...  # fmt: skip
+    # sample and score_rows of every row in one pass; beam-search captions (greedy: num_beams=1), unscored
+    def rollout(self, sender_input, greedy=False, num_beams=1, kl_reference: Optional["KLReference"] = None,
+                per_image=1) -> Rollout: ...  # fmt: skip
+    def generate(self, sender_input, num_beams=5) -> Rollout: ...
+    # summed log-probability and mean entropy [B] of caption tokens [B, T]; mean token cross-entropy of references
+    def score(self, sender_input, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]: ...
+    def mle_loss(self, sender_input, captions: List[str]) -> torch.Tensor: ...
+    def trainable_parameters(self) -> List[nn.Parameter]: ...  # what the optimizer updates
+    def save_pretrained(self, directory: str) -> str: ...  # the model in its native format; returns its path
 
 
 def take_rows(values, index):
@@ -188,7 +224,12 @@ class ConditionalCaptioner(nn.Module):
     that read it.
     """
 
-    decoding = "auto"  # --decoding: how captions are decoded (captioners/static_decoding.py)
+    decoder = "auto"  # --decoder: what decodes captions (captioners/static_decoding.py)
+
+    def __init__(self):
+        super().__init__()
+        # [V]: fused.BANNED at the tokens no caption may hold (a model's image placeholders); None bans nothing
+        self.register_buffer("ban", None, persistent=False)
 
     @staticmethod
     def switch_off_dropout(module):
@@ -292,19 +333,19 @@ class ConditionalCaptioner(nn.Module):
             return self._decode_tokens(condition, sample=sample, num_beams=num_beams)
 
     def _static_decoder(self):
-        """The ``StaticDecoder`` of ``--decoding static|compiled|auto``, or None where decoding goes through
-        ``generate`` (``--decoding generate``, or a model it does not support: said once unless ``auto``)."""
-        if self.decoding == "generate":
+        """The ``StaticDecoder`` of ``--decoder static|compiled|auto``, or None where decoding goes through
+        ``generate`` (``--decoder generate``, or a model it does not support: said once unless ``auto``)."""
+        if self.decoder == "generate":
             return None
         language_model, pad_id = self._prefix_language_model() or (None, None)
         reason = "it conditions its language model by other means than a prefix" if language_model is None else None
         reason = reason or unsupported(language_model)
         if reason:
-            if self.decoding != "auto":
-                say_once(f"--decoding {self.decoding}: {type(self).__name__} decodes with generate ({reason})")
+            if self.decoder != "auto":
+                say_once(f"--decoder {self.decoder}: {type(self).__name__} decodes with generate ({reason})")
             return None
         decoder = self.__dict__.get("_static")
-        compiled = self.decoding == "compiled"
+        compiled = self.decoder == "compiled"
         if decoder is None or decoder.model is not language_model or decoder.compiled != compiled:
             decoder = StaticDecoder(language_model, self.lm_head, pad_id, compiled=compiled)
             self.__dict__["_static"] = decoder  # a plain attribute: not a submodule, not in the state dict
@@ -330,12 +371,11 @@ class ConditionalCaptioner(nn.Module):
         width = int(mask.sum(1).max())  # the batch's longest caption: the positions after it are all padding
         tokens, mask = tokens[:, :width], mask[:, :width]  # [B, width]
         hidden = self._hidden(condition, tokens)  # [B, width, E]
-        token_log_prob, entropy = head_token_log_probs(hidden, self.lm_head, tokens, getattr(self, "ban", None))
+        token_log_prob, entropy = head_token_log_probs(hidden, self.lm_head, tokens, self.ban)
         mask = mask.float()
         kl = None
         if kl_reference is not None:
-            kl = (kl_reference.token_kl(encoded, tokens, hidden.detach(), self.lm_head, getattr(self, "ban", None))
-                  * mask).sum(1)  # [B]
+            kl = (kl_reference.token_kl(encoded, tokens, hidden.detach(), self.lm_head, self.ban) * mask).sum(1)  # [B]
         return (token_log_prob * mask).sum(1), (entropy * mask).sum(1) / mask.sum(1).clamp(min=1), kl
 
     def _finish(self, tokens, log_prob, entropy, kl=None):

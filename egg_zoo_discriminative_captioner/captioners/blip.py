@@ -196,4 +196,4 @@ def load_blip_captioner(opts):
         raise missing_weights("the BLIP processor", opts.blip_model, "--blip_model", error) from error
     return BlipCaptioner(model, processor, prompt=opts.blip_prompt, max_len=opts.max_len,
                          train_vision=opts.blip_train_vision,
-                         stop_at_any_period=getattr(opts, "stop_at_any_period", False))  # fmt: skip
+                         stop_at_any_period=opts.stop_at_any_period)  # fmt: skip

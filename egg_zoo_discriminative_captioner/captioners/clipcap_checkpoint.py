@@ -129,7 +129,7 @@ def load_clipcap_captioner(opts):
     model = ClipCapModel(clipcap_config(opts, state_dict, clip_model.visual.output_dim), gpt)
     load_clipcap_state_dict(model, state_dict, source=opts.clipcap_checkpoint)
     return ClipCapCaptioner(model, tokenizer, ClipImageEncoder(clip_model, transform), max_len=opts.max_len,
-                            stop_at_any_period=getattr(opts, "stop_at_any_period", False))  # fmt: skip
+                            stop_at_any_period=opts.stop_at_any_period)  # fmt: skip
 
 
 def load_pretrained_language_model(source):

@@ -3,7 +3,8 @@
 What ``AutoModelForImageTextToText`` loads (BLIP-2, GIT, Florence-2, PaliGemma, Idefics3 / SmolVLM, Qwen2-VL,
 ``VisionEncoderDecoderModel`` such as a ViT-GPT-2, ...) with its ``AutoProcessor``.  The model reads the image and
 a prompt (``--hf_prompt``, or with a chat template the user turn ``--hf_instruction``); the caption is the
-generated continuation only, and the image tokens and prompt are conditioning, never scored.
+generated continuation only, and the image tokens and prompt are conditioning, never scored (the prompt and the
+model's other inputs: ``hf_inputs.py``).
 
 Rollouts are on-policy as for ClipCap and BLIP (``base.ConditionalCaptioner``): the model's
 ``generation_config`` is set aside, tokens are drawn from the raw softmax and scored again in one
@@ -43,6 +44,7 @@ from .base import (
 )
 from .fused import BANNED, bypassed_head, head_token_log_probs
 from .hf_images import EncodedImages, as_images
+from .hf_inputs import PROBE_SIZES, image_inputs, model_inputs, probe, prompt_text, resize_size, resized, text_inputs
 from .hf_parts import (
     VISION_PARTS,
     eos_ids,
@@ -52,13 +54,6 @@ from .hf_parts import (
     placeholder_ids,
     text_config,
 )
-
-# Processor outputs aligned with the prompt's tokens, and their value at a caption's tokens: PaliGemma's prefix
-# (0) / suffix (1) marks, Qwen2-VL's text (0) / image (1) marks.
-PROMPT_ALIGNED = {"token_type_ids": 1, "mm_token_type_ids": 0}
-PROBE_SIZES = ((64, 48), (40, 72))  # two shapes of probe image: a processor whose outputs differ resizes first
-DEFAULT_IMAGE_SIZE = 224
-
 
 
 class _DropMessages(logging.Filter):
@@ -144,7 +139,7 @@ class HFCaptioner(ConditionalCaptioner):
             raise UsageError("a VisionEncoderDecoderModel reads no text: leave --hf_prompt and --hf_instruction unset")
         self.max_len = max_len
         self.merge_lora = merge_lora
-        self.prompt = self._prompt_text(prompt, instruction)
+        self.prompt = prompt_text(processor, prompt, instruction)
         self.stop_ids = stop_token_ids(self.tokenizer, eos_ids(model, self.tokenizer), any_period=stop_at_any_period)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.start_id = self._decoder_start(model) if self.encoder_decoder else None
@@ -158,7 +153,7 @@ class HFCaptioner(ConditionalCaptioner):
         self.model = model
         # the PeftModel wraps ``model`` (its adapters are inside it): kept outside the module tree, to save them
         object.__setattr__(self, "peft", None if lora is None else self._add_lora(model, **lora))
-        self.image_size = self._resize_size(image_size)
+        self.image_size = resize_size(self.image_processor, image_size)
         self._probe()
         self._fused = None  # whether scoring may use the fused head: checked on the first scoring pass
         self.vision_modules = () if train_vision else frozen_vision_modules(model, self.encoder_decoder_vision)
@@ -172,16 +167,6 @@ class HFCaptioner(ConditionalCaptioner):
         self._register_load_state_dict_pre_hook(_keep_frozen_parameters, with_module=True)
 
     # ---- building
-
-    def _prompt_text(self, prompt, instruction):
-        template = getattr(self.processor, "chat_template", None)
-        if instruction is not None or (template and not prompt):
-            if not template:
-                raise UsageError("--hf_instruction needs a model whose processor has a chat template")
-            content = [{"type": "image"}, {"type": "text", "text": instruction or "Describe the image."}]
-            return self.processor.apply_chat_template([{"role": "user", "content": content}],
-                                                      add_generation_prompt=True, tokenize=False)  # fmt: skip
-        return prompt
 
     def _decoder_start(self, model):
         for config in (model.generation_config, model.config, text_config(model.config)):
@@ -219,43 +204,15 @@ class HFCaptioner(ConditionalCaptioner):
                              f"{type(model).__name__}'s language linear layers are named "
                              f"{', '.join(names)}") from None  # fmt: skip
 
-    def _resize_size(self, image_size):
-        """``image_size`` when the processor's outputs depend on an image's size (or when asked), else None."""
-        if image_size is not None:
-            return image_size
-        shapes = [self._image_inputs(Image.new("RGB", size)) for size in PROBE_SIZES]
-        same = all(shapes[0][key].shape == shapes[1][key].shape for key in shapes[0])
-        same = same and all(torch.equal(shapes[0][k], shapes[1][k]) for k in shapes[0] if k != "pixel_values")
-        return None if same else DEFAULT_IMAGE_SIZE
-
-    def _image_inputs(self, image):
-        return dict(self.image_processor(images=[image.convert("RGB")], return_tensors="pt"))
-
     def _probe(self):
-        """The prompt's token ids and the image inputs every image shares, from one probe image."""
-        image = self._resized(Image.new("RGB", PROBE_SIZES[0]))
-        inputs = self.processor(images=[image], text=[self.prompt], return_tensors="pt") if self.prompt or (
-            not self.encoder_decoder_vision) else self._image_inputs(image)  # fmt: skip
-        self.patches = "image_grid_thw" in inputs  # pixel values are one image's patches, concatenated per batch
-        prompt_ids = inputs.get("input_ids")
-        if prompt_ids is not None:
-            prompt_ids = prompt_ids[0]
-            sep = self.tokenizer.sep_token_id
-            if not self.encoder_decoder and sep is not None and sep != self.tokenizer.bos_token_id:
-                while len(prompt_ids) > 1 and int(prompt_ids[-1]) == sep:  # BERT's closing [SEP] (GIT)
-                    prompt_ids = prompt_ids[:-1]
-        self.register_buffer("prompt_ids", prompt_ids, persistent=False)  # [P] (None: no text input)
-        accepted = inspect.signature(self.model.forward).parameters  # a BERT tokenizer's token types mean nothing
-        self.prompt_aligned = {key: inputs[key][0, : len(prompt_ids)] for key in PROMPT_ALIGNED
-                               if key in inputs and key in accepted}  # fmt: skip
-        image_keys = set(self._image_inputs(image)) - {"pixel_values"}
-        self.shared_inputs = {key: inputs[key] for key in image_keys if torch.is_tensor(inputs.get(key))}
+        """The prompt's token ids and the image inputs every image shares, from one probe image (``hf_inputs``)."""
+        image = resized(Image.new("RGB", PROBE_SIZES[0]), self.image_size)
+        reads_text = bool(self.prompt) or not self.encoder_decoder_vision
+        accepted = inspect.signature(self.model.forward).parameters
+        found = probe(self.processor, image, self.prompt, reads_text, not self.encoder_decoder, accepted)
+        self.register_buffer("prompt_ids", found.prompt_ids, persistent=False)  # [P] (None: no text input)
+        self.prompt_aligned, self.shared_inputs, self.patches = found.prompt_aligned, found.shared_inputs, found.patches
         self.probe_pixels = self.image_transform(image)
-
-    def _resized(self, image):
-        if self.image_size is None:
-            return image
-        return image.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC)
 
     @property
     def fused(self):
@@ -288,7 +245,7 @@ class HFCaptioner(ConditionalCaptioner):
 
     def image_transform(self, image):
         """PIL image -> one image's pixels, through the model's own image processor."""
-        inputs = self._image_inputs(self._resized(image))
+        inputs = image_inputs(self.image_processor, resized(image, self.image_size))
         pixels = inputs["pixel_values"]
         return pixels if self.patches else pixels[0]
 
@@ -311,37 +268,18 @@ class HFCaptioner(ConditionalCaptioner):
         """The language part's parameters (all of them with ``--hf_train_vision``; the adapters with LoRA)."""
         return [p for p in self.parameters() if p.requires_grad]
 
-    def _model_inputs(self, pixels):
-        """The model's image inputs for a batch of pixels ``[B, ...]``."""
-        batch = pixels.shape[0]
-        inputs = {"pixel_values": pixels.flatten(0, 1) if self.patches else pixels}
-        for key, value in self.shared_inputs.items():  # one image's: [1, ...] -> [B, ...]
-            inputs[key] = value.to(pixels.device).repeat(batch, *[1] * (value.dim() - 1))
-        return inputs
-
-    def _prompt_batch(self, batch):
-        return self.prompt_ids.unsqueeze(0).expand(batch, -1)  # [B, P]
+    def _model_inputs(self, images):
+        return model_inputs(images.rows(), self.shared_inputs, self.patches)
 
     def _text_inputs(self, batch, tokens=None):
-        """``input_ids`` (the prompt, then ``tokens`` [B, T] if given), their attention mask and the processor's
-        prompt-aligned inputs, for a batch of ``batch``."""
-        ids = self._prompt_batch(batch)
-        if tokens is not None:
-            ids = torch.cat([ids, tokens], dim=1)  # [B, P + T]
-        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        for key, values in self.prompt_aligned.items():
-            values = values.to(ids.device).unsqueeze(0).expand(batch, -1)
-            if tokens is not None:
-                values = torch.cat([values, torch.full_like(tokens, PROMPT_ALIGNED[key])], dim=1)
-            inputs[key] = values
-        return inputs
+        return text_inputs(self.prompt_ids, self.prompt_aligned, batch, tokens)
 
     def _forward(self, images, tokens):
         """The model's output (logits, or hidden states with the head bypassed) at the positions predicting
         ``tokens`` [B, T] of ``images`` (``EncodedImages``, one row each): ``[B, T, V or E]``."""
         batch, width = tokens.shape
         images = as_images(images)
-        inputs = self._model_inputs(images.rows())
+        inputs = self._model_inputs(images)
         if self.encoder_decoder:
             start = tokens.new_full((batch, 1), self.start_id)
             if self.prompt_ids is not None:  # the encoder reads the prompt (Florence-2)
@@ -387,7 +325,7 @@ class HFCaptioner(ConditionalCaptioner):
         batch = len(images)
         extra = {"decoder_start_token_id": self.start_id} if self.encoder_decoder else {}
         generation = self._generation_config(self.pad_id, **extra, **settings)
-        inputs = self._model_inputs(images.rows())
+        inputs = self._model_inputs(images)
         if self.prompt_ids is not None:
             inputs.update(self._text_inputs(batch))
         # beam search repeats a decoder-only model's image inputs per beam: its vision parts run as they come

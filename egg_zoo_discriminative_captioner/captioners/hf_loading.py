@@ -66,11 +66,11 @@ def load_hf_captioner(opts):
     """The captioner of ``--hf_model`` (a hub id or a local directory, model + processor)."""
     if not opts.hf_model:
         raise UsageError("--captioner hf needs --hf_model (a transformers hub id or a local directory)")
-    named = getattr(opts, "hf_model_named", None) or f"--hf_model {opts.hf_model}"  # evaluate's: --models hf:DIR
+    named = opts.hf_model_named or f"--hf_model {opts.hf_model}"  # evaluate's: --models hf:DIR
     check_captioner_folder(opts.hf_model, named)
     flag = named.split(" ")[0]
     model = load_model(opts.hf_model, flag)
-    if getattr(opts, "gradient_checkpointing", False):
+    if opts.gradient_checkpointing:
         if not model.supports_gradient_checkpointing:
             raise UsageError(f"--gradient_checkpointing: {type(model).__name__} does not support it")
         # transformers 5 renamed it and warns at the old name (which older releases alone have)
@@ -80,9 +80,9 @@ def load_hf_captioner(opts):
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora = None
-    if getattr(opts, "lora_rank", 0):
+    if opts.lora_rank:
         lora = {"rank": opts.lora_rank, "alpha": opts.lora_alpha, "targets": opts.lora_targets}
     return HFCaptioner(model, load_processor(opts.hf_model, flag), prompt=opts.hf_prompt,
                        instruction=opts.hf_instruction, max_len=opts.max_len, train_vision=opts.hf_train_vision,
-                       stop_at_any_period=getattr(opts, "stop_at_any_period", False),
+                       stop_at_any_period=opts.stop_at_any_period,
                        image_size=opts.hf_image_size, lora=lora, merge_lora=opts.merge_lora)  # fmt: skip

@@ -1,4 +1,5 @@
-"""Image splits, their encoding by the frozen encoders, and the EGG batches the game consumes.
+"""What a data set offers (``Dataset``), its splits' encoding by the frozen encoders, and the EGG batches the game
+consumes.
 
 A batch is EGG's ``(sender_input, labels, receiver_input, aux_input)``:
 
@@ -15,14 +16,29 @@ evaluation batch is one candidate set of the retrieval protocol (``retrieval_loa
 """
 
 import functools
+from typing import Protocol, runtime_checkable
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
 from tqdm.auto import tqdm
 
 from ..runtime.errors import UsageError
 from .samplers import EpochBatchSampler
-from .splits import ImageSplit  # noqa: F401 (part of this module's interface)
+from .splits import ImageSplit
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    """A loaded data set (``--dataset``): what the run, its feature cache and ``data_scripts/check_data.py`` read."""
+
+    root: str  # where it was read from: names its feature cache, and refusals say where its images are missing
+
+    def split(self, name: str) -> ImageSplit: ...  # "train", "validation" or "test"
+    # the split whose images (and feature cache) split ``name`` uses: itself, or the one it shares its images with
+    def cache_split(self, name: str) -> str: ...
+    # option values for the models that belong with the data set (only the built-in synthetic world has any)
+    def model_defaults(self, opts) -> dict: ...
 
 
 @torch.no_grad()
@@ -52,11 +68,12 @@ class TransformedImages:
         return self.transform(self.images[index])
 
 
-class EncodedSplit(Dataset):
+class EncodedSplit(TorchDataset):
     """A split with its images encoded for the captioner (sender) and the retriever (receiver).
 
     ``sender_inputs`` and ``receiver_inputs`` are indexable by image (and by slice): tensors computed once, or
-    ``TransformedImages`` computed when read.
+    ``TransformedImages`` computed when read.  ``other_receiver_inputs``: other retrievers' embeddings of the same
+    images (``experiment.encode_split``), none by default.
     """
 
     def __init__(self, split, sender_inputs, receiver_inputs):
@@ -65,6 +82,7 @@ class EncodedSplit(Dataset):
         self.split = split
         self.sender_inputs = sender_inputs
         self.receiver_inputs = receiver_inputs
+        self.other_receiver_inputs = []
 
     def __len__(self):
         return len(self.split)
@@ -145,7 +163,7 @@ def retrieval_share(n_targets, rank=0, world_size=1):
     return positions + [0] * n_padding, [False] * len(positions) + [True] * n_padding
 
 
-class _RetrievalSets(Dataset):
+class _RetrievalSets(TorchDataset):
     """Candidate set -> this rank's EGG batch of it: its share of the targets, all the candidates.
 
     ``sender_input`` ``[k, ...]`` and ``labels`` ``[k]`` cover the targets this rank captions;

@@ -89,7 +89,7 @@ def read_json(path, dataset):
 def require(condition, path, dataset, what):
     """A one-line error when an annotation file does not have the documented layout."""
     if not condition:
-        raise UsageError(f"{dataset}: {path} is not {what} (see the README's data set section)")
+        raise UsageError(f"{dataset}: {path} is not {what} (see docs/datasets.md)")
 
 
 def file_split(name, records, image_directory):

@@ -8,14 +8,14 @@ merged).  A run's files are rebuilt with the captioner options the run saved in 
 neither the run's data set nor its retriever.
 """
 
-import copy
 import json
 import os
 from dataclasses import dataclass
 
 from ..captioners import build_captioner
 from ..captioners.hf_folders import check_captioner_folder
-from ..options.parse import apply_model_defaults, build_parser
+from ..options.config import RENAMED
+from ..options.parse import build_parser
 from ..runtime.checkpointing import read_checkpoint
 from ..runtime.errors import UsageError
 from ..runtime.pretrained import FrozenModule
@@ -82,7 +82,8 @@ def captioner_option_names():
 
 
 def run_options(path):
-    """The captioner options a run saved next to ``path`` (``RUN/opts.json``), or {} outside a run."""
+    """The captioner options a run saved next to ``path`` (``RUN/opts.json``, under their current names), or {}
+    outside a run."""
     saved = os.path.join(os.path.dirname(os.path.abspath(path)), "opts.json")
     if not os.path.isfile(saved):
         return {}
@@ -91,26 +92,22 @@ def run_options(path):
             values = json.load(f)
     except (OSError, ValueError) as error:
         raise UsageError(f"cannot read {saved}: {error}") from None
+    values = {RENAMED.get(key, key): value for key, value in values.items()}
     return {key: value for key, value in values.items() if key in captioner_option_names()}
 
 
 def model_options(opts, spec, dataset=None):
-    """The options that build ``spec``'s captioner: the run's saved captioner options first, then the data set's
+    """The config that builds ``spec``'s captioner: the run's saved captioner options first, then the data set's
     models (``dataset``; None: the released models)."""
-    model_opts = copy.copy(opts)
-    if spec.kind != "pretrained":
-        for key, value in run_options(spec.path).items():
-            setattr(model_opts, key, value)
+    model_opts = opts.replace(**run_options(spec.path)) if spec.kind != "pretrained" else opts
     if spec.kind == "clipcap":
-        model_opts.captioner, model_opts.clipcap_checkpoint = "clipcap", spec.path
+        model_opts = model_opts.replace(captioner="clipcap", clipcap_checkpoint=spec.path)
     elif spec.kind == "blip":
-        model_opts.captioner, model_opts.blip_model = "blip", spec.path
+        model_opts = model_opts.replace(captioner="blip", blip_model=spec.path)
     elif spec.kind == "hf":  # adapters in the directory are merged on loading: none are added
-        model_opts.captioner, model_opts.hf_model, model_opts.lora_rank = "hf", spec.path, 0
-        model_opts.hf_model_named = spec.named
-        model_opts.lora_alpha = model_opts.lora_targets = None
-        model_opts.merge_lora = False
-    return apply_model_defaults(model_opts, dataset)
+        model_opts = model_opts.replace(captioner="hf", hf_model=spec.path, hf_model_named=spec.named, lora_rank=0,
+                                        lora_alpha=None, lora_targets=None, merge_lora=False)  # fmt: skip
+    return model_opts.with_model_defaults(dataset.model_defaults(model_opts) if dataset is not None else None)
 
 
 def load_captioner_checkpoint(captioner, path):

@@ -7,7 +7,6 @@ into a staging directory beside ``--output_dir`` and moved in at the end, so a f
 results as they were.
 """
 
-import copy
 import json
 import os
 import types
@@ -15,15 +14,14 @@ import types
 from ..data import TransformedImages, encode_images, load_dataset
 from ..data.imagecode import image_sets as imagecode_sets
 from ..experiment import Experiment, encode_split
-from ..options.parse import apply_model_defaults
 from ..retrievers import build_retriever
+from ..retrievers.specs import FLAG as OTHER_RETRIEVERS
+from ..retrievers.specs import parse_retrievers
 from ..runtime.atomic import atomic_write_text
 from ..runtime.errors import UsageError
 from ..runtime.preflight import check_files
 from . import analysis, hard, nlg, plots
 from .models import build_model, parse_model
-from .other_retrievers import FLAG as OTHER_RETRIEVERS
-from .other_retrievers import parse_retrievers
 from .outputs import staged
 from .retrieval import PROTOCOL, encode_captions, generate_captions, precision_at_1
 
@@ -74,10 +72,9 @@ def evaluate_dataset(opts, name, specs, lemmatizer, out, others=None):
     ``others``: ``{label: (RetrieverSpec, retriever)}`` of ``--eval_retrievers``, which score the same captions
     over the same candidate sets, each from its own feature cache of the same images."""
     others = others or {}
-    base_opts = copy.copy(opts)  # model options still unresolved: each model resolves its own
-    base_opts.dataset = name
+    base_opts = opts.replace(dataset=name)  # model options still unresolved: each model resolves its own
     dataset = load_dataset(base_opts)
-    resolved = apply_model_defaults(copy.copy(base_opts), dataset)  # the retriever's and the feature cache's
+    resolved = base_opts.with_model_defaults(dataset.model_defaults(base_opts))  # the retriever's, the cache's
     retriever = build_retriever(resolved).to(opts.device)
     captioners = {spec.label: build_model(base_opts, spec, dataset) for spec in specs}  # fail early
     # Only the retriever's embeddings come from the feature cache, which is keyed by the resolved options: each
@@ -222,13 +219,13 @@ def evaluate(opts):
     if len({spec.label for spec in specs}) < len(specs) or HUMAN in {spec.label for spec in specs}:
         raise UsageError("--models: give each model its own LABEL= (and none called 'human')")
     other_specs = parse_retrievers(opts.eval_retrievers)
-    check_files(opts, datasets=opts.datasets, captioner=any(spec.kind == "pretrained" for spec in specs),
+    opts = check_files(opts, datasets=opts.datasets, captioner=any(spec.kind == "pretrained" for spec in specs),
                 other_retrievers=[(f"{OTHER_RETRIEVERS} {spec.label}", spec.options(opts), *spec.flags())
                                   for spec in other_specs])  # fmt: skip
     # built once for every data set, before any captioning: a retriever that does not load fails early
     others = {spec.label: (spec, build_retriever(spec.options(opts)).to(opts.device)) for spec in other_specs}
     lemmatizer = analysis.Lemmatizer()
-    stop = "any token containing '.'" if getattr(opts, "stop_at_any_period", False) else "'.'"
+    stop = "any token containing '.'" if opts.stop_at_any_period else "'.'"
     protocol = PROTOCOL.format(candidates=opts.eval_candidates, seed=opts.eval_seed) + (
         f"; captions by beam search ({opts.num_beams} beams, at most {opts.max_len} tokens, stopping at {stop} or "
         f"end of text) on the {opts.split} split; human P@1 uses each described image's first reference (images "

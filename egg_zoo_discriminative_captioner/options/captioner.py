@@ -7,7 +7,7 @@ option that rebuilds a captioner belongs here.
 import argparse
 
 from ..captioners import CAPTIONERS
-from ..choices import BLIP_PROMPT, CLIPCAP_MAPPING_TYPES, DECODINGS
+from ..choices import BLIP_PROMPT, CLIPCAP_MAPPING_TYPES, DECODERS
 
 
 def add_captioner_options(parser):
@@ -68,10 +68,11 @@ def add_captioner_options(parser):
         "--num_beams", type=int, default=5, help="beam size for validation and test captions (and --rollouts beam)"
     )
     group.add_argument(
-        "--decoding",
-        choices=DECODINGS,
+        "--decoder",
+        "--decoding",  # its name before 0.2, as older game files and commands give it
+        choices=DECODERS,
         default="auto",
-        help="how captions are decoded (rollouts, greedy captions, beam search): static (a loop over a static KV "
+        help="what decodes captions (rollouts, greedy captions, beam search): static (a loop over a static KV "
         "cache, no per-token host sync on a GPU except in beam search; generate's tokens under the same random "
         "stream, and its beams), compiled (that loop's per-token step under torch.compile, on CUDA as a CUDA "
         "graph; its first call compiles; tokens equal generate's up to float rounding), generate (transformers' "

@@ -17,6 +17,15 @@ from typing import Any, Optional
 RENAMED = {"decoding": "decoder"}
 # Set by the EGG core's init for this process: used by the run, never saved.
 PROCESS_FIELDS = ("device", "distributed_context")
+# Model options whose default depends on the data set: the released models unless the data set brings its own.
+MODEL_DEFAULTS = {
+    "clip_model": {"openai": "ViT-B/32", "open_clip": "ViT-B-32", "transformers": "openai/clip-vit-base-patch32"},
+    "captioner_clip_model": "ViT-B/32",
+    "clipcap_checkpoint": None,
+    "language_model": "gpt2",
+    "hf_model": None,  # --captioner hf: required, unless the data set brings one (the synthetic world)
+}
+MODEL_GROUPS = (("clipcap_checkpoint", "language_model", "captioner_clip_model"), ("clip_model",), ("hf_model",))
 
 
 @dataclass(frozen=True)
@@ -140,6 +149,22 @@ class RunConfig:
         """A new config with ``changes``."""
         return dataclasses.replace(self, **{name: frozen(value) for name, value in changes.items()})
 
+    def with_model_defaults(self, own=None):
+        """This config with its unset model options filled in: the data set's own models (``own``: option ->
+        value, from its ``model_defaults``), else the released ones.
+
+        A data set's own models come as a whole per model: once any of a model's files is given (say, a released
+        ClipCap checkpoint), its other options default to the released models too.
+        """
+        own, changes = own or {}, {}
+        for group in MODEL_GROUPS:
+            use_own = all(getattr(self, key) is None for key in group)
+            for key in group:
+                if getattr(self, key) is None:
+                    standard = MODEL_DEFAULTS[key][self.clip_backend] if key == "clip_model" else MODEL_DEFAULTS[key]
+                    changes[key] = own.get(key, standard) if use_own else standard
+        return self.replace(**changes)
+
 
 @dataclass(frozen=True)
 class EvaluateConfig(RunConfig):
@@ -176,3 +201,6 @@ def frozen(value):
 
 def thawed(value):
     return list(value) if isinstance(value, tuple) else value
+
+
+COMMAND_CONFIGS = {"train": RunConfig, "evaluate": EvaluateConfig, "caption": CaptionConfig}

@@ -8,16 +8,12 @@ Importable without torch: the choices come from the registries and ``choices.py`
 
 import argparse
 
-from ..choices import BASELINES, PRECISIONS, REWARDS
+from ..choices import BASELINES, KL_ESTIMATORS, KL_REFERENCES, LOG_PROB_NORMALIZATIONS, PRECISIONS, REWARDS, ROLLOUTS
 from ..data import DATASETS
 from ..retrievers import CLIP_BACKENDS, RETRIEVERS
 from .captioner import add_captioner_options
 
 COMMANDS = ("train", "evaluate", "caption")
-ROLLOUTS = ("sample", "greedy", "beam")
-KL_REFERENCES = ("captioner", "language_model")
-KL_ESTIMATORS = ("sampled", "exact")
-LOG_PROB_NORMALIZATIONS = ("sum", "mean")
 LR_SCHEDULERS = ("constant", "linear", "cosine")
 GAME_GROUP = "game (REINFORCE)"
 RETRIEVER_MIXES = ("mean", "alternate")
@@ -69,15 +65,6 @@ COMMAND_HELP = {
         "overwrite": "replace an existing --output file",
     },
 }
-
-
-def resolve_rollouts(opts):
-    """The training decoding of ``opts``: ``--rollouts`` when given, else greedy with ``--greedy_rollouts``, else
-    sample (``--greedy_rollouts`` is an alias kept for the game files that set it)."""
-    rollouts = getattr(opts, "rollouts", None)
-    if rollouts is not None:
-        return rollouts
-    return "greedy" if getattr(opts, "greedy_rollouts", False) else "sample"
 
 
 def add_plugin_groups(parser):

@@ -14,6 +14,7 @@ import os
 
 from ..runtime.atomic import atomic_write_text
 from ..runtime.errors import UsageError
+from .config import RENAMED
 
 # How long, where, in how much memory, and with how much logging a run goes: a resume may change them.
 FREE_ON_RESUME = {
@@ -21,7 +22,7 @@ FREE_ON_RESUME = {
     "overwrite", "num_workers", "micro_batch_size", "gradient_checkpointing", "validation_freq", "tensorboard",
     "tensorboard_dir", "cache_dir", "feature_cache_dir", "feature_batch_size", "data_root", "clip_download_root",
     "distributed_port", "allow_world_size_change", "allow_option_change", "no_cuda", "cuda", "device",
-    "distributed_context", "rebuild", "decoding", "game", "seed_drawn",
+    "distributed_context", "rebuild", "decoder", "game", "seed_drawn", "hf_model_named",
 }  # fmt: skip
 CHANGES = "option_changes"  # opts.json's record of the values changed on a resume
 
@@ -30,8 +31,8 @@ def computing_options(opts):
     """``opts``' computing options as JSON values, as parsed (before model defaults are filled in).  The seed is
     the run's (EGG adds each rank's number to it); a seed drawn at random, not chosen, is left out: a resumed run
     takes its data order and random states from the checkpoint, whatever seed its launch drew."""
-    values = {key: value for key, value in vars(opts).items() if key not in FREE_ON_RESUME}
-    if getattr(opts, "seed_drawn", False):
+    values = {key: value for key, value in opts.saved_values().items() if key not in FREE_ON_RESUME}
+    if opts.seed_drawn:
         values.pop("random_seed", None)
     elif values.get("random_seed") is not None:
         values["random_seed"] -= opts.distributed_context.rank
@@ -70,6 +71,7 @@ def write_opts_json(directory, values, changes=None, position=None):
     if changes is not None and os.path.isfile(path):
         with open(path) as f:
             written = json.load(f)
+        written = {RENAMED.get(key, key): value for key, value in written.items()}  # an older version's names
         written.update({key: value for key, value in values.items() if key in FREE_ON_RESUME})
         if changes:
             written.setdefault(CHANGES, []).append({"from": position, "options": changes})

@@ -1,8 +1,7 @@
 """Frozen text-to-image retrievers: score captions against candidate images.
 
-A retriever is a ``FrozenModule`` with ``encode_images(pixels) -> [N, D]``, ``encode_texts(list[str]) -> [N, D]``
-(both fp32 and L2-normalised), ``image_transform`` (PIL image -> pixel tensor) and ``temperature`` (the softmax
-temperature its own training used, 1 / exp(logit_scale)).  Three backends (``--clip_backend``), each with its own
+A retriever offers what ``base.Retriever`` says: image and caption embeddings (fp32, L2-normalised), its image
+preprocessing and its own softmax temperature.  Three backends (``--clip_backend``), each with its own
 tokenizer, context length and preprocessing: ``openai``, OpenAI CLIP through the ``clip`` package (the default);
 ``open_clip``, any open_clip model and pretrained tag (LAION, DataComp, SigLIP, ...); ``transformers``, CLIP and
 SigLIP dual encoders through transformers.  Each loads only when chosen.

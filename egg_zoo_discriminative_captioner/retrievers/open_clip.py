@@ -114,7 +114,7 @@ def load_open_clip_retriever(opts):
     weights of ``--clip_pretrained``; downloads go to ``--clip_download_root`` when it is set."""
     import open_clip
 
-    name, pretrained, cache_dir = opts.clip_model, getattr(opts, "clip_pretrained", None), opts.clip_download_root
+    name, pretrained, cache_dir = opts.clip_model, opts.clip_pretrained, opts.clip_download_root
     if name.startswith(SCHEMAS):
         if pretrained is not None:
             raise UsageError(f"--clip_model {name} brings its own weights: leave --clip_pretrained unset")

@@ -65,8 +65,18 @@ def check_launch(params):
         )
 
 
+def rank_device(opts):
+    """This rank's device: on GPUs, a rank of a data-parallel run has its own, made current here (before any
+    model is built); otherwise the core's."""
+    context = opts.distributed_context
+    if not context.is_distributed or torch.device(opts.device).type != "cuda":
+        return opts.device
+    torch.cuda.set_device(context.local_rank)
+    return torch.device("cuda", context.local_rank)
+
+
 def setup(opts):
-    """Puts this rank on its own GPU (before any model is built) and returns the seed shared by all ranks.
+    """Returns the seed shared by all ranks (a no-op in a single-process run).
 
     Each rank draws its own random numbers (EGG adds the rank to ``--random_seed``; a drawn seed differs per
     rank), but the data order must be the same everywhere: the shared seed is the leader's.
@@ -78,9 +88,6 @@ def setup(opts):
         raise UsageError(
             f"--batch_size {opts.batch_size} must be divisible by the number of processes {context.world_size}"
         )
-    if opts.device.type == "cuda":
-        torch.cuda.set_device(context.local_rank)
-        opts.device = torch.device("cuda", context.local_rank)
     seed = torch.tensor([opts.random_seed], dtype=torch.long, device=_backend_device())
     dist.broadcast(seed, src=0)
     return int(seed.item())

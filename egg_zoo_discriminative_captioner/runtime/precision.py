@@ -26,20 +26,20 @@ def dtype_of(precision):
 
 
 def training_precision(opts):
-    """The run's precision from ``--precision`` and EGG's ``--fp16``; sets ``opts.fp16`` (GradScaler) for fp16.
+    """The run's precision from ``--precision`` and EGG's ``--fp16`` (fp16 also needs EGG's GradScaler, which
+    EGG's Trainer takes from its own ``fp16`` option: ``train.py`` hands it over).
 
     EGG's ``--fp16`` on a CPU device trains in fp32 (EGG's Trainer warns); ``--precision fp16`` there is an error.
     """
-    precision = getattr(opts, "precision", "fp32")
-    on_cuda = torch.device(getattr(opts, "device", "cpu")).type == "cuda"
-    if getattr(opts, "fp16", False):
+    precision = opts.precision
+    on_cuda = torch.device(opts.device).type == "cuda"
+    if opts.fp16:
         if precision == "bf16":
             raise UsageError("--fp16 is EGG's name for --precision fp16: it cannot be combined with --precision bf16")
         precision = "fp16" if on_cuda else "fp32"
     if precision == "fp16":
         if not on_cuda:
             raise UsageError("--precision fp16 needs a CUDA device (and its GradScaler); use bf16 on the CPU")
-        opts.fp16 = True
     return precision
 
 

@@ -7,14 +7,12 @@ the flag that takes a path and where to download it.  Hub models and named CLIP 
 machine count as missing when the machine is offline (``HF_HUB_OFFLINE=1``); otherwise the loaders download them.
 """
 
-import copy
 import glob
 import os
 from dataclasses import dataclass
 
 from ..data import OWN_MODELS
 from ..data.files import default_data_root, models_directory, required_files
-from ..options.parse import apply_model_defaults
 from . import downloads
 from .errors import UsageError
 
@@ -95,17 +93,18 @@ def check_clip(name, what, flag, download_root):
     )
 
 
-def resolve_released_files(opts):
-    """Released files named by their bare name (as game files do) are looked for in the models directory."""
-    name = opts.clipcap_checkpoint
-    if opts.captioner == "clipcap" and name and os.path.basename(name) == name and not os.path.exists(name):
+def resolve_released_files(config):
+    """``config`` with released files named by their bare name (as game files do) found in the models directory."""
+    name = config.clipcap_checkpoint
+    if config.captioner == "clipcap" and name and os.path.basename(name) == name and not os.path.exists(name):
         local = os.path.join(models_directory(), name)
         if os.path.isfile(local):
-            opts.clipcap_checkpoint = local
-    if opts.captioner == "blip" and opts.blip_model and not os.path.isdir(opts.blip_model):
-        local = os.path.join(models_directory(), opts.blip_model.rstrip("/").split("/")[-1])
+            return config.replace(clipcap_checkpoint=local)
+    if config.captioner == "blip" and config.blip_model and not os.path.isdir(config.blip_model):
+        local = os.path.join(models_directory(), config.blip_model.rstrip("/").split("/")[-1])
         if os.path.isdir(local):  # a saved copy of the hub model, e.g. ~/data/models/blip-image-captioning-base
-            opts.blip_model = local
+            return config.replace(blip_model=local)
+    return config
 
 
 def captioner_missing(opts):
@@ -193,7 +192,7 @@ def open_clip_missing(opts, what, model_flag, pretrained_flag):
     offline), or ``--clip_model NAME`` with ``--clip_pretrained`` a file (which must exist) or a tag (offline:
     missing unless open_clip finds it cached).  Options that name no weights at all are left to the loader, which
     lists the model's tags."""
-    name, pretrained = opts.clip_model, getattr(opts, "clip_pretrained", None)
+    name, pretrained = opts.clip_model, opts.clip_pretrained
     if name.startswith("local-dir:"):
         directory = name[len("local-dir:") :]
         config = os.path.join(directory, "open_clip_config.json")
@@ -271,12 +270,10 @@ def check_files(opts, datasets=(), captioner=True, retriever=True, training=Fals
     retrievers, each reported as ``what``, its files passed with those flags: ``evaluate --eval_retrievers``).
 
     Model options a data set would fill in (the synthetic world's) are left to it; the released defaults are
-    checked for every other data set.  Bare released file names are resolved in ``opts`` itself.
+    checked for every other data set.  Returns ``opts`` with bare released file names resolved to their local copies.
     """
-    resolve_released_files(opts)
-    resolved = copy.copy(opts)
-    if not set(datasets) & OWN_MODELS:
-        apply_model_defaults(resolved)
+    opts = resolve_released_files(opts)
+    resolved = opts if set(datasets) & OWN_MODELS else opts.with_model_defaults()
     missing = [m for dataset in datasets for m in data_missing(opts, dataset)]
     if captioner:
         missing += captioner_missing(resolved)
@@ -302,3 +299,4 @@ def check_files(opts, datasets=(), captioner=True, retriever=True, training=Fals
             + "\n(python data_scripts/download.py models lists every model file)",
             multiline=True,
         )
+    return opts

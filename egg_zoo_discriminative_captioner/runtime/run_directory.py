@@ -92,14 +92,16 @@ def lock_run_directory(opts):
 
 
 def prepare_run(opts, options):
-    """Checks paths and checkpoint files in seconds, before anything heavy, and locks the run directory; returns
-    the resume state (or None), the results of a complete run being resumed (or None; see ``check_resume``) and
-    the lock (None without a --checkpoint_dir, and on ranks that do not write).  ``options``: the launch's
-    computing options (``run_options``), which a checkpoint it resumes must have been written with."""
+    """Checks paths and checkpoint files in seconds, before anything heavy, and locks the run directory.
+
+    Returns the run's config (``opts`` with ``load_from_checkpoint`` the checkpoint it resumes: ``--preemptable``
+    finds the newest in the directory), the resume state (or None), the results of a complete run being resumed
+    (or None; see ``check_resume``) and the lock (None without a --checkpoint_dir, and on ranks that do not
+    write).  ``options``: the launch's computing options (``options/resume.py``), which a checkpoint it resumes
+    must have been written with."""
     training_precision(opts)  # an impossible precision fails here, before the models load
     if opts.hard_distractors and not 1 <= opts.hard_distractors < opts.batch_size:
         raise UsageError(f"--hard_distractors {opts.hard_distractors} must be between 1 and --batch_size - 1")
-    opts.checkpoint_dir = opts.checkpoint_dir or None  # --checkpoint_dir "" switches the game file's one off
     if opts.preemptable and opts.checkpoint_dir is None:
         raise UsageError("--preemptable resumes from the newest checkpoint in --checkpoint_dir: set one")
     if opts.checkpoint_dir is not None:
@@ -107,10 +109,10 @@ def prepare_run(opts, options):
     lock = lock_run_directory(opts)  # before reading the directory: what it holds cannot change under this run
     try:
         if opts.preemptable and opts.load_from_checkpoint is None:
-            opts.load_from_checkpoint = newest_checkpoint(opts.checkpoint_dir)
+            opts = opts.replace(load_from_checkpoint=newest_checkpoint(opts.checkpoint_dir))
         if opts.checkpoint_dir is not None:
             check_run_directory(opts)
-        return *check_resume(opts, options), lock
+        return opts, *check_resume(opts, options), lock
     except BaseException:
         if lock is not None:
             lock.release()
@@ -157,7 +159,7 @@ def check_world_size(opts, path, resume):
     world_size = opts.distributed_context.world_size
     if resume is None or saved == world_size:
         return
-    if not getattr(opts, "allow_world_size_change", False):
+    if not opts.allow_world_size_change:
         raise UsageError(f"{path} was written by {saved} processes, this run has {world_size}: resume it with "
                          f"{saved}, or pass --allow_world_size_change (the epoch goes on from its saved batch, "
                          "with other random states)")  # fmt: skip
@@ -188,9 +190,8 @@ def option_changes(opts, resume, options):
 
 def save_options(opts, directory, resume, options):
     """Writes the run's resolved options next to its checkpoints; a resumed run keeps those its earlier epochs
-    used and records what it changes, and from where (``run_options.write_opts_json``)."""
-    values = {key: value for key, value in vars(opts).items() if key not in ("distributed_context", "optimizer")}
-    values["optimizer"] = opts.optimizer
+    used and records what it changes, and from where (``options/resume.py``'s ``write_opts_json``)."""
+    values = opts.saved_values()
     changes = option_changes(opts, resume, options)
     position = None if resume is None else {"epoch": resume["epoch"], "batches_done": resume["batches_done"]}
     write_opts_json(directory, values, changes, position)

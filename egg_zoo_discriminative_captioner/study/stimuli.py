@@ -1,6 +1,6 @@
 """Reading a stimuli directory (``discritune-stimuli/1``, written by ``evaluate`` for hard-distractor sets).
 
-The format is described in the README: ``DIR/stimuli.json`` lists sets of 10 images (paths relative to DIR, in
+The format is described in docs/study.md: ``DIR/stimuli.json`` lists sets of 10 images (paths relative to DIR, in
 a fixed order), the index of the target and one caption per condition, optionally with the retriever's
 caption-image cosine per image.  Everything is checked here, so that a bad directory ends with one line.
 """

@@ -173,6 +173,15 @@ class SyntheticDataset:
     arrays: dict
     manifest: dict
 
+    @property
+    def root(self):
+        """Where the world was read from: its feature caches are named after it."""
+        return self.directory
+
+    def cache_split(self, name):
+        """Each split has images of its own."""
+        return name
+
     def split(self, name):
         """The ``train``, ``validation`` or ``test`` split, with the alt-text captions as references."""
         references = [[str(text)] for text in self.arrays[f"{name}_alt_text"]]
@@ -201,7 +210,7 @@ class SyntheticDataset:
             "clipcap_checkpoint": os.path.join(self.directory, "captioner.pt"),
             "language_model": os.path.join(self.directory, "language_model"),
         }
-        if getattr(opts, "captioner", None) == "hf" and not getattr(opts, "hf_model", None):
+        if opts.captioner == "hf" and not opts.hf_model:
             from .pretrain_hf import ensure_hf_captioner
 
             defaults["hf_model"] = ensure_hf_captioner(self)
@@ -246,6 +255,15 @@ class DescriptiveDomain:
     main world's pretrained models as its own."""
 
     world: SyntheticDataset
+
+    @property
+    def root(self):
+        """The main world's directory: the domain is drawn from its configuration."""
+        return self.world.directory
+
+    def cache_split(self, name):
+        """Each split is a draw of its own."""
+        return name
 
     def split(self, name):
         """The split's images in the second domain's style, with five descriptive references each."""

@@ -8,12 +8,11 @@ or ``open_clip:local-dir:DIRECTORY`` / ``open_clip:hf-hub:ORG/REPO`` (which brin
 here: specs are parsed with the options.
 """
 
-import copy
 import os
 from dataclasses import dataclass
 
-from ..retrievers import CLIP_BACKENDS
 from ..runtime.errors import UsageError
+from . import CLIP_BACKENDS
 
 FLAG = "--eval_retrievers"
 SCHEMAS = ("hf-hub:", "local-dir:")  # open_clip model names that bring their own weights
@@ -34,11 +33,9 @@ class RetrieverSpec:
     pretrained: str = None
     text: str = ""  # as given
 
-    def options(self, opts):
-        """``opts`` with this retriever's options (precision and download folder stay the command line's)."""
-        other = copy.copy(opts)
-        other.clip_backend, other.clip_model, other.clip_pretrained = self.backend, self.model, self.pretrained
-        return other
+    def options(self, config):
+        """``config`` with this retriever's options (precision and download folder stay the command line's)."""
+        return config.replace(clip_backend=self.backend, clip_model=self.model, clip_pretrained=self.pretrained)
 
     def flags(self):
         """How to pass this retriever's model and its open_clip weights as files, for the missing-file report
