@@ -343,7 +343,7 @@ def main():
         reference = FrozenReference(captioner)
     game = DiscriminativeGame(CaptionerSender(captioner), RetrieverReceiver(retriever),
                               DiscriminationLoss(temperature=retriever.temperature), baseline_type=MeanBaseline,
-                              entropy_coeff=args.entropy_coeff, reference=reference, kl_coeff=args.kl_coeff,
+                              entropy_coeff=args.entropy_coeff, kl_reference=reference, kl_coeff=args.kl_coeff,
                               precision=args.precision)  # fmt: skip
     optimizer = fused_adam(captioner.trainable_parameters(), lr=1e-7)  # the plugin's optimizer
     batch = make_batch(B, RETRIEVERS[args.retriever][0], device)

@@ -31,7 +31,7 @@ class DiscriminativeGame(nn.Module):
     1. ``_roll_out``: the Sender decodes ``rollouts_per_image`` K captions of each image, without gradients;
     2. ``_cost``: the Receiver scores every caption against the batch's candidates and the loss turns the scores
        into a cost per caption (the negative reward); ``_scores`` gives each caption's log-probability, entropy
-       and KL to the reference from a teacher-forced scoring pass;
+       and KL to the KL reference from a teacher-forced scoring pass;
     3. ``_advantage``: the baseline turns the costs, shaped by ``kl_coeff * KL``, into advantages;
     4. ``_policy_loss``: ``mean(advantage * log p(caption)) - entropy_coeff * mean(entropy)``, to which the game
        adds ``mean(cost)``, as EGG's games do: it carries no gradient here (the retriever is frozen) and puts the
@@ -49,7 +49,7 @@ class DiscriminativeGame(nn.Module):
       a baseline of its own (their rewards have different scales).
     - ``rollouts_per_image`` K: captions sampled per image in training, each scored against the batch's
       candidates; ``entropy_coeff``: weight of the entropy bonus.
-    - ``reference``, ``kl_coeff``, ``kl_estimator``: a KL penalty towards a frozen reference
+    - ``kl_reference``, ``kl_coeff``, ``kl_estimator``: a KL penalty towards a frozen KL reference
       (``kl_references.py``), without gradient: "sampled", ``log p - log p_ref`` of the caption (a KL estimate only
       on sampled rollouts); "exact", the per-token ``KL(p_ref || p)`` over the vocabulary, summed over the
       caption (the authors' ``KLRegularizer``).
@@ -78,7 +78,7 @@ class DiscriminativeGame(nn.Module):
     """
 
     def __init__(self, sender, receiver, loss, baseline_type=MeanBaseline, entropy_coeff=0.0,
-                 standardize_advantage=False, reference: Optional[KLReference] = None, kl_coeff=0.0,
+                 standardize_advantage=False, kl_reference: Optional[KLReference] = None, kl_coeff=0.0,
                  kl_estimator="sampled", kl_in_baseline=True, log_prob_normalization="sum", train_logging_strategy=None,
                  test_logging_strategy=None, precision="fp32", whole_batch=None, rollouts_per_image=1,
                  retriever_mix="mean", micro_batch_size=None, rollout_batch_size=None):  # fmt: skip
@@ -91,8 +91,8 @@ class DiscriminativeGame(nn.Module):
         _check_choice("retriever mix", retriever_mix, ("mean", "alternate"))
         _check_choice("KL estimator", kl_estimator, KL_ESTIMATORS)
         _check_choice("log-probability normalization", log_prob_normalization, LOG_PROB_NORMALIZATIONS)
-        if kl_coeff and reference is None:
-            raise ValueError("a KL penalty (kl_coeff > 0) needs the pretrained captioner as reference")
+        if kl_coeff and kl_reference is None:
+            raise ValueError("a KL penalty (kl_coeff > 0) needs a KL reference (the pretrained captioner)")
         for name, value in (("micro_batch_size", micro_batch_size), ("rollout_batch_size", rollout_batch_size)):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
@@ -100,7 +100,7 @@ class DiscriminativeGame(nn.Module):
         if retriever_mix == "alternate":  # whose turn it is, saved in checkpoints: a resumed run goes on in turn
             self.register_buffer("retriever_turn", torch.zeros((), dtype=torch.long))
         self.entropy_coeff = entropy_coeff
-        self.reference, self.kl_coeff, self.kl_estimator = reference, kl_coeff, kl_estimator
+        self.kl_reference, self.kl_coeff, self.kl_estimator = kl_reference, kl_coeff, kl_estimator
         self.kl_in_baseline = kl_in_baseline
         self.log_prob_normalization = log_prob_normalization
         self.micro_batch_size, self.rollout_batch_size = micro_batch_size, rollout_batch_size
@@ -173,14 +173,14 @@ class DiscriminativeGame(nn.Module):
         alone (``_policy_loss`` recomputes them with gradients in its backward)."""
         chunks = self._chunks(len(captions.message), captions.message.device)
         if len(chunks) == 1:
-            return self._score(captions, chunks[0], self.reference)
+            return self._score(captions, chunks[0], self.kl_reference)
         with torch.no_grad():
-            parts = [self._score(captions, rows, self.reference) for rows in chunks]
+            parts = [self._score(captions, rows, self.kl_reference) for rows in chunks]
         return Scores(*(None if values[0] is None else torch.cat(values) for values in zip(*parts)))
 
-    def _score(self, captions, rows, reference=None):
+    def _score(self, captions, rows, kl_reference=None):
         with autocast(self.precision, captions.message.device.type):
-            return self.sender.score(captions, rows, kl_reference=reference, kl_estimator=self.kl_estimator)
+            return self.sender.score(captions, rows, kl_reference=kl_reference, kl_estimator=self.kl_estimator)
 
     def _advantage(self, cost, kl, retriever, batch):
         """``(advantage [N], baseline as logged)`` from the costs, with the KL inside the baseline's cost or added

@@ -37,7 +37,7 @@ def build_game(opts, captioner, retriever, extra_retrievers=()):
         baseline_type=BASELINE_TYPES[opts.baseline],
         entropy_coeff=opts.entropy_coeff,
         standardize_advantage=opts.standardize_advantage,
-        reference=build_reference(opts, captioner) if opts.kl_coeff > 0 else None,
+        kl_reference=build_kl_reference(opts, captioner) if opts.kl_coeff > 0 else None,
         kl_coeff=opts.kl_coeff,
         kl_estimator=opts.kl_estimator,
         kl_in_baseline=opts.kl_in_baseline,
@@ -51,7 +51,7 @@ def build_game(opts, captioner, retriever, extra_retrievers=()):
     )
 
 
-def build_reference(opts, captioner):
+def build_kl_reference(opts, captioner):
     """The frozen KL reference of ``--kl_reference``: a copy of the pretrained captioner (this project's), or
     the plain language model of ``--language_model`` (the authors'), never trained and left out of checkpoints."""
     if opts.kl_reference == "captioner":

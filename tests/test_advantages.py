@@ -134,7 +134,7 @@ def test_the_kl_sits_inside_the_baseline_or_is_added_after_it(inside):
     scores, kl, coeff = torch.tensor([[0.9, 0.1], [0.5, 0.5]]), torch.tensor([0.3, 1.2]), 0.5
     sender = KLStub(torch.zeros(2), kl)
     game = DiscriminativeGame(sender, StubReceiver(scores), DiscriminationLoss(temperature=1.0),
-                              baseline_type=MeanBaseline, reference=NoReference(), kl_coeff=coeff,
+                              baseline_type=MeanBaseline, kl_reference=NoReference(), kl_coeff=coeff,
                               kl_in_baseline=inside).train()  # fmt: skip
     cost = -torch.log_softmax(scores, dim=1).diagonal()
     game(None, torch.arange(2))

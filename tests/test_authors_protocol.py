@@ -357,7 +357,7 @@ def test_exact_kl_to_a_plain_language_model_is_the_plain_torch_computation(clipc
 def test_the_game_adds_the_exact_kl_normalised_like_the_log_prob_to_the_cost(clipcap, tokenizer, retriever,
                                                                              normalization):  # fmt: skip
     reference = language_model_reference(clipcap, tokenizer)
-    game = real_game(clipcap, retriever, rollouts="greedy", baseline_type=NoBaseline, reference=reference,
+    game = real_game(clipcap, retriever, rollouts="greedy", baseline_type=NoBaseline, kl_reference=reference,
                      kl_coeff=0.5, kl_estimator="exact", log_prob_normalization=normalization)  # fmt: skip
     game.train()
     features, labels, images = images_and_features()
@@ -379,7 +379,7 @@ def test_the_game_adds_the_exact_kl_normalised_like_the_log_prob_to_the_cost(cli
 
 
 def test_the_exact_kl_to_the_pretrained_captioner_is_zero_before_any_update(clipcap, retriever):
-    game = real_game(clipcap, retriever, rollouts="beam", reference=FrozenReference(clipcap), kl_coeff=0.1,
+    game = real_game(clipcap, retriever, rollouts="beam", kl_reference=FrozenReference(clipcap), kl_coeff=0.1,
                      kl_estimator="exact")  # fmt: skip
     game.train()
     _, interaction = game(*images_and_features())
@@ -423,8 +423,8 @@ def test_build_game_loads_the_language_model_reference_frozen_from_language_mode
                         "--kl_estimator", "exact", "--rollouts", "greedy")  # fmt: skip
     captioner = build_captioner(opts)
     game = build_game(opts, captioner, retriever)
-    assert isinstance(game.reference, LanguageModelReference) and not game.reference.training
-    assert all(not p.requires_grad for p in game.reference.parameters())
+    assert isinstance(game.kl_reference, LanguageModelReference) and not game.kl_reference.training
+    assert all(not p.requires_grad for p in game.kl_reference.parameters())
     game.train()
     _, interaction = game(*images_and_features())
     assert (interaction.aux["kl"] >= 0).all()

@@ -34,7 +34,7 @@ def one_step(captioner, encode_once, kl=False):
     computed in each of its calls and the gradients."""
     captioner.encode_once = encode_once
     assert captioner.fused is not None  # its one-time probe of the head runs before the step
-    extra = dict(reference=FrozenReference(captioner), kl_coeff=0.1, kl_estimator="exact") if kl else {}
+    extra = dict(kl_reference=FrozenReference(captioner), kl_coeff=0.1, kl_estimator="exact") if kl else {}
     game = DiscriminativeGame(CaptionerSender(captioner), RandomScores(), DiscriminationLoss(temperature=0.1),
                               baseline_type=lambda: GroupBaseline(leave_one_out=True), rollouts_per_image=K,
                               micro_batch_size=1, **extra).train()  # fmt: skip

@@ -152,7 +152,7 @@ def test_greedy_baseline_is_the_reward_of_the_greedy_caption(clipcap, retriever)
 def test_kl_penalty_needs_a_reference_and_is_zero_before_any_update(clipcap, retriever):
     with pytest.raises(ValueError, match="reference"):
         real_game(clipcap, retriever, kl_coeff=0.1)
-    game = real_game(clipcap, retriever, reference=FrozenReference(clipcap), kl_coeff=0.1)
+    game = real_game(clipcap, retriever, kl_reference=FrozenReference(clipcap), kl_coeff=0.1)
     game.train()
     _, interaction = game(*batch())
     assert torch.allclose(interaction.aux["kl"], torch.zeros(4), atol=1e-4)  # policy == reference so far

@@ -182,7 +182,7 @@ def test_blip_reference_and_greedy_baseline_reuse_the_policys_image_features(tin
     vision_runs = count_calls(captioner.vision.vision_model, "forward")
     scoring_passes = count_calls(captioner, "_score")
     game = DiscriminativeGame(CaptionerSender(captioner), RetrieverReceiver(retriever), DiscriminationLoss(),
-                              baseline_type=GreedyBaseline, reference=reference, kl_coeff=0.1)  # fmt: skip
+                              baseline_type=GreedyBaseline, kl_reference=reference, kl_coeff=0.1)  # fmt: skip
     images = torch.nn.functional.normalize(torch.randn(6, 32), dim=-1)
     loss, interaction = game(pixels, torch.arange(6), images)
     loss.backward()
@@ -199,7 +199,7 @@ def test_blip_reference_and_greedy_baseline_reuse_the_policys_image_features(tin
 
 def game_for_precision(clipcap, retriever, precision="fp32"):
     return DiscriminativeGame(CaptionerSender(clipcap), RetrieverReceiver(retriever), DiscriminationLoss(),
-                              baseline_type=MeanBaseline, reference=FrozenReference(clipcap), kl_coeff=0.1,
+                              baseline_type=MeanBaseline, kl_reference=FrozenReference(clipcap), kl_coeff=0.1,
                               precision=precision)  # fmt: skip
 
 
@@ -228,7 +228,7 @@ def test_retriever_reward_and_kl_reference_stay_fp32_under_autocast(clipcap, ret
     # The KL reference's log-probability is the fp32 one.
     kl = interaction.aux["kl"]
     tokens = seen["rollout"].message
-    reference_fp32 = game.reference.captioner.score(features, tokens)[0]
+    reference_fp32 = game.kl_reference.captioner.score(features, tokens)[0]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         policy = game.sender.captioner.score(features, tokens)[0]
     assert kl.dtype == torch.float32

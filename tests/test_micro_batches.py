@@ -26,7 +26,7 @@ def game_of(clipcap, retriever, micro_batch_size, kl_estimator=None, **options):
     captioner = copy.deepcopy(clipcap)
     kl = {}
     if kl_estimator:
-        kl = dict(reference=FrozenReference(captioner), kl_coeff=0.5, kl_estimator=kl_estimator)
+        kl = dict(kl_reference=FrozenReference(captioner), kl_coeff=0.5, kl_estimator=kl_estimator)
     baseline = options.pop("baseline_type", lambda: GroupBaseline(leave_one_out=True))
     game = DiscriminativeGame(CaptionerSender(captioner), RetrieverReceiver(retriever),
                               DiscriminationLoss(temperature=0.05), baseline_type=baseline,

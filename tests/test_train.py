@@ -80,7 +80,7 @@ def test_the_optimizer_holds_only_the_captioners_trainable_parameters(tiny_run_a
     game = build_game(opts, experiment.captioner, experiment.retriever)
     optimized = {id(p) for group in build_optimizer(opts, game).param_groups for p in group["params"]}
     assert optimized == {id(p) for p in experiment.captioner.model.parameters()}
-    frozen = list(experiment.retriever.parameters()) + list(game.reference.parameters())
+    frozen = list(experiment.retriever.parameters()) + list(game.kl_reference.parameters())
     assert not optimized & {id(p) for p in frozen}
 
 

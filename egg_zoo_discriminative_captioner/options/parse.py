@@ -91,7 +91,7 @@ class Parser(OneLineErrors):
 
     def prepare(self):
         """Groups and documents EGG's options (present by now), then applies the default layers."""
-        group = self.add_argument_group("EGG (common options; see also the README)")
+        group = self.add_argument_group("EGG (common options)")
         for action in [action for action in self._optionals._group_actions if action.dest in EGG_OPTIONS]:
             self._optionals._group_actions.remove(action)
             group._group_actions.append(action)
