@@ -13,10 +13,9 @@ import torch
 from torch import nn
 
 from .baselines import StepBatch, as_baseline
-from .captioners.base import Scores
+from .captioners.base import KLReference, Scores
 from .choices import KL_ESTIMATORS, LOG_PROB_NORMALIZATIONS
 from .core import MeanBaseline, core
-from .kl_references import KLReference
 from .losses import strict_hits
 from .micro_batches import recomputed_loss, row_chunks
 from .runtime.precision import autocast, full_precision

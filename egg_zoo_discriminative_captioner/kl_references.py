@@ -1,6 +1,6 @@
 """The frozen KL references a game may regularise its captioner towards (``--kl_reference``).
 
-A reference (``KLReference``) is a ``FrozenModule`` with ``forward(encoded, tokens) -> [B]`` (the summed
+A KL reference (``captioners.base.KLReference``) is a ``FrozenModule`` with ``forward(encoded, tokens) -> [B]`` (the summed
 log-probability of caption tokens under it, for the sampled KL estimate) and ``token_kl(encoded, tokens, hidden,
 head, ban) -> [B, T]`` (the exact per-token KL from the policy's last hidden states and output head, over the
 distribution without the tokens ``ban`` excludes, the one rollouts are sampled from).  ``encoded`` is the policy
@@ -9,27 +9,13 @@ encoding them again.
 """
 
 import copy
-from typing import Optional, Protocol, runtime_checkable
 
 import torch
-from torch import nn
 
-from .captioners.base import ConditionalCaptioner, caption_mask
+from .captioners.base import ConditionalCaptioner, KLReference, caption_mask
 from .captioners.fused import head_kl, head_token_log_probs
 from .runtime.precision import full_precision
 from .runtime.pretrained import FrozenModule
-
-
-@runtime_checkable
-class KLReference(Protocol):
-    """What a captioner's KL penalty reads of its reference (a ``FrozenModule``, called as one: ``forward``)."""
-
-    @property
-    def lm_head(self) -> nn.Linear: ...  # its output layer, over the policy's vocabulary
-    def forward(self, encoded, tokens: torch.Tensor) -> torch.Tensor: ...  # summed log-probability [B]
-    # exact KL(reference || policy) [B, T] from the policy's hidden states [B, T, E] and head, without ``ban`` [V]
-    def token_kl(self, encoded, tokens: torch.Tensor, hidden: torch.Tensor, head: nn.Linear,
-                 ban: Optional[torch.Tensor] = None) -> torch.Tensor: ...  # fmt: skip
 
 
 class FrozenReference(FrozenModule):
@@ -112,3 +98,6 @@ class LanguageModelReference(FrozenModule):
         """Exact ``KL(language model || policy)`` ``[B, T]`` at each position; see ``FrozenReference.token_kl``."""
         with full_precision(tokens.device.type):
             return head_kl(hidden, head, self.hidden(tokens), self.lm_head, ban)
+
+
+__all__ = ["FrozenReference", "KLReference", "LanguageModelReference"]  # KLReference: captioners/base.py's

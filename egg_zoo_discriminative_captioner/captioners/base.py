@@ -1,7 +1,7 @@
 """What every captioner offers the game (``Captioner``), and the token bookkeeping they share."""
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Callable, List, NamedTuple, Optional, Protocol, Tuple, runtime_checkable
+from typing import Any, Callable, List, NamedTuple, Optional, Protocol, Tuple, runtime_checkable
 
 import torch
 from torch import nn
@@ -9,9 +9,6 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from .fused import head_token_log_probs, vocabulary_slices
 from .static_decoding import StaticDecoder, draw_tokens, say_once, unsupported
-
-if TYPE_CHECKING:
-    from ..kl_references import KLReference
 
 
 class Rollout(NamedTuple):
@@ -58,6 +55,18 @@ class Scores(NamedTuple):
 
 
 @runtime_checkable
+class KLReference(Protocol):
+    """What a captioner's KL penalty reads of its KL reference (a ``FrozenModule``, called as one: ``forward``)."""
+
+    @property
+    def lm_head(self) -> nn.Linear: ...  # its output layer, over the policy's vocabulary
+    def forward(self, encoded, tokens: torch.Tensor) -> torch.Tensor: ...  # summed log-probability [B]
+    # exact KL(reference || policy) [B, T] from the policy's hidden states [B, T, E] and head, without ``ban`` [V]
+    def token_kl(self, encoded, tokens: torch.Tensor, hidden: torch.Tensor, head: nn.Linear,
+                 ban: Optional[torch.Tensor] = None) -> torch.Tensor: ...  # fmt: skip
+
+
+@runtime_checkable
 class Captioner(Protocol):
     """What the game, the feature cache, evaluation and checkpoints use of a captioner, an ``nn.Module``
     (``ConditionalCaptioner`` implements all but the model's own members; a ``FrozenReference`` copies one).
@@ -77,10 +86,10 @@ class Captioner(Protocol):
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor: ...  # pixels [N, 3, H, W] -> sender_input
     # training captions decoded without gradients, per_image of each image; then Scores of their rows
     def sample(self, sender_input, greedy=False, num_beams=1, per_image=1, images_per_decode=None) -> Captions: ...
-    def score_rows(self, captions, rows=None, kl_reference: Optional["KLReference"] = None,
+    def score_rows(self, captions, rows=None, kl_reference: Optional[KLReference] = None,
                    kl_estimator="exact") -> Scores: ...  # fmt: skip
     # sample and score_rows of every row in one pass; beam-search captions (greedy: num_beams=1), unscored
-    def rollout(self, sender_input, greedy=False, num_beams=1, kl_reference: Optional["KLReference"] = None,
+    def rollout(self, sender_input, greedy=False, num_beams=1, kl_reference: Optional[KLReference] = None,
                 per_image=1) -> Rollout: ...  # fmt: skip
     def generate(self, sender_input, num_beams=5) -> Rollout: ...
     # summed log-probability and mean entropy [B] of caption tokens [B, T]; mean token cross-entropy of references
