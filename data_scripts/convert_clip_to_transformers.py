@@ -4,9 +4,9 @@
 
 The input is a released CLIP file (a TorchScript archive such as ``~/.cache/clip/ViT-B-32.pt``) or a state dict
 saved with ``torch.save``; the output holds the weights, CLIP's own BPE tokenizer and image processor.  Both
-backends then give the same match scores (checked in ``tests/test_real_models.py``).  The directory is written
-beside its destination and moved into place once complete, so an interrupted conversion leaves nothing behind;
-an existing non-empty output is left alone unless ``--overwrite``.
+backends then give the same match scores (checked in ``tests/captioners/test_real_models.py``).  The directory is
+written beside its destination and moved into place once complete, so an interrupted conversion leaves nothing
+behind; an existing non-empty output is left alone unless ``--overwrite``.
 """
 
 import argparse

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny models built from configs, and the tiny synthetic world built once per session."""
+"""The fixtures every test folder shares: tiny models built from configs, tiny transformers captioners saved on
+first use, and the tiny synthetic world built once per session."""
 
 import os
 import socket
@@ -17,6 +18,7 @@ from egg.zoo.discriminative_captioner.retrievers.clip import ClipRetriever  # no
 from egg.zoo.discriminative_captioner.runtime.clip_loading import clip_transform  # noqa: E402
 from egg.zoo.discriminative_captioner.synthetic.pretrain import word_tokenizer  # noqa: E402
 
+from .tiny_hf_captioners import BUILDERS  # noqa: E402
 from .tiny_models import model_files, tiny_clip, tiny_gpt2  # noqa: E402
 
 
@@ -64,6 +66,21 @@ def tiny_world_args(world_cache):
 def tiny_files(tmp_path_factory):
     """Tiny CLIP, GPT-2, ClipCap (both mappers) and BLIP files in their real on-disk formats."""
     return model_files(str(tmp_path_factory.mktemp("models")))
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """Each tiny transformers captioner family's directory (built on first use in a module) and what its builder
+    (``tiny_hf_captioners.BUILDERS``) says of it."""
+    built = {}
+
+    def get(family):
+        if family not in built:
+            directory = str(tmp_path_factory.mktemp(family))
+            built[family] = BUILDERS[family](directory)
+        return built[family]
+
+    return get
 
 
 @pytest.fixture

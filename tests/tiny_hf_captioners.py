@@ -9,11 +9,14 @@ Each returns a dict with at least ``directory``, ``prompt_or_instruction`` (the 
 chat families, the user instruction to put in a chat message), ``kind`` ("encoder_decoder" or "decoder_only"),
 ``chat`` (whether the text must first go through ``processor.apply_chat_template``), ``model_class``,
 ``eos_token_ids``, ``pad_token_id`` and ``image_token_id`` (``decoder_start_token_id`` for encoder-decoders).
+
+``hf_opts`` is the run config of ``--captioner hf`` over such a directory, ``pixels_of`` a few images as its inputs.
 """
 
 import json
 
 import torch
+from PIL import Image
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     BartTokenizer,
@@ -52,6 +55,8 @@ from transformers import (
     ViTImageProcessor,
     ViTModel,
 )
+
+from egg.zoo.discriminative_captioner.options.parse import config_of
 
 SENTENCES = [
     "a red circle on a dark background.",
@@ -526,3 +531,26 @@ BUILDERS = {
     "git": save_git,
     "vit_gpt2": save_vit_gpt2,
 }
+
+
+# --- loading them through ``--captioner hf`` -----------------------------------------------------------------------
+
+
+def hf_opts(info, **overrides):
+    """The run config of ``--captioner hf`` over the directory a builder wrote (``info``, what it returned)."""
+    text = info.get("prompt_or_instruction") or ""
+    values = dict(hf_model=info["directory"], hf_prompt="" if info.get("chat") else text,
+                  hf_instruction=text if info.get("chat") else None, max_len=6, hf_train_vision=False,
+                  hf_image_size=None, lora_rank=0, lora_alpha=None, lora_targets=None, merge_lora=False,
+                  gradient_checkpointing=False)  # fmt: skip
+    values.update(overrides)
+    return config_of().replace(captioner="hf", **values)
+
+
+def images(n=3):
+    """Images of different sizes and colours."""
+    return [Image.new("RGB", (40 + 9 * i, 36 + 5 * i), (60 * i % 256, 120, 200 - 40 * i)) for i in range(n)]
+
+
+def pixels_of(captioner, n=3):
+    return torch.stack([captioner.image_transform(image) for image in images(n)])

@@ -16,6 +16,7 @@ from transformers import (
 )
 
 from egg.zoo.discriminative_captioner.captioners.clipcap import ClipCapConfig, ClipCapModel
+from egg.zoo.discriminative_captioner.options.parse import get_opts
 from egg.zoo.discriminative_captioner.runtime.clip_loading import clip
 
 SENTENCES = [
@@ -137,7 +138,25 @@ def model_files(root):
     return paths
 
 
-# open_clip and SigLIP retrievers (tests/test_retriever_backends.py)
+def options(params):
+    """Options as a run resolves them (command line, game file, then the released models' defaults)."""
+    return get_opts(params).with_model_defaults()
+
+
+def clipcap_opts(files, kind="mlp", *extra):
+    """A ClipCap run's options over ``model_files``' files (``kind``: its released mapper, mlp or transformer)."""
+    return options(["--captioner", "clipcap", "--clipcap_checkpoint", files[f"clipcap_{kind}"],
+                     "--language_model", files["language_model"], "--captioner_clip_model", files["clip"],
+                     "--clip_model", files["clip"], "--max_len", "6", *extra])  # fmt: skip
+
+
+def blip_opts(files, *extra):
+    """A BLIP run's options over ``model_files``' files."""
+    return options(["--captioner", "blip", "--blip_model", files["blip"], "--clip_model", files["clip"],
+                     "--max_len", "6", *extra])  # fmt: skip
+
+
+# open_clip and SigLIP retrievers (tests/retrievers/test_retriever_backends.py)
 
 TINY_OPEN_CLIP = "DiscriTune-Tiny-ViT"  # no "siglip" in the name: open_clip would pick its SigLIP tokenizer
 TINY_OPEN_CLIP_CONFIG = {

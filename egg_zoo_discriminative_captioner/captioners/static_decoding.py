@@ -21,7 +21,7 @@ fortieth of a 40-token decode.
 
 Tokens are drawn as ``PolicySampler`` draws them inside ``generate`` (one uniform per row per token, inverse
 CDF over the raw softmax), so under the same random stream this loop emits ``generate``'s tokens
-(``tests/test_static_decoding.py``), and its beam search finds ``generate``'s beams.
+(``tests/captioners/test_static_decoding.py``), and its beam search finds ``generate``'s beams.
 """
 
 import sys

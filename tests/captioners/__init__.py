@@ -1,0 +1,1 @@
+"""The captioners: ClipCap, BLIP and transformers captioners, their decoding, files and protocols."""

@@ -1,0 +1,1 @@
+"""The plugin with and without facebookresearch EGG: the package layout, the bundled core, callbacks."""

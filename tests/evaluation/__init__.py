@@ -1,0 +1,1 @@
+"""``evaluate`` and ``caption`` end to end, the evaluation pieces and the plots."""

@@ -1,0 +1,1 @@
+"""The command line and the frozen run config: options, game files, refusals, a newcomer's first hour."""

@@ -1,0 +1,2 @@
+"""Runs and what keeps them safe: training end to end, resume, preemption, locks, failed writes, data-parallel runs,
+host memory."""

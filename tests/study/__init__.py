@@ -1,0 +1,1 @@
+"""The human retrieval study: design, server, browser, command line and load."""

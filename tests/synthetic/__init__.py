@@ -1,0 +1,1 @@
+"""The synthetic world and its tiny version."""
