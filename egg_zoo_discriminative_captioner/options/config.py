@@ -3,10 +3,12 @@
 The parser (``groups.py``, ``captioner.py``, ``egg.py``) holds each option's default, its help and its checks;
 ``RunConfig`` holds the values one run uses, and is what the commands pass to whatever needs them.  It cannot be
 changed once built: a step that resolves a value (the data set's own models, a released file's local copy, the
-other retrievers) makes a new config with ``dataclasses.replace``, so each config says what it was used for.
+checkpoint a run resumes, the other retrievers) makes a new config with ``replace``, so each config says what it
+was used for.
 
 ``evaluate`` and ``caption`` add their own options (``EvaluateConfig``, ``CaptionConfig``).  A config is saved as
-``opts.json`` (``saved_values``) and read back from there by ``from_saved``, also from the files of older versions.
+``opts.json`` (``saved_values``) and built again from such values by ``from_values``; the files of older versions
+name some options differently (``RENAMED``).
 """
 
 import dataclasses
@@ -192,14 +194,17 @@ class CaptionConfig(RunConfig):
 
 
 def field_names(config_class):
+    """The names of a config class's (or config's) fields, in order."""
     return [field.name for field in dataclasses.fields(config_class)]
 
 
 def frozen(value):
+    """A list as a tuple, so that nothing inside a config changes either."""
     return tuple(value) if isinstance(value, list) else value
 
 
 def thawed(value):
+    """A tuple as the list JSON writes."""
     return list(value) if isinstance(value, tuple) else value
 
 
