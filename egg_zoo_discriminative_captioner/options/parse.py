@@ -21,7 +21,7 @@ import re
 from ..data import DATASETS
 from ..runtime.errors import UsageError
 from .checks import check_applicable, check_options, derive
-from .config import COMMAND_CONFIGS, RunConfig
+from .config import COMMAND_CONFIGS, RENAMED, RunConfig
 from .egg import EGG_HELP, EGG_OPTIONS, PLUGIN_DEFAULTS, add_common_options
 from .groups import COMMAND_HELP, COMMANDS, UNUSED, UNUSED_GROUPS, add_plugin_groups
 
@@ -173,7 +173,8 @@ def has_game(name):
 
 
 def read_game(path, known):
-    """Option values from a game file, checked against the known option names."""
+    """Option values from a game file, checked against the known option names (an older version's names read as
+    the current ones)."""
     try:
         with open(path) as f:
             values = json.load(f)
@@ -181,6 +182,7 @@ def read_game(path, known):
         raise UsageError(f"cannot read game file {path}: {error}") from None
     if not isinstance(values, dict):
         raise UsageError(f"game file {path} must hold a JSON object of option values")
+    values = {RENAMED.get(key, key): value for key, value in values.items()}
     unknown = sorted(set(values) - known)
     if unknown:
         raise UsageError(f"game file {path} sets unknown options: {', '.join(unknown)}")

@@ -62,9 +62,12 @@ def test_a_config_is_saved_as_json_and_built_again_from_it():
         RunConfig.from_values({key: value for key, value in saved.items() if key != "kl_coeff"})
 
 
-def test_the_old_name_of_the_decoder_option_still_parses():
+def test_the_old_name_of_the_decoder_option_still_parses(tmp_path):
     assert get_opts(["--decoding", "generate"]).decoder == "generate"
     assert get_opts(["--decoder", "static"]).decoder == "static"
+    game = tmp_path / "old.json"
+    game.write_text(json.dumps({"dataset": "synthetic", "decoding": "generate"}))  # an older game file's name
+    assert get_opts(["--game", str(game)]).decoder == "generate"
 
 
 def test_an_older_runs_opts_json_lends_its_captioner_options_under_their_current_names(tmp_path):
