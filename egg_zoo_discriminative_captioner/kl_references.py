@@ -1,11 +1,11 @@
 """The frozen KL references a game may regularise its captioner towards (``--kl_reference``).
 
-A KL reference (``captioners.base.KLReference``) is a ``FrozenModule`` with ``forward(encoded, tokens) -> [B]`` (the summed
-log-probability of caption tokens under it, for the sampled KL estimate) and ``token_kl(encoded, tokens, hidden,
-head, ban) -> [B, T]`` (the exact per-token KL from the policy's last hidden states and output head, over the
-distribution without the tokens ``ban`` excludes, the one rollouts are sampled from).  ``encoded`` is the policy
-captioner's frozen encoding of the images (``ConditionalCaptioner.encode``), which a reference reads instead of
-encoding them again.
+A KL reference (``captioners.base.KLReference``) is a ``FrozenModule`` with ``forward(encoded, tokens) -> [B]``
+(the summed log-probability of caption tokens under it, for the sampled KL estimate) and ``token_kl(encoded,
+tokens, hidden, head, ban) -> [B, T]`` (the exact per-token KL from the policy's last hidden states and output
+head, over the distribution without the tokens ``ban`` excludes, the one rollouts are sampled from).  ``encoded``
+is the policy captioner's frozen encoding of the images (``ConditionalCaptioner.encode``), which a reference reads
+instead of encoding them again.
 """
 
 import copy

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ..captioners import build_captioner
 from ..captioners.hf_folders import check_captioner_folder
-from ..options.config import RENAMED
+from ..options.config import current_names
 from ..options.parse import build_parser
 from ..runtime.checkpointing import read_checkpoint
 from ..runtime.errors import UsageError
@@ -92,7 +92,7 @@ def run_options(path):
             values = json.load(f)
     except (OSError, ValueError) as error:
         raise UsageError(f"cannot read {saved}: {error}") from None
-    values = {RENAMED.get(key, key): value for key, value in values.items()}
+    values = current_names(values)
     return {key: value for key, value in values.items() if key in captioner_option_names()}
 
 

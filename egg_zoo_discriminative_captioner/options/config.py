@@ -8,7 +8,7 @@ was used for.
 
 ``evaluate`` and ``caption`` add their own options (``EvaluateConfig``, ``CaptionConfig``).  A config is saved as
 ``opts.json`` (``saved_values``) and built again from such values by ``from_values``; the files of older versions
-name some options differently (``RENAMED``).
+name some options differently (``current_names``).
 """
 
 import dataclasses
@@ -111,7 +111,7 @@ class RunConfig:
     allow_world_size_change: bool
     overwrite: bool
     # EGG's common options
-    random_seed: int
+    random_seed: Optional[int]  # None only in a config built without the core's init (config_of)
     seed_drawn: bool  # neither the command line nor the game file chose --random_seed
     checkpoint_dir: Optional[str]  # None: nowhere ('' on the command line)
     preemptable: bool
@@ -191,6 +191,12 @@ class CaptionConfig(RunConfig):
     images: tuple
     model: str
     output: Optional[str]
+
+
+def current_names(values):
+    """Option values (a game file's, a saved opts.json's) under the current names of options an older version named
+    differently."""
+    return {RENAMED.get(key, key): value for key, value in values.items()}
 
 
 def field_names(config_class):

@@ -21,7 +21,7 @@ import re
 from ..data import DATASETS
 from ..runtime.errors import UsageError
 from .checks import check_applicable, check_options, derive
-from .config import COMMAND_CONFIGS, RENAMED, RunConfig
+from .config import COMMAND_CONFIGS, RunConfig, current_names
 from .egg import EGG_HELP, EGG_OPTIONS, PLUGIN_DEFAULTS, add_common_options
 from .groups import COMMAND_HELP, COMMANDS, UNUSED, UNUSED_GROUPS, add_plugin_groups
 
@@ -182,7 +182,7 @@ def read_game(path, known):
         raise UsageError(f"cannot read game file {path}: {error}") from None
     if not isinstance(values, dict):
         raise UsageError(f"game file {path} must hold a JSON object of option values")
-    values = {RENAMED.get(key, key): value for key, value in values.items()}
+    values = current_names(values)
     unknown = sorted(set(values) - known)
     if unknown:
         raise UsageError(f"game file {path} sets unknown options: {', '.join(unknown)}")
@@ -204,7 +204,7 @@ def get_opts(params, prog=None, description=None, extra_options=None, command="t
     options end in the first parse, before torch is imported.
     """
     params = list(params)
-    layered_parser, parsed, game_path = parse(params, prog, description, extra_options, command)
+    layered_parser, _, derived = parse(params, prog, description, extra_options, command)
 
     from ..core import core
     from ..runtime import distributed  # torch: from here on the run is real
@@ -212,8 +212,6 @@ def get_opts(params, prog=None, description=None, extra_options=None, command="t
     distributed.check_launch(params)  # before the core's init starts the process group
     namespace = core.init(arg_parser=layered_parser(), params=params)  # EGG's options, which its Trainer reads
     namespace.device = distributed.rank_device(namespace)
-    # seed_drawn: neither the command line nor the game file chose the seed, the core drew it
-    derived = {"game": game_path, "seed_drawn": parsed.random_seed is None, "hf_model_named": None}
     return COMMAND_CONFIGS[command].from_values({**vars(namespace), **derived})
 
 
@@ -225,16 +223,16 @@ def config_of(params=(), device="cpu", distributed_context=None):
 
     from ..egg_compat.distributed import DistributedContext
 
-    _, parsed, game_path = parse(list(params), None, None, None, "train")
+    _, parsed, derived = parse(list(params), None, None, None, "train")
     context = distributed_context or DistributedContext()
-    return RunConfig.from_values({**vars(parsed), "game": game_path, "seed_drawn": parsed.random_seed is None,
-                                  "hf_model_named": None, "device": torch.device(device),
-                                  "distributed_context": context})  # fmt: skip
+    process = {"device": torch.device(device), "distributed_context": context}
+    return RunConfig.from_values({**vars(parsed), **derived, **process})
 
 
 def parse(params, prog, description, extra_options, command):
-    """The first parse, without torch: ``(layered_parser, options, game file)``; ``layered_parser()`` makes the
-    parser again for the core's init.  ``--help`` and bad options end here."""
+    """The first parse, without torch: ``(layered_parser, options, derived)``, ``derived`` the config's values that
+    come from the launch rather than an option (the game file, whether the seed was chosen); ``layered_parser()``
+    makes the parser again for the core's init.  ``--help`` and bad options end here."""
     preliminary = OneLineErrors(prog=prog, add_help=False)  # finds the game file before the full parse
     preliminary.add_argument("--dataset", choices=sorted(DATASETS), default="synthetic")
     preliminary.add_argument("--game", default=None)
@@ -259,4 +257,6 @@ def parse(params, prog, description, extra_options, command):
     if ignored:
         raise UsageError(f"{command} does not use {', '.join(ignored)}: drop {'it' if len(ignored) == 1 else 'them'}")
     check_applicable(parsed, parser.given_options(params))
-    return layered_parser, parsed, game_path
+    # seed_drawn: neither the command line nor the game file chose the seed (the core's init draws it)
+    derived = {"game": game_path, "seed_drawn": parsed.random_seed is None, "hf_model_named": None}
+    return layered_parser, parsed, derived

@@ -14,7 +14,7 @@ import os
 
 from ..runtime.atomic import atomic_write_text
 from ..runtime.errors import UsageError
-from .config import RENAMED
+from .config import current_names
 
 # How long, where, in how much memory, and with how much logging a run goes: a resume may change them.
 FREE_ON_RESUME = {
@@ -71,7 +71,7 @@ def write_opts_json(directory, values, changes=None, position=None):
     if changes is not None and os.path.isfile(path):
         with open(path) as f:
             written = json.load(f)
-        written = {RENAMED.get(key, key): value for key, value in written.items()}  # an older version's names
+        written = current_names(written)
         written.update({key: value for key, value in values.items() if key in FREE_ON_RESUME})
         if changes:
             written.setdefault(CHANGES, []).append({"from": position, "options": changes})
