@@ -24,7 +24,7 @@ class BuildWithPth(build_py):
 
 PACKAGE = "egg.zoo.discriminative_captioner"
 SOURCE = "egg_zoo_discriminative_captioner"
-SUBPACKAGES = ["options", "runtime", "captioners", "retrievers", "data", "evaluation", "synthetic", "egg_compat", "study"]
+SUBPACKAGES = ["options", "runtime", "tracking", "captioners", "retrievers", "data", "evaluation", "synthetic", "egg_compat", "study", "hub", "rewards"]
 
 setup(
     name="egg-zoo-discriminative-captioner",
@@ -69,7 +69,15 @@ setup(
     extras_require={
         # the human study's web app (python -m egg.zoo.discriminative_captioner.study)
         "study": ["fastapi", "uvicorn", "jinja2", "matplotlib"],
-        # httpx: FastAPI's TestClient; selenium: the browser test (Debian's chromium and chromium-driver)
-        "test": ["pytest", "fastapi", "uvicorn", "jinja2", "matplotlib", "httpx", "selenium", "mkdocs-material"],
+        # --dataset hf: image-caption data sets of the Hugging Face hub, local save_to_disk or parquet directories
+        "datasets": ["datasets>=3"],
+        # --report_to: live logs and caption tables (tensorboard: its event files and reader)
+        "tracking": ["tensorboard", "wandb", "trackio"],
+        # DiscriTune's reward in TRL's GRPOTrainer and RLOOTrainer (rewards/, examples/trl_grpo.py)
+        "trl": ["trl>=1.0"],
+        # httpx: FastAPI's TestClient; selenium: the browser test (Debian's chromium and chromium-driver);
+        # the trackers, read back by the tests from their own files
+        "test": ["pytest", "fastapi", "uvicorn", "jinja2", "matplotlib", "httpx", "selenium", "mkdocs-material",
+                 "datasets", "tensorboard", "wandb", "trackio", "trl>=1.0"],
     },
 )

@@ -3,7 +3,7 @@
 IMAGES are image files, folders (every image file in them, recursively) or glob patterns.  ``--model`` takes any
 captioner ``evaluate --models`` takes (default: the pretrained one the options describe; a run directory,
 ``RUN/final.tar`` or ``RUN/clipcap.pt`` for a finetuned run, which brings its own captioner options and needs no
-data set).  Captions come from beam search (``--num_beams``, at most ``--max_len``
+data set; ``hf:REPO_ID`` for one pushed to the Hugging Face Hub).  Captions come from beam search (``--num_beams``, at most ``--max_len``
 tokens), ``--batch_size`` images at a time; they are printed (``path<TAB>caption``) or, with ``--output F.jsonl``,
 written as JSON lines ``{"image": path, "caption": ...}`` (never over an existing file unless ``--overwrite``).
 Unreadable images are reported and skipped.
@@ -26,7 +26,8 @@ def add_caption_options(parser):
     group = parser.add_argument_group("captioning your images")
     group.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders or glob patterns")
     group.add_argument("--model", default="pretrained", metavar="SPEC", help="captioner: 'pretrained', a run "
-                       "directory, RUN/final.tar, a ClipCap .pt file or a BLIP directory")  # fmt: skip
+                       "directory, RUN/final.tar, a ClipCap .pt file, a BLIP directory, or hf:DIR / hf:REPO_ID (a "
+                       "transformers captioner, or a Hub repository pushed from a run)")  # fmt: skip
     group.add_argument("--output", default=None, help="write JSON lines here instead of printing (a new file, "
                        "unless --overwrite)")  # fmt: skip
 

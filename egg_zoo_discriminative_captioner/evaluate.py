@@ -7,6 +7,9 @@ then
 - text-to-image retrieval P@1 among ``--eval_candidates`` images, for the captions and for the references
   (every image scored, a tie a miss: see ``evaluation.retrieval.PROTOCOL``);
 - BLEU-4, METEOR, ROUGE-L, CIDEr(-D) and SPICE against all references (pycocoevalcap);
+- CLIP-S and RefCLIP-S under the evaluation retriever (``evaluation.clip_score``), and the language drift of the
+  captions: mean NLL per token and perplexity under ``--drift_language_model``, distinct-1/2 and vocabulary size
+  (``evaluation.drift``);
 - P@1 among hard distractors: sets of 10 from the retriever's nearest image neighbours (near-duplicates above
   ``--near_duplicate_cosine`` skipped), and ImageCoDe's own sets where the data set has them, exported as
   human-study stimuli;
@@ -77,6 +80,14 @@ def add_evaluation_options(parser):
         "BACKEND:MODEL[:PRETRAINED]: openai:ViT-L/14, openai:FILE.pt, transformers:google/siglip-base-patch16-224, "
         "transformers:DIRECTORY, open_clip:ViT-B-32:laion2b_s34b_b79k, open_clip:ViT-B-32:FILE, "
         "open_clip:local-dir:DIRECTORY (in --retriever_precision, downloads into --clip_download_root)",
+    )
+    group.add_argument(
+        "--drift_language_model",
+        default=None,
+        metavar="MODEL",
+        help="the causal language model of the language-drift metrics (mean NLL per caption token, perplexity): a "
+        "hub id or a local folder; 'none' skips them (default: the captioners' pretrained language model, "
+        "--language_model: gpt2, or the data set's own, e.g. the synthetic world's)",
     )
 
 

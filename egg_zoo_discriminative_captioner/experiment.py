@@ -110,9 +110,11 @@ def retriever_cache_role(opts, main_opts, split_directory=None):
 
 
 def dataset_cache_name(opts, dataset):
-    """The data set's directory in the feature cache: its name and a hash of where it was read from."""
-    location = dataset.root
-    return f"{opts.dataset}-{hashlib.sha256(os.path.abspath(location).encode()).hexdigest()[:10]}"
+    """The data set's directory in the feature cache: its name and a hash of where it was read from, or, for a data
+    set that offers a ``cache_identity()`` (a Hugging Face one: its fingerprints), of what it holds."""
+    identity = getattr(dataset, "cache_identity", None)  # only the hf data sets have one
+    location = identity() if identity else os.path.abspath(dataset.root)
+    return f"{opts.dataset}-{hashlib.sha256(location.encode()).hexdigest()[:10]}"
 
 
 def split_cache(experiment, split, kind, encoder, transform, device, model_opts=None):

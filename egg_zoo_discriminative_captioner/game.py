@@ -7,7 +7,7 @@ knows about baselines, advantages and entropy.
 """
 
 import dataclasses
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -20,6 +20,18 @@ from .losses import strict_hits
 from .micro_batches import recomputed_loss, row_chunks
 from .runtime.precision import autocast, full_precision
 from .runtime.pretrained import FrozenModule
+
+
+class Rollouts(NamedTuple):
+    """A training step's captions and what they got, kept by the game for callbacks that show them (caption
+    tables): references to the step's own tensors, no copies."""
+
+    text: list  # [N] the sampled captions, image i's K at i*K ... i*K + K - 1
+    labels: torch.Tensor  # [N] each caption's target column in ``scores``
+    scores: torch.Tensor  # [N, C] the (first) retriever's scores against the candidates
+    reward: torch.Tensor  # [N]
+    advantage: torch.Tensor  # [N] the reward's (positive: the update makes the caption more likely)
+    aux_input: Optional[dict]  # image_index [N], candidate_index (the columns' images), neighbour_index
 
 
 class DiscriminativeGame(nn.Module):
@@ -69,6 +81,8 @@ class DiscriminativeGame(nn.Module):
     - ``train_logging_strategy``, ``test_logging_strategy``: EGG's ``LoggingStrategy`` (minimal by default: the
       Trainer holds every batch's Interaction for a whole epoch).
 
+    After each training step, ``last_rollouts`` holds its captions, rewards and advantages (``Rollouts``).
+
     In evaluation the Sender decodes with beam search and the loss is ``mean(cost)``.  A batch whose
     ``aux_input`` has ``padding`` is this rank's share of a candidate set: the game gathers the shares' costs and
     logs, drops the padding rows and returns the whole set's, as one process would.  Checkpoints (``state_dict``)
@@ -103,6 +117,7 @@ class DiscriminativeGame(nn.Module):
         self.kl_in_baseline = kl_in_baseline
         self.log_prob_normalization = log_prob_normalization
         self.micro_batch_size, self.rollout_batch_size = micro_batch_size, rollout_batch_size
+        self.last_rollouts = None
         self.precision = precision
         self.whole_batch = whole_batch or _this_batch
         self.train_logging_strategy = train_logging_strategy or core.LoggingStrategy.minimal()
@@ -127,6 +142,8 @@ class DiscriminativeGame(nn.Module):
         batch = StepBatch(k, self.whole_batch, greedy_costs)
         advantage, baseline = self._advantage(cost, kl, retriever, batch)  # [N], detached
         loss = self._policy_loss(captions, scored, advantage) + cost.mean()
+        self.last_rollouts = Rollouts(captions.text, labels_k, scores.detach(), aux["reward"].detach(), -advantage,
+                                      aux_input_k)  # fmt: skip
         aux.update(self._logs(aux["reward"], kl, baseline, scored.entropy, captions.length))
         interaction = self.train_logging_strategy.filtered_interaction(
             sender_input=sender_input, receiver_input=receiver_input, labels=labels_k, aux_input=aux_input_k,
@@ -253,6 +270,16 @@ class DiscriminativeGame(nn.Module):
         return self._cost(sender_input, greedy.message, greedy.text, labels, receiver_input, aux_input)[0]
 
     # ---- evaluation
+
+    @torch.no_grad()
+    def caption(self, sender_input, strategy="greedy"):
+        """The captions (texts) of a few images, decoded in evaluation mode; for logs such as caption tables."""
+        training = self.training
+        self.eval()
+        try:
+            return self._send(sender_input, None, sender_input.device.type, strategy=strategy, score=False).text
+        finally:
+            self.train(training)
 
     def _evaluation(self, sender_input, labels, receiver_input, aux_input):
         rollout = self._send(sender_input, aux_input, labels.device.type)  # beam search, unscored

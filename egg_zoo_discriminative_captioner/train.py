@@ -95,10 +95,13 @@ def train_run(opts, params, resume, options):
     from .data.hard_distractors import hard_distractor_loader
     from .experiment import build_experiment, training_splits, write_data_counts
     from .games import build_game, build_optimizer, build_scheduler
+    from .hub.card import write_model_cards
+    from .hub.push import push_run
     from .runtime import distributed
     from .runtime.checkpointing import LOG_FILE, atomic_write_text
     from .runtime.host_memory import keep_freed_memory
     from .runtime.run_directory import FINAL_RESULTS, remove_run, resumes_in_place, save_options
+    from .tracking import run_tracker
 
     data_seed = distributed.setup(opts)  # the same on every rank
     if opts.device.type == "cpu":
@@ -130,6 +133,8 @@ def train_run(opts, params, resume, options):
     if context.is_leader:  # the other ranks of a distributed run neither print nor save
         log_file = os.path.join(opts.checkpoint_dir, LOG_FILE) if opts.checkpoint_dir else None
         callbacks += [ConsoleLogger(log_file=log_file), ProgressBar(len(train_loader))]
+        tracker = run_tracker(opts, game, train_set, validation_set, updates=resume["updates"] if resume else 0)
+        callbacks.append(tracker)  # before CheckpointWriter: a tracker's start leaves the run's signal handlers
     resume_command = ("python -m egg.zoo.discriminative_captioner.train " + shlex.join(params)).strip()
     if opts.checkpoint_dir:  # on every rank: the ranks checkpoint and stop together, the leader writes
         callbacks.append(
@@ -154,14 +159,20 @@ def train_run(opts, params, resume, options):
         results = {"loss": loss, **{key: value.mean().item() for key, value in logs.aux.items()}}
         if context.is_leader:
             log_line({**results, "mode": "final", "split": "test", "epoch": opts.n_epochs}, log_file)
+            tracker.log_final(results)
         if writes:
             saved = experiment.captioner.save_pretrained(opts.checkpoint_dir)
+            write_model_cards(opts.checkpoint_dir, {**results, "epoch": opts.n_epochs}, opts.push_to_hub)  # README.md
             final_json = json.dumps({**results, "epoch": opts.n_epochs}, indent=2)
             atomic_write_text(final_json, os.path.join(opts.checkpoint_dir, FINAL_RESULTS))  # last: the run is done
             print(f"run in {opts.checkpoint_dir}/: checkpoints final.tar and <epoch>.tar, the finetuned captioner "
                   f"{saved}, {FINAL_RESULTS}, opts.json, {LOG_FILE}", flush=True)
+    if context.is_leader:
+        tracker.finish()
     core.close()
     distributed.close(trainer)
+    if writes and opts.push_to_hub:  # the finished run's captioner, options and card
+        push_run(opts.checkpoint_dir, opts.push_to_hub, private=opts.hub_private)
     return results
 
 

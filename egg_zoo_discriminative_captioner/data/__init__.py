@@ -21,6 +21,7 @@ DATASETS = {
     "concadia_descriptions": (".concadia", "load_concadia"),
     "imagecode": (".imagecode", "load_imagecode"),
     "synthetic_descriptive": ("..synthetic", "load_descriptive_dataset"),
+    "hf": (".hf_datasets", "load_hf"),  # any image-caption data set of the Hugging Face hub (--hf_dataset)
 }
 
 

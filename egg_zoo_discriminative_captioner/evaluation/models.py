@@ -4,16 +4,20 @@ A SPEC is ``pretrained`` (the captioner the options describe), a run directory (
 ``clipcap.pt``, ``blip/``, ``hf/`` or ``final.tar``), an EGG checkpoint of this game (``RUN/final.tar``), a
 ClipCap file (``RUN/clipcap.pt`` or a released one), a BLIP directory or any other transformers captioner's
 directory (``hf:DIR`` or ``hf:HUB_ID``; a PEFT adapter directory loads its base model with the adapters
-merged).  A run's files are rebuilt with the captioner options the run saved in ``RUN/opts.json``, so they need
-neither the run's data set nor its retriever.
+merged).  ``hf:HUB_ID`` is downloaded (offline: found in the local Hugging Face cache) when the captioner is built,
+and read as a local folder; a repository pushed from a run (``hub/``) reads as that run's captioner.  A run's files
+are rebuilt with the captioner options the run saved in ``RUN/opts.json``, so they need neither the run's data set
+nor its retriever.
 """
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..captioners import build_captioner
-from ..captioners.hf_folders import check_captioner_folder
+from ..captioners.hf_folders import check_captioner_folder, looks_like_a_path
+from ..hub.download import hub_folder
+from ..hub.layout import pushed_captioner
 from ..options.config import current_names
 from ..options.parse import build_parser
 from ..runtime.checkpointing import read_checkpoint
@@ -32,6 +36,7 @@ class ModelSpec:
     kind: str
     path: str = None
     named: str = None  # how the command line named it, for messages ("--models hf:DIR")
+    options: str = None  # the opts.json that lends its captioner options (None: the run's, beside path)
 
 
 def parse_model(text, flag="--models"):
@@ -40,11 +45,18 @@ def parse_model(text, flag="--models"):
     if what == "pretrained":
         return ModelSpec(label or "pretrained", "pretrained")
     if what.startswith("hf:"):  # a transformers captioner: a directory or a hub id
-        check_captioner_folder(what[3:], f"{flag} {what}")
-        return ModelSpec(label or what[3:].rstrip("/").split("/")[-1], "hf", what[3:], f"{flag} {what}")
+        label, named = label or what[3:].rstrip("/").split("/")[-1], f"{flag} {what}"
+        pushed = pushed_spec(label, what[3:], named) if os.path.isdir(what[3:]) else None
+        if pushed is not None:
+            return pushed
+        check_captioner_folder(what[3:], named)
+        return ModelSpec(label, "hf", what[3:], named)
     if os.path.isdir(what) and os.path.isfile(os.path.join(what, "opts.json")):  # a run directory
         found = [name for name in RUN_CAPTIONERS if os.path.exists(os.path.join(what, name))]
         if not found:
+            pushed = pushed_spec(label or os.path.basename(os.path.abspath(what)), what, f"{flag} {text}")
+            if pushed is not None:  # a local copy of a repository pushed from a run
+                return pushed
             raise UsageError(f"{flag} {text}: the run in {what} has no finetuned captioner yet "
                              f"(none of {', '.join(RUN_CAPTIONERS)}); give one of its checkpoints, "
                              "RUN/<epoch>.tar")  # fmt: skip
@@ -61,6 +73,22 @@ def parse_model(text, flag="--models"):
                          "RUN/final.tar, a ClipCap .pt file or a BLIP directory)")  # fmt: skip
     default_label = os.path.join(os.path.basename(os.path.dirname(os.path.abspath(what))), os.path.basename(what))
     return ModelSpec(label or default_label, kind, what)
+
+
+def pushed_spec(label, folder, named):
+    """The captioner of a repository pushed from a run (``folder``: its local copy), rebuilt with the options the
+    run saved beside it; None for any other folder."""
+    found = pushed_captioner(folder)
+    return None if found is None else ModelSpec(label, *found, named, os.path.join(folder, "opts.json"))
+
+
+def local_spec(spec):
+    """``spec`` with a hub id (``hf:HUB_ID``) as the repository's local folder (downloaded, or the local cache's
+    copy offline); a repository pushed from a run reads as that run's captioner."""
+    if spec.kind != "hf" or os.path.isdir(spec.path) or looks_like_a_path(spec.path):
+        return spec
+    folder = hub_folder(spec.path, spec.named or f"--models hf:{spec.path}")
+    return pushed_spec(spec.label, folder, spec.named) or replace(spec, path=folder)
 
 
 def transformers_kind(directory):
@@ -81,10 +109,10 @@ def captioner_option_names():
     return {action.dest for group in groups if group.title == "captioner" for action in group._group_actions}
 
 
-def run_options(path):
-    """The captioner options a run saved next to ``path`` (``RUN/opts.json``, under their current names), or {}
-    outside a run."""
-    saved = os.path.join(os.path.dirname(os.path.abspath(path)), "opts.json")
+def run_options(path, saved=None):
+    """The captioner options a run saved next to ``path`` (``RUN/opts.json``, or ``saved``; under their current
+    names), or {} outside a run."""
+    saved = saved or os.path.join(os.path.dirname(os.path.abspath(path)), "opts.json")
     if not os.path.isfile(saved):
         return {}
     try:
@@ -99,7 +127,7 @@ def run_options(path):
 def model_options(opts, spec, dataset=None):
     """The config that builds ``spec``'s captioner: the run's saved captioner options first, then the data set's
     models (``dataset``; None: the released models)."""
-    model_opts = opts.replace(**run_options(spec.path)) if spec.kind != "pretrained" else opts
+    model_opts = opts.replace(**run_options(spec.path, spec.options)) if spec.kind != "pretrained" else opts
     if spec.kind == "clipcap":
         model_opts = model_opts.replace(captioner="clipcap", clipcap_checkpoint=spec.path)
     elif spec.kind == "blip":
@@ -131,6 +159,7 @@ def load_captioner_checkpoint(captioner, path):
 
 def build_model(opts, spec, dataset=None):
     """The captioner of ``spec`` in eval mode, on ``opts.device``."""
+    spec = local_spec(spec)
     captioner = build_captioner(model_options(opts, spec, dataset)).to(opts.device)
     if spec.kind == "checkpoint":
         load_captioner_checkpoint(captioner, spec.path)

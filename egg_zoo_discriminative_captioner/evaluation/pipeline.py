@@ -1,7 +1,8 @@
 """The evaluation of ``evaluate.py`` (which parses its options): models x data sets -> captions -> metrics.
 
 Per data set: the retriever's image embeddings from the feature cache, beam-search captions of every model, P@1
-among ``--eval_candidates`` (generated and reference captions), pycocoevalcap's metrics, hard-distractor sets
+among ``--eval_candidates`` (generated and reference captions), pycocoevalcap's metrics, CLIP-S and RefCLIP-S
+(``clip_score``), the language-drift metrics (``drift``), hard-distractor sets
 (exported as human-study stimuli) and the lemmas most associated with each caption type.  Everything is written
 into a staging directory beside ``--output_dir`` and moved in at the end, so a failed run leaves the earlier
 results as they were.
@@ -20,7 +21,7 @@ from ..retrievers.specs import parse_retrievers
 from ..runtime.atomic import atomic_write_text
 from ..runtime.errors import UsageError
 from ..runtime.preflight import check_files
-from . import analysis, hard, nlg, plots
+from . import analysis, clip_score, drift, hard, nlg, plots
 from .models import build_model, parse_model
 from .outputs import staged
 from .retrieval import PROTOCOL, encode_captions, generate_captions, precision_at_1
@@ -66,17 +67,20 @@ def p_at_1_of(embeddings, images, described_mask, opts):
             for kind, e in embeddings.items()}  # fmt: skip
 
 
-def evaluate_dataset(opts, name, specs, lemmatizer, out, others=None):
+def evaluate_dataset(opts, name, specs, lemmatizer, out, others=None, language_models=None):
     """Records, captions, hard-set results and lemma tables of every model on one data set (stimuli into ``out``).
 
     ``others``: ``{label: (RetrieverSpec, retriever)}`` of ``--eval_retrievers``, which score the same captions
-    over the same candidate sets, each from its own feature cache of the same images."""
-    others = others or {}
+    over the same candidate sets, each from its own feature cache of the same images.  ``language_models``: the
+    ``drift.LanguageModels`` the evaluation loaded so far."""
+    others, language_models = others or {}, language_models or drift.LanguageModels(opts.device)
     base_opts = opts.replace(dataset=name)  # model options still unresolved: each model resolves its own
     dataset = load_dataset(base_opts)
     resolved = base_opts.with_model_defaults(dataset.model_defaults(base_opts))  # the retriever's, the cache's
     retriever = build_retriever(resolved).to(opts.device)
     captioners = {spec.label: build_model(base_opts, spec, dataset) for spec in specs}  # fail early
+    # the captioners' own pretrained language model unless --drift_language_model names one (or none)
+    language_model = language_models.get(opts.drift_language_model, resolved.language_model)
     # Only the retriever's embeddings come from the feature cache, which is keyed by the resolved options: each
     # captioner (a run's own CLIP encoder, a released one) encodes its own inputs below.
     retrieval_only = types.SimpleNamespace(cache_inputs=False, image_transform=None)
@@ -95,6 +99,9 @@ def evaluate_dataset(opts, name, specs, lemmatizer, out, others=None):
     embeddings = {kind: encode_captions(retriever, captions, device=opts.device) for kind, captions in texts.items()}
     described_mask = [bool(refs) for refs in split.references]  # [N]
     p_at_1 = p_at_1_of(embeddings, images, described_mask, opts)
+    clip_scores = clip_score.caption_scores(retriever, images, texts, split.references, HUMAN, device=opts.device)
+    drifts = {kind: drift.drift_metrics([c for c, d in zip(captions, described_mask) if d or kind != HUMAN],
+                                        language_model) for kind, captions in texts.items()}  # fmt: skip
     other_p_at_1 = {}  # {retriever label: {caption type: P@1}}: the same captions and candidate sets
     for (label, (_, other)), other_images in zip(others.items(), encoded.other_receiver_inputs):
         other_embeddings = {kind: encode_captions(other, captions, device=opts.device)
@@ -135,7 +142,10 @@ def evaluate_dataset(opts, name, specs, lemmatizer, out, others=None):
         if others:
             record["p_at_1_retrievers"] = {label: values[spec.label] for label, values in other_p_at_1.items()}
             record["p_at_1_references_retrievers"] = {label: values[HUMAN] for label, values in other_p_at_1.items()}
-        record |= metrics
+        record |= metrics | clip_scores[spec.label] | drifts[spec.label]
+        record["drift_language_model"] = language_model and language_model.name
+        record |= {f"{key}_references": value for key, value in (clip_scores[HUMAN] | drifts[HUMAN]).items()
+                   if key != "ref_clip_s"}  # fmt: skip
         for source, result in hard_results.items():
             record[f"p_at_1_{source}"] = result["p_at_1"][spec.label]
             record[f"p_at_1_{source}_references"] = result["p_at_1"][HUMAN]
@@ -195,6 +205,7 @@ def markdown_tables(records, summary):
             lines.append(f"| {model} | " + " | ".join(percent(r[m]) for m in nlg.METRICS) + " |")
     errors = sorted({r["spice_error"] for r in records if r.get("spice_error")})
     lines += [f"\nSPICE: {e}" for e in errors]
+    lines += clip_score.markdown_lines(records, "Human captions") + drift.markdown_lines(records, "Human captions")
     for dataset, sources in summary["hard_sets"].items():
         for source, result in sources.items():
             lines += ["", f"P@1 (%) among hard distractors: {dataset}, {source} ({result['n_sets']} sets of 10, "
@@ -224,12 +235,14 @@ def evaluate(opts):
                                   for spec in other_specs])  # fmt: skip
     # built once for every data set, before any captioning: a retriever that does not load fails early
     others = {spec.label: (spec, build_retriever(spec.options(opts)).to(opts.device)) for spec in other_specs}
-    lemmatizer = analysis.Lemmatizer()
+    lemmatizer, language_models = analysis.Lemmatizer(), drift.LanguageModels(opts.device)
+    language_models.get(opts.drift_language_model, None)  # one named on the command line fails before any work
     stop = "any token containing '.'" if opts.stop_at_any_period else "'.'"
     protocol = PROTOCOL.format(candidates=opts.eval_candidates, seed=opts.eval_seed) + (
         f"; captions by beam search ({opts.num_beams} beams, at most {opts.max_len} tokens, stopping at {stop} or "
         f"end of text) on the {opts.split} split; human P@1 uses each described image's first reference (images "
-        "without a reference are candidates, not targets), NLG metrics all of them"
+        "without a reference are candidates, not targets), as do its CLIP-S and drift metrics; NLG metrics and "
+        "RefCLIP-S use all of them"
     ) + (f"; {OTHER_RETRIEVERS}: the same captions and candidate sets scored by each retriever, with its own "
          "image embeddings" if others else "")  # fmt: skip
     records, caption_rows, summary = [], [], {"protocol": protocol, "hard_sets": {}, "lemmas": {}}
@@ -240,7 +253,8 @@ def evaluate(opts):
         }
     with staged(opts.output_dir) as out:
         for name in opts.datasets:
-            found, rows, hard_results, lemma_tables = evaluate_dataset(opts, name, specs, lemmatizer, out, others)
+            found, rows, hard_results, lemma_tables = evaluate_dataset(opts, name, specs, lemmatizer, out, others,
+                                                                       language_models)  # fmt: skip
             records += found
             caption_rows += rows
             summary["hard_sets"][name] = hard_results

@@ -10,7 +10,7 @@ from ..choices import GROUP_BASELINES
 from ..data import OWN_MODELS, check_batch_size
 from ..runtime.errors import UsageError
 from .egg import EGG_OPTIMIZERS
-from .groups import CAPTIONER_OPTIONS
+from .groups import CAPTIONER_OPTIONS, HF_DATA_OPTIONS
 
 
 def derive(opts, command):
@@ -93,6 +93,12 @@ def check_options(opts, command):
                          "captions the sampled estimate log p - log p_ref is a log-ratio, not a KL, and can be "
                          "negative")  # fmt: skip
     check_hf_options(opts, datasets)
+    if command != "caption":  # caption reads image files: --dataset names only the models it means there
+        check_hf_dataset(opts, datasets)
+    if training:
+        check_tracking(opts)
+    if training:
+        check_push(opts)
     if kl_on and opts.kl_reference == "language_model" and opts.captioner == "blip":
         raise UsageError("--kl_reference language_model has no meaning for BLIP (its text decoder reads the "
                          "image in every layer; there is no plain language model to compare with): use "
@@ -154,6 +160,24 @@ def split_retrievers(opts):
         opts.extra_clip_pretrained = []
 
 
+def check_hf_dataset(opts, datasets):
+    """``--dataset hf``'s options: set only where a Hugging Face data set is read (none has a default), a data set
+    to read, and splits given as SPLIT=SOURCE."""
+    wrong = sorted(f"--{name}" for name in HF_DATA_OPTIONS if getattr(opts, name) is not None)
+    if wrong and "hf" not in datasets:
+        raise UsageError(f"{', '.join(wrong)} {'reads' if len(wrong) == 1 else 'read'} a Hugging Face data set: "
+                         f"{'it needs' if len(wrong) == 1 else 'they need'} --dataset hf (this run reads "
+                         f"{', '.join(datasets)})")  # fmt: skip
+    if "hf" in datasets and not opts.hf_dataset:
+        raise UsageError("--dataset hf needs --hf_dataset ID_OR_DIR: a Hugging Face hub data set id, or a directory "
+                         "saved with save_to_disk or of the data set's parquet files")  # fmt: skip
+    for item in opts.hf_splits or ():
+        split, _, sources = item.partition("=")
+        if split not in ("train", "validation", "test") or not all(sources.split("+")):
+            raise UsageError(f"--hf_splits {item}: give SPLIT=SOURCE, SPLIT one of train, validation, test and "
+                             "SOURCE a split of --hf_dataset (several joined with +, e.g. train=train+restval)")
+
+
 def check_hf_options(opts, datasets):
     """``--captioner hf``'s options: a model to load, and LoRA settings that mean something."""
     if opts.lora_rank < 0:
@@ -172,3 +196,43 @@ def check_hf_options(opts, datasets):
         raise UsageError("--lora_rank trains adapters on the language model only: drop --hf_train_vision")
     if opts.kl_coeff > 0 and opts.kl_reference == "language_model":
         raise UsageError("--kl_reference language_model needs --captioner clipcap; use captioner")
+
+
+# The extra that installs each tracker (setup.py's "tracking"), and the module it is imported as.
+TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
+
+
+def check_tracking(opts):
+    """The trackers exist and have somewhere to write; the logging intervals are counts."""
+    import importlib.util
+
+    for name in ("log_every", "log_captions_every"):
+        if getattr(opts, name) < 0:
+            raise UsageError(f"--{name} must be 0 (off) or a number of updates, got {getattr(opts, name)}")
+    if opts.caption_table_images < 1:
+        raise UsageError(f"--caption_table_images must be at least 1, got {opts.caption_table_images}")
+    trackers = list(opts.report_to)
+    if "none" in trackers and len(trackers) > 1:
+        others = " ".join(tracker for tracker in trackers if tracker != "none")
+        raise UsageError(f"--report_to none logs nowhere: drop it, or drop {others}")
+    if "tensorboard" in trackers and not opts.checkpoint_dir:
+        raise UsageError("--report_to tensorboard writes its event files into the run directory "
+                         "(RUN/tensorboard): give --checkpoint_dir")  # fmt: skip
+    for tracker in trackers:
+        if tracker != "none" and importlib.util.find_spec(TRACKER_MODULES[tracker]) is None:
+            raise UsageError(f"--report_to {tracker} needs the {tracker} package: pip install \".[tracking]\" (or "
+                             f"pip install {tracker})")  # fmt: skip
+
+
+def check_push(opts):
+    """``--push_to_hub`` uploads the finished run's files: it needs a run directory and a repository id the Hub
+    can hold (checked here, before the run, not after it)."""
+    from ..hub.layout import check_repo_id
+
+    if opts.push_to_hub is None:
+        if opts.hub_private:
+            raise UsageError("--hub_private makes the --push_to_hub repository private: give --push_to_hub REPO_ID")
+        return
+    check_repo_id(opts.push_to_hub, "--push_to_hub")
+    if opts.checkpoint_dir is None:
+        raise UsageError("--push_to_hub uploads the finetuned captioner the run writes into --checkpoint_dir: set one")

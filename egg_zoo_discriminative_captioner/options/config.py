@@ -48,6 +48,11 @@ class RunConfig:
     eval_candidates: int
     eval_seed: int
     num_workers: int
+    hf_dataset: Optional[str]  # --dataset hf: a hub id or a local directory; its columns and splits below
+    image_column: Optional[str]
+    caption_column: Optional[str]
+    id_column: Optional[str]
+    hf_splits: Optional[tuple]
     # captioner
     captioner: str
     clipcap_checkpoint: Optional[str]
@@ -105,11 +110,20 @@ class RunConfig:
     lr_scheduler: str
     warmup_steps: int
     max_grad_norm: Optional[float]
+    # watching a run: trackers and caption tables
+    report_to: tuple
+    log_every: int
+    log_captions_every: int
+    caption_table_images: int
+    run_name: Optional[str]
+    tracker_project: str
     # checkpoints, resuming, output
     checkpoint_every: int
     allow_option_change: Optional[tuple]
     allow_world_size_change: bool
     overwrite: bool
+    push_to_hub: Optional[str]  # the Hub repository a finished run's captioner is uploaded to
+    hub_private: bool
     # EGG's common options
     random_seed: Optional[int]  # None only in a config built without the core's init (config_of)
     seed_drawn: bool  # neither the command line nor the game file chose --random_seed
@@ -182,6 +196,7 @@ class EvaluateConfig(RunConfig):
     near_duplicate_cosine: float
     training_log: tuple
     eval_retrievers: tuple
+    drift_language_model: Optional[str]  # None: the captioners' pretrained language model; "none": no NLL
 
 
 @dataclass(frozen=True)

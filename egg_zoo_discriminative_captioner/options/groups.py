@@ -12,9 +12,9 @@ from ..choices import BASELINES, KL_ESTIMATORS, KL_REFERENCES, LOG_PROB_NORMALIZ
 from ..data import DATASETS
 from ..retrievers import CLIP_BACKENDS, RETRIEVERS
 from .captioner import add_captioner_options
+from .running import add_output_options, add_run_options, add_step_options, add_tracking_options
 
 COMMANDS = ("train", "evaluate", "caption")
-LR_SCHEDULERS = ("constant", "linear", "cosine")
 GAME_GROUP = "game (REINFORCE)"
 RETRIEVER_MIXES = ("mean", "alternate")
 RETRIEVER_GROUP = "retriever"
@@ -25,11 +25,13 @@ TRAINING_ONLY = {
     "lr", "update_freq", "tensorboard", "tensorboard_dir", "distributed_port", "fp16", "greedy_rollouts",
     "checkpoint_every", "hard_distractors", "blip_train_vision", "validation_images", "allow_world_size_change",
     "retriever_mix", "micro_batch_size", "rollout_batch_size", "lr_scheduler", "warmup_steps", "max_grad_norm",
-    "allow_option_change",
+    "allow_option_change", "report_to", "log_every", "log_captions_every", "caption_table_images", "run_name",
+    "tracker_project", "push_to_hub", "hub_private",
 }  # fmt: skip
 # What of a captioner only training uses: evaluate and caption rebuild a run's adapters from its own opts.json.
 TRAINING_CAPTIONER = {"hf_train_vision", "lora_rank", "lora_alpha", "lora_targets", "merge_lora",
                       "gradient_checkpointing"}  # fmt: skip
+HF_DATA_OPTIONS = {"hf_dataset", "image_column", "caption_column", "id_column", "hf_splits"}  # --dataset hf's own
 UNUSED = {
     "train": set(),
     # evaluate captions in batches of its own and draws no training batch
@@ -37,7 +39,7 @@ UNUSED = {
     # caption reads image files and needs neither a data split nor a retriever
     "caption": TRAINING_ONLY | TRAINING_CAPTIONER | {"load_from_checkpoint", "data_root", "feature_cache_dir",
                                                      "feature_batch_size", "eval_candidates", "eval_seed",
-                                                     "num_workers", "rebuild"},
+                                                     "num_workers", "rebuild"} | HF_DATA_OPTIONS,
 }  # fmt: skip
 # Each captioner's own options: given on the command line with another captioner, they are refused.
 CAPTIONER_OPTIONS = {
@@ -75,6 +77,7 @@ def add_plugin_groups(parser):
     add_game_options(parser)
     add_step_options(parser)
     add_run_options(parser)
+    add_tracking_options(parser)
     add_output_options(parser)
 
 
@@ -95,6 +98,7 @@ def add_data_options(parser):
         help="rebuild cached data (synthetic world, feature caches) from scratch",
     )
     add_data_location_options(group)
+    add_hf_dataset_options(group)
     group.add_argument(
         "--synthetic_world", choices=("default", "tiny"), default="default", help="size of the synthetic world"
     )
@@ -113,6 +117,21 @@ def add_data_options(parser):
         default=0,
         help="DataLoader workers for training batches and for decoding images (feature cache builds, BLIP's pixels)",
     )
+
+
+def add_hf_dataset_options(group):
+    """``--dataset hf``: a Hugging Face data set, its columns and splits (data/hf_datasets.py, docs/datasets.md)."""
+    group.add_argument("--hf_dataset", default=None, metavar="ID_OR_DIR", help="--dataset hf: a hub data set id, or "
+                       "a directory saved with save_to_disk or of the data set's parquet files")  # fmt: skip
+    group.add_argument("--image_column", default=None, help="--dataset hf: the images, an Image feature or file "
+                       "paths (or URLs, read as paths) under --data_root (default: image)")  # fmt: skip
+    group.add_argument("--caption_column", default=None, help="--dataset hf: the reference captions, a string or a "
+                       "list per row (default: the first of caption, captions, sentences, text)")  # fmt: skip
+    group.add_argument("--id_column", default=None, help="--dataset hf: the image ids; rows sharing one are one "
+                       "image with all their captions (default: <source split>/<row>)")  # fmt: skip
+    group.add_argument("--hf_splits", nargs="+", default=None, metavar="SPLIT=SOURCE", help="--dataset hf: the "
+                       "data set's split that is train, validation or test, several joined with + (train=train+"
+                       "restval); default: train, validation (or val, valid, dev), test")  # fmt: skip
 
 
 def add_data_location_options(group):
@@ -310,78 +329,4 @@ def add_game_options(parser):
         default="fp32",
         help="the captioner's training precision (autocast; fp16 needs CUDA and is EGG's --fp16, with a "
         "GradScaler); the retriever, the reward and the KL reference stay in fp32",
-    )
-
-
-def add_step_options(parser):
-    group = parser.add_argument_group("the step's memory, learning-rate schedule and clipping")
-    group.add_argument(
-        "--micro_batch_size",
-        type=int,
-        default=None,
-        help="images (each with its --rollouts_per_image captions) per scoring pass with gradients; the "
-        "rewards, baselines and advantages still see the whole batch, and the update is the same up to float "
-        "rounding, with less memory (default: the whole batch; in a data-parallel run, of each process's share)",
-    )
-    group.add_argument(
-        "--rollout_batch_size",
-        type=int,
-        default=None,
-        help="images decoded at a time, to bound the decoding's key-value cache (default: the whole batch); the "
-        "captions then draw other random numbers, from the same distribution",
-    )
-    group.add_argument(
-        "--lr_scheduler",
-        choices=LR_SCHEDULERS,
-        default="constant",
-        help="learning rate over the optimizer updates: constant (the paper's), or linear or cosine decay to 0 at "
-        "the run's last update (--n_epochs sets it), each after --warmup_steps",
-    )
-    group.add_argument(
-        "--warmup_steps",
-        type=int,
-        default=0,
-        help="optimizer updates over which the learning rate rises linearly from 0 to --lr",
-    )
-    group.add_argument(
-        "--max_grad_norm",
-        type=float,
-        default=None,
-        help="clip the gradient's global norm to this value before each update (EGG's Trainer grad_norm; "
-        "default: no clipping)",
-    )
-
-
-def add_run_options(parser):
-    group = parser.add_argument_group("checkpoints and resuming (with EGG's --checkpoint_dir, --load_from_checkpoint)")
-    group.add_argument(
-        "--checkpoint_every",
-        type=int,
-        default=0,
-        help="also write a resumable checkpoint (latest.tar) every N optimizer updates, within epochs (0: off)",
-    )
-    group.add_argument(
-        "--allow_option_change",
-        nargs="+",
-        default=None,
-        metavar="NAME",
-        help="resume a checkpoint with other values of these options (names without dashes, e.g. lr kl_coeff): "
-        "a resume refuses any other change of what the run computes (how long, where and in how much memory it "
-        "goes may change); opts.json records the new values and the epoch they hold from",
-    )
-    group.add_argument(
-        "--allow_world_size_change",
-        action="store_true",
-        help="resume a checkpoint written by another number of processes: the interrupted epoch goes on from the "
-        "saved batch, but the processes' random states cannot be carried over (the rollouts differ from an "
-        "uninterrupted run's)",
-    )
-
-
-def add_output_options(parser):
-    group = parser.add_argument_group("output")
-    group.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="let a new run replace the checkpoints and finetuned captioner of another run in --checkpoint_dir",
     )

@@ -22,7 +22,8 @@ FREE_ON_RESUME = {
     "overwrite", "num_workers", "micro_batch_size", "gradient_checkpointing", "validation_freq", "tensorboard",
     "tensorboard_dir", "cache_dir", "feature_cache_dir", "feature_batch_size", "data_root", "clip_download_root",
     "distributed_port", "allow_world_size_change", "allow_option_change", "no_cuda", "cuda", "device",
-    "distributed_context", "rebuild", "decoder", "game", "seed_drawn", "hf_model_named",
+    "distributed_context", "rebuild", "decoder", "game", "seed_drawn", "hf_model_named", "report_to", "log_every",
+    "log_captions_every", "caption_table_images", "run_name", "tracker_project", "push_to_hub", "hub_private",
 }  # fmt: skip
 CHANGES = "option_changes"  # opts.json's record of the values changed on a resume
 

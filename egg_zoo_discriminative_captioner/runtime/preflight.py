@@ -239,6 +239,8 @@ def data_missing(opts, dataset):
     """What the data set ``dataset`` needs under its root and does not find."""
     if dataset in OWN_MODELS:
         return []
+    if dataset == "hf":
+        return hf_data_missing(opts)
     root = opts.data_root or default_data_root(dataset)
     source = f"python data_scripts/download.py {dataset}"
     if not os.path.isdir(root):
@@ -249,6 +251,21 @@ def data_missing(opts, dataset):
         if not any(glob.glob(os.path.join(root, pattern)) for pattern in patterns):
             missing.append(Missing(f"{dataset} {what}", " or ".join(os.path.join(root, p) for p in patterns),
                                    "--data_root", source))  # fmt: skip
+    return missing
+
+
+def hf_data_missing(opts):
+    """``--dataset hf``: a local ``--hf_dataset`` directory and ``--data_root`` must exist (a hub id is looked up
+    when the data set loads, which says in one line when it cannot be: offline and not in the cache)."""
+    name, root, missing = opts.hf_dataset, opts.data_root, []
+    local = name and (os.path.exists(name) or os.path.isabs(name) or name.startswith((".", "~")))
+    if local and not os.path.isdir(name):
+        found = "a file, not a directory" if os.path.exists(name) else "not found"
+        missing.append(Missing("the hf data set", f"{os.path.abspath(name)} ({found})", "--hf_dataset",
+                               "a directory saved with save_to_disk, or of the data set's parquet files"))  # fmt: skip
+    if root and not os.path.isdir(root):
+        missing.append(Missing("the hf data set's image directory", f"{os.path.abspath(root)} (not found)",
+                               "--data_root", "the directory the image files of --image_column are under"))  # fmt: skip
     return missing
 
 

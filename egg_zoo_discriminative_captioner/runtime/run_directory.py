@@ -19,7 +19,9 @@ from .errors import UsageError
 from .precision import training_precision
 
 FINAL_RESULTS = "final.json"  # the final test evaluation's results, written last: a run with it is complete
-RUN_FILES = ("opts.json", "clipcap.pt", "blip", "hf", LOG_FILE, "data_counts.json", FINAL_RESULTS)  # checkpoints aside
+# A run's files, checkpoints aside (the trackers' files and ids, the caption tables among them)
+RUN_FILES = ("opts.json", "clipcap.pt", "blip", "hf", LOG_FILE, "data_counts.json", FINAL_RESULTS, "updates.jsonl",
+             "captions", "tensorboard", "wandb", "trackers.json", "README.md")  # fmt: skip
 
 
 def newest_checkpoint(directory):

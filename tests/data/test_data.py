@@ -168,7 +168,7 @@ def test_missing_data_is_a_one_line_error(tmp_path):
 
 
 def test_every_dataset_is_registered():
-    assert set(WRITERS) | {"synthetic", "synthetic_descriptive"} == set(DATASETS)
+    assert set(WRITERS) | {"synthetic", "synthetic_descriptive", "hf"} == set(DATASETS)  # hf: test_hf_datasets.py
 
 
 # --- the feature cache ----------------------------------------------------------------------------------------

@@ -275,7 +275,7 @@ def test_torchrun_trains_like_one_process(tiny_run_args, tmp_path):
     """``train`` under ``torchrun --nproc_per_node 2`` on the CPU: the leader alone prints and saves, and the
     run equals a single-process run with the same options (greedy rollouts, so both caption alike)."""
     # no KL penalty: a sampled estimate on a greedy path is refused, and the game-level tests above cover the KL
-    args = tiny_run_args + ["--greedy_rollouts", "--kl_coeff", "0", "--random_seed", "1"]
+    args = tiny_run_args + ["--greedy_rollouts", "--kl_coeff", "0", "--random_seed", "1", "--report_to", "tensorboard"]
     train = [sys.executable, "-m", "egg.zoo.discriminative_captioner.train", *args, "--checkpoint_dir"]
     command = train[:1] + ["-m", "torch.distributed.run", *TORCHRUN] + train[1:] + [str(tmp_path / "two")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -306,6 +306,7 @@ def test_torchrun_trains_like_one_process(tiny_run_args, tmp_path):
                 tolerance[width : 2 * width] = 12 * 1e-4
             assert ((got - value).abs() <= tolerance).all(), key
     assert sorted(os.listdir(tmp_path / "two")) == sorted(os.listdir(tmp_path / "one"))
+    assert len(os.listdir(tmp_path / "two" / "tensorboard")) == 1  # the leader's events alone
 
 
 def torchrun(args, env, **kwargs):

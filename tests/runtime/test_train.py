@@ -31,13 +31,15 @@ def test_one_epoch_logs_epoch_zero_then_each_epoch_and_saves_checkpoints(tiny_ru
         assert {"loss", "acc", "reward", "mode", "epoch"} <= set(line)
     assert 0 <= results["acc"] <= 1
     assert sorted(os.listdir(run)) == [
-        "1.resume.pt", "1.tar", "clipcap.pt", "data_counts.json", "final.json", "final.resume.pt", "final.tar",
-        "log.jsonl", "opts.json",
+        "1.resume.pt", "1.tar", "README.md", "captions", "clipcap.pt", "data_counts.json", "final.json",
+        "final.resume.pt", "final.tar", "log.jsonl", "opts.json",
     ]  # fmt: skip
+    assert sorted(os.listdir(run / "captions")) == ["epoch_0.jsonl", "epoch_1.jsonl"]  # the validations' tables
     mask = os.umask(0)
     os.umask(mask)
-    assert {name: os.stat(run / name).st_mode & 0o777 for name in os.listdir(run)} == dict.fromkeys(
-        os.listdir(run), 0o666 & ~mask
+    files = [name for name in os.listdir(run) if os.path.isfile(run / name)]
+    assert {name: os.stat(run / name).st_mode & 0o777 for name in files} == dict.fromkeys(
+        files, 0o666 & ~mask
     )  # created as open() would, not private as tempfile makes them
     saved = json.loads((run / "opts.json").read_text())
     assert saved["n_epochs"] == 1 and saved["dataset"] == "synthetic" and saved["kl_coeff"] == 0.2
