@@ -165,8 +165,10 @@ def train_run(opts, params, resume, options):
             write_model_cards(opts.checkpoint_dir, {**results, "epoch": opts.n_epochs}, opts.push_to_hub)  # README.md
             final_json = json.dumps({**results, "epoch": opts.n_epochs}, indent=2)
             atomic_write_text(final_json, os.path.join(opts.checkpoint_dir, FINAL_RESULTS))  # last: the run is done
+            logs = [name for name in (LOG_FILE, "updates.jsonl", "captions/")
+                    if os.path.exists(os.path.join(opts.checkpoint_dir, name))]  # fmt: skip
             print(f"run in {opts.checkpoint_dir}/: checkpoints final.tar and <epoch>.tar, the finetuned captioner "
-                  f"{saved}, {FINAL_RESULTS}, opts.json, {LOG_FILE}", flush=True)
+                  f"{saved}, its model card README.md, {FINAL_RESULTS}, opts.json, {', '.join(logs)}", flush=True)
     if context.is_leader:
         tracker.finish()
     core.close()
