@@ -76,8 +76,8 @@ setup(
         # DiscriTune's reward in TRL's GRPOTrainer and RLOOTrainer (rewards/, examples/trl_grpo.py)
         "trl": ["trl>=1.0"],
         # httpx: FastAPI's TestClient; selenium: the browser test (Debian's chromium and chromium-driver);
-        # the trackers, read back by the tests from their own files
+        # the trackers, read back by the tests from their own files; torchmetrics: CLIP-S's reference
         "test": ["pytest", "fastapi", "uvicorn", "jinja2", "matplotlib", "httpx", "selenium", "mkdocs-material",
-                 "datasets", "tensorboard", "wandb", "trackio", "trl>=1.0"],
+                 "datasets", "tensorboard", "wandb", "trackio", "trl>=1.0", "torchmetrics"],
     },
 )
