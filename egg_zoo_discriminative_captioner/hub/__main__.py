@@ -7,8 +7,8 @@ login``, or ``HF_TOKEN``).  ``evaluate --models hf:REPO_ID`` and ``caption --mod
 """
 
 from ..options.parse import OneLineErrors
+from ..runtime.downloads import check_repo_id
 from ..runtime.errors import run_command
-from .layout import check_repo_id
 
 PROG = "python -m egg.zoo.discriminative_captioner.hub"
 

@@ -8,9 +8,9 @@ transformers folder's files (so that ``from_pretrained(REPO_ID)`` loads it) or `
 
 import json
 import os
-import re
 from typing import NamedTuple
 
+from ..runtime.downloads import REPO_ID
 from ..runtime.errors import UsageError
 
 OPTIONS, RESULTS, CARD = "opts.json", "final.json", "README.md"
@@ -18,7 +18,6 @@ CLIPCAP_FILE = "clipcap.pt"
 FOLDERS = {"blip": "blip", "hf": "hf"}  # the transformers captioners' folders in a run directory
 TRANSFORMERS_FILES = ("config.json", "adapter_config.json")  # a model folder's, a PEFT adapter folder's
 # NAME or NAMESPACE/NAME, as the Hub spells repository ids (at most 96 characters; no '--' or '..')
-REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 
 
 class FinishedRun(NamedTuple):
@@ -29,13 +28,6 @@ class FinishedRun(NamedTuple):
     results: dict  # final.json
     captioner: str  # clipcap | blip | hf
     path: str  # clipcap.pt or the transformers folder
-
-
-def check_repo_id(repo_id, where):
-    """Refuses, in one line, a ``repo_id`` the Hub cannot hold (``where``: the option or argument that gave it)."""
-    if len(repo_id) > 96 or not REPO_ID.match(repo_id) or "--" in repo_id or ".." in repo_id or repo_id.endswith("."):
-        raise UsageError(f"{where} {repo_id}: not a Hub repository id (NAME or NAMESPACE/NAME of letters, digits, "
-                         "'-', '_' and '.', at most 96 characters)")  # fmt: skip
 
 
 def is_hub_id(source):

@@ -13,9 +13,10 @@ import shutil
 import sys
 import tempfile
 
+from ..runtime.downloads import check_repo_id
 from ..runtime.errors import UsageError
 from .card import model_card
-from .layout import CARD, check_repo_id, read_run, upload_files
+from .layout import CARD, read_run, upload_files
 
 COMMAND = "python -m egg.zoo.discriminative_captioner.hub"
 

@@ -227,7 +227,7 @@ def check_tracking(opts):
 def check_push(opts):
     """``--push_to_hub`` uploads the finished run's files: it needs a run directory and a repository id the Hub
     can hold (checked here, before the run, not after it)."""
-    from ..hub.layout import check_repo_id
+    from ..runtime.downloads import check_repo_id
 
     if opts.push_to_hub is None:
         if opts.hub_private:

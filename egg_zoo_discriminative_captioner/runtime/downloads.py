@@ -11,7 +11,10 @@ ClipCap file), so GPT-2 needs only its config and tokenizer files.
 import ast
 import importlib.util
 import os
+import re
 from typing import Dict, NamedTuple
+
+from .errors import UsageError
 
 CLIPCAP_README = "https://github.com/rmokady/CLIP_prefix_caption#pre-trained-weights-for-the-official-paper"
 CLIPCAP_DRIVE = "https://drive.google.com/file/d/{}/view?usp=sharing"
@@ -19,6 +22,14 @@ HUB = "https://huggingface.co/{}"
 HF_CACHE = "the Hugging Face cache ($HF_HOME/hub, default ~/.cache/huggingface/hub)"
 BLIP = "Salesforce/blip-image-captioning-base"
 HF_CLIP = "openai/clip-vit-base-patch32"
+REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")  # a Hub repository id: [NAMESPACE/]NAME
+
+
+def check_repo_id(repo_id, where):
+    """Refuses, in one line, a ``repo_id`` the Hub cannot hold (``where``: the option or argument that gave it)."""
+    if len(repo_id) > 96 or not REPO_ID.match(repo_id) or "--" in repo_id or ".." in repo_id or repo_id.endswith("."):
+        raise UsageError(f"{where} {repo_id}: not a Hub repository id (NAME or NAMESPACE/NAME of letters, digits, "
+                         "'-', '_' and '.', at most 96 characters)")  # fmt: skip
 
 
 class Prerequisite(NamedTuple):
