@@ -82,6 +82,13 @@ def add_evaluation_options(parser):
         "open_clip:local-dir:DIRECTORY (in --retriever_precision, downloads into --clip_download_root)",
     )
     group.add_argument(
+        "--clip_score_prompt",
+        default="",
+        metavar="TEXT",
+        help="put TEXT in front of every caption and reference that CLIP-S and RefCLIP-S encode (default: none, as "
+        "torchmetrics' CLIPScore encodes them; \"A photo depicts\": as the CLIPScore authors' code does)",
+    )
+    group.add_argument(
         "--drift_language_model",
         default=None,
         metavar="MODEL",

@@ -5,8 +5,9 @@ For a caption c of image v with reference captions R (the retriever's embeddings
 - CLIP-S(c, v) = w * max(cos(c, v), 0), with w = 2.5;
 - RefCLIP-S(c, R, v) = the harmonic mean of CLIP-S(c, v) (the weight w included) and max(max_r cos(c, r), 0).
 
-Both are averaged over the images.  As in the authors' ``clipscore.py``, captions and references are encoded with
-the prompt "A photo depicts " in front.  Two choices where the paper and that code part: the text-text side is
+Both are averaged over the images.  Captions and references are encoded as they are, as torchmetrics' ``CLIPScore``
+encodes them; ``--clip_score_prompt "A photo depicts"`` puts the prompt of the authors' ``clipscore.py`` in front
+of each.  Two choices where the paper and that code part: the text-text side is
 clipped at 0 as the paper writes it (the code leaves it unclipped; CLIP's text-text cosines are positive in
 practice), and a caption whose two sides are both 0 scores 0 (the harmonic mean's limit; the code divides 0 by 0).
 """
@@ -16,12 +17,15 @@ import torch
 from .retrieval import encode_captions
 
 WEIGHT = 2.5  # the paper's w: stretches CLIP-S of ViT-B/32 over roughly [0, 1]
-PROMPT = "A photo depicts "  # the authors' prefix of every caption and reference
-PROTOCOL = (
-    f"CLIP-S = {WEIGHT} * max(cos(caption, image), 0) and RefCLIP-S = harmonic mean of CLIP-S and the best "
-    f"reference cosine (clipped at 0), both under the evaluation retriever with the prompt {PROMPT.strip()!r}, "
-    "averaged over images (RefCLIP-S over the described ones; Hessel et al. 2021)"
-)
+AUTHORS_PROMPT = "A photo depicts"  # the authors' prefix of every caption and reference (--clip_score_prompt)
+
+
+def protocol(prompt=""):
+    """How the scores were computed, for tables.md."""
+    encoded = f"with the prompt {prompt!r} in front" if prompt else "as they are (no prompt)"
+    return (f"CLIP-S = {WEIGHT} * max(cos(caption, image), 0) and RefCLIP-S = harmonic mean of CLIP-S and the best "
+            f"reference cosine (clipped at 0), both under the evaluation retriever, captions encoded {encoded}, "
+            "averaged over images (RefCLIP-S over the described ones; Hessel et al. 2021)")  # fmt: skip
 
 
 def normalised(embeddings):
@@ -67,19 +71,20 @@ def ref_clip_s(texts, images, references, owners, weight=WEIGHT):
     return harmonic_mean(clip_s(texts, images, weight), best_reference_cosine(texts, references, owners).clamp(min=0))
 
 
-def prompted(captions):
-    """The captions as the authors encode them, the prompt in front."""
-    return [PROMPT + caption for caption in captions]
+def prompted(captions, prompt=""):
+    """The captions as they are encoded: ``prompt`` and a space in front of each (none without a prompt)."""
+    return [f"{prompt} {caption}" for caption in captions] if prompt else list(captions)
 
 
-def encode_references(retriever, references, device="cpu"):
-    """The retriever's embeddings ``[M, D]`` of every reference (prompted), and the image each belongs to ``[M]``."""
+def encode_references(retriever, references, prompt="", device="cpu"):
+    """The retriever's embeddings ``[M, D]`` of every reference (after ``prompt``), and the image each belongs to
+    ``[M]``."""
     flat = [ref for refs in references for ref in refs]
     owners = torch.tensor([i for i, refs in enumerate(references) for _ in refs], dtype=torch.long)
-    return encode_captions(retriever, prompted(flat), device=device), owners
+    return encode_captions(retriever, prompted(flat, prompt), device=device), owners
 
 
-def caption_scores(retriever, images, texts, references, human=None, device="cpu"):
+def caption_scores(retriever, images, texts, references, human=None, prompt="", device="cpu"):
     """``{caption type: {"clip_s": mean, "ref_clip_s": mean | None}}`` of each caption type of ``texts``
     (``{type: [caption per image]}``) against ``images`` ``[N, D]`` (the retriever's embeddings) and the split's
     ``references`` (a list of reference captions per image).
@@ -87,15 +92,16 @@ def caption_scores(retriever, images, texts, references, human=None, device="cpu
     A generated caption's CLIP-S is averaged over every image, its RefCLIP-S over the images with a reference.
     The type ``human`` holds the first reference of each described image (an empty string elsewhere): its
     CLIP-S is averaged over the described images, and it has no RefCLIP-S (it is one of its own references).
+    ``prompt``: put in front of every caption and reference (``--clip_score_prompt``).
     """
     described = torch.tensor([bool(refs) for refs in references], dtype=torch.bool)  # [N]
-    ref_embeddings, owners = encode_references(retriever, references, device)  # [M, D], [M]
+    ref_embeddings, owners = encode_references(retriever, references, prompt, device)  # [M, D], [M]
     # owners renumbered among the described images, the rows RefCLIP-S scores
     row_of = torch.cumsum(described.long(), 0) - 1  # [N]
     described_owners = row_of[owners]  # [M]
     scores = {}
     for kind, captions in texts.items():
-        embeddings = encode_captions(retriever, prompted(captions), device=device)  # [N, D]
+        embeddings = encode_captions(retriever, prompted(captions, prompt), device=device)  # [N, D]
         if kind == human:
             per_image = clip_s(embeddings[described], images[described])
             scores[kind] = {"clip_s": per_image.mean().item() if described.any() else None, "ref_clip_s": None}
@@ -112,7 +118,9 @@ def markdown_lines(records, human_row):
     def cell(value):
         return "–" if value is None else f"{100 * value:.1f}"
 
-    lines = ["", f"CLIPScore (x100): {PROTOCOL}", "", "| Model | CLIP-S | RefCLIP-S |", "|---|---|---|"]
+    prompts = sorted({r.get("clip_score_prompt") or "" for r in records})
+    lines = ["", f"CLIPScore (x100): {protocol(prompts[0] if len(prompts) == 1 else ' / '.join(prompts))}", "",
+             "| Model | CLIP-S | RefCLIP-S |", "|---|---|---|"]  # fmt: skip
     for dataset in dict.fromkeys(r["dataset"] for r in records):
         rows = [r for r in records if r["dataset"] == dataset]
         lines.append(f"| **{dataset}** | | |")

@@ -99,7 +99,8 @@ def evaluate_dataset(opts, name, specs, lemmatizer, out, others=None, language_m
     embeddings = {kind: encode_captions(retriever, captions, device=opts.device) for kind, captions in texts.items()}
     described_mask = [bool(refs) for refs in split.references]  # [N]
     p_at_1 = p_at_1_of(embeddings, images, described_mask, opts)
-    clip_scores = clip_score.caption_scores(retriever, images, texts, split.references, HUMAN, device=opts.device)
+    clip_scores = clip_score.caption_scores(retriever, images, texts, split.references, HUMAN,
+                                            prompt=opts.clip_score_prompt, device=opts.device)  # fmt: skip
     drifts = {kind: drift.drift_metrics([c for c, d in zip(captions, described_mask) if d or kind != HUMAN],
                                         language_model) for kind, captions in texts.items()}  # fmt: skip
     other_p_at_1 = {}  # {retriever label: {caption type: P@1}}: the same captions and candidate sets
@@ -144,6 +145,7 @@ def evaluate_dataset(opts, name, specs, lemmatizer, out, others=None, language_m
             record["p_at_1_references_retrievers"] = {label: values[HUMAN] for label, values in other_p_at_1.items()}
         record |= metrics | clip_scores[spec.label] | drifts[spec.label]
         record["drift_language_model"] = language_model and language_model.name
+        record["clip_score_prompt"] = opts.clip_score_prompt
         record |= {f"{key}_references": value for key, value in (clip_scores[HUMAN] | drifts[HUMAN]).items()
                    if key != "ref_clip_s"}  # fmt: skip
         for source, result in hard_results.items():

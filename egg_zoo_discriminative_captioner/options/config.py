@@ -196,6 +196,7 @@ class EvaluateConfig(RunConfig):
     near_duplicate_cosine: float
     training_log: tuple
     eval_retrievers: tuple
+    clip_score_prompt: str  # put in front of each caption CLIP-S encodes ("": none, torchmetrics' CLIPScore)
     drift_language_model: Optional[str]  # None: the captioners' pretrained language model; "none": no NLL
 
 

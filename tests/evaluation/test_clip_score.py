@@ -63,7 +63,7 @@ def test_clip_s_agrees_with_torchmetrics_clip_score_under_the_transformers_retri
     images = retriever.encode_images(
         torch.stack([retriever.image_transform(Image.fromarray(p.permute(1, 2, 0).numpy())) for p in pixels])
     )  # [N, D]
-    texts = clip_score.prompted(CAPTIONS)
+    texts = CAPTIONS  # as they are, as torchmetrics encodes them (the default: no --clip_score_prompt)
     ours = clip_score.clip_s(encode_captions(retriever, texts), images)  # [N]
 
     metric = CLIPScore(model_name_or_path=lambda: (FeatureTensors(CLIPModel.from_pretrained(str(tmp_path / "clip"))),
@@ -113,10 +113,10 @@ def test_ref_clip_s_is_the_harmonic_mean_of_weighted_clip_s_and_the_best_referen
 
 
 class StubRetriever:
-    """Text embeddings looked up by caption (the prompt in front, as CLIP-S encodes them)."""
+    """Text embeddings looked up by caption (``prompt`` in front, as CLIP-S encodes them with one)."""
 
-    def __init__(self, vectors):
-        self.vectors = {clip_score.PROMPT + text: torch.tensor(v) for text, v in vectors.items()}
+    def __init__(self, vectors, prompt=""):
+        self.vectors = {(f"{prompt} {text}" if prompt else text): torch.tensor(v) for text, v in vectors.items()}
 
     def encode_texts(self, texts):
         return torch.stack([self.vectors[text] for text in texts])
@@ -130,6 +130,9 @@ def test_caption_scores_average_clip_s_over_all_images_and_ref_clip_s_over_the_d
     vectors |= dict(zip(["r0", "r0b", "r1", "r2", "r2b"], [r for refs in REFERENCES for r in refs]))
     texts = {"model": ["m0", "m1", "m2", "m3"], "human": ["r0", "r1", "r2", ""]}
     scores = clip_score.caption_scores(StubRetriever(vectors), images, texts, references, human="human")
+    prompted = clip_score.caption_scores(StubRetriever(vectors, clip_score.AUTHORS_PROMPT), images, texts, references,
+                                         human="human", prompt=clip_score.AUTHORS_PROMPT)  # the stub's prompted keys
+    assert prompted == scores
 
     model_clip_s = [2.5 * max(float(unit(vectors[c]) @ unit(v)), 0) for c, v in zip(texts["model"], images.tolist())]
     assert model_clip_s[3] > 0
