@@ -293,6 +293,12 @@ def rounded(values, digits=4):
     return {key: float(f"{value:.{digits}g}") if isinstance(value, float) else value for key, value in values.items()}
 
 
+def logged_values(loss, logs):
+    """An epoch's (a validation's, the final test's) values as its log line holds them: the loss and the mean of
+    each aux value."""
+    return {"loss": loss, **{key: value.mean().item() for key, value in logs.aux.items()}}
+
+
 def log_line(values, log_file=None):
     """Prints a JSON log line rounded for reading, and appends it at full precision to ``log_file`` if given."""
     print(json.dumps(rounded(values)), flush=True)
@@ -313,8 +319,7 @@ class ConsoleLogger(core.ConsoleLogger):
         self.log_file = log_file
 
     def print_line(self, loss, logs, **fields):
-        dump = {"loss": loss, **{key: value.mean().item() for key, value in logs.aux.items()}, **fields}
-        log_line(dump, self.log_file)
+        log_line({**logged_values(loss, logs), **fields}, self.log_file)
 
     def on_validation_end(self, loss, logs, epoch):
         self.print_line(loss, logs, mode="test", split=self.validation_split, epoch=epoch)

@@ -88,6 +88,7 @@ def train_run(opts, params, resume, options):
         ProgressBar,
         final_evaluation_left,
         log_line,
+        logged_values,
         stop_on_signal,
     )
     from .core import core
@@ -156,7 +157,7 @@ def train_run(opts, params, resume, options):
     stopped = final_evaluation_left(opts.checkpoint_dir, resume_command) if writes else None  # the leader says it
     with stop_on_signal(stopped) if opts.checkpoint_dir else contextlib.nullcontext():
         loss, logs = trainer.eval(retrieval_loader(test_set, opts.eval_candidates, **evaluation_options))
-        results = {"loss": loss, **{key: value.mean().item() for key, value in logs.aux.items()}}
+        results = logged_values(loss, logs)
         if context.is_leader:
             log_line({**results, "mode": "final", "split": "test", "epoch": opts.n_epochs}, log_file)
             tracker.log_final(results)

@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from ..callbacks import logged_values
 from ..core import core
 from ..runtime.atomic import atomic_write_text
 from .tables import append_records, fixed_images, training_table, validation_table
@@ -67,7 +68,8 @@ class RunTracker(core.Callback):
     def on_batch_end(self, logs, loss, batch_id, is_training=True):
         if not is_training:
             return
-        self._add_to_window(logs, loss)
+        if self.log_every:
+            self._add_to_window(logs, loss)
         if (batch_id + 1) % self.update_freq:
             return
         self.updates += 1
@@ -81,11 +83,11 @@ class RunTracker(core.Callback):
                 self._log_table("train/captions", table, kind="train")
 
     def on_epoch_end(self, loss, logs, epoch):
-        self._log({f"train/{key}": value for key, value in epoch_values(loss, logs).items()})
+        self._log({f"train/{key}": value for key, value in logged_values(loss, logs).items()})
 
     def on_validation_end(self, loss, logs, epoch):
         self.epoch = epoch
-        self._log({f"validation/{key}": value for key, value in epoch_values(loss, logs).items()})
+        self._log({f"validation/{key}": value for key, value in logged_values(loss, logs).items()})
         if self.fixed:
             inputs = torch.stack([torch.as_tensor(self.validation.sender_inputs[i]) for i in self.fixed])
             device = next(self.game.parameters()).device
@@ -163,7 +165,3 @@ class RunTracker(core.Callback):
                 return json.load(f)
         return {}
 
-
-def epoch_values(loss, logs):
-    """An epoch's (or validation's) values as its log line has them."""
-    return {"loss": float(loss), **{key: value.float().mean().item() for key, value in logs.aux.items()}}

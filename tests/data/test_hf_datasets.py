@@ -21,7 +21,7 @@ from ..data_fixtures import EXPECTED, GOOD, write_karpathy
 from ..refusals import refused
 from .test_data import tiny_model_args
 
-datasets = pytest.importorskip("datasets")  # the optional extra: pip install ".[datasets]"
+datasets = pytest.importorskip("datasets", reason='the optional extra: pip install ".[datasets]"')
 
 SPLITS = ("train", "validation", "test")
 KARPATHY = ["--hf_splits", "train=train+restval", "validation=val", "--id_column", "cocoid"]  # Karpathy's splits
