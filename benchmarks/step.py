@@ -44,7 +44,8 @@ scoring pass with gradients), each in a process of its own, and a table gives it
 above the models and optimizer state, with their ratios to the first size's; ``--captioner smolvlm`` runs it on a
 random-weight SmolVLM-256M (``benchmarks/smolvlm.py``, ``--captioner hf``'s path), ``--rollouts_per_image`` K
 samples K captions per image (RLOO baseline), and ``--no-encode_once`` runs its frozen vision parts in every pass
-(as before they ran once per step).  A size that does not fit in ``--memory_limit_gib`` reports so.
+(as before they ran once per step).  A size that does not fit in ``--memory_limit_gib`` reports so, with the
+memory its first step had added when it ran out.
 
     python benchmarks/step.py --size gpt2-small --micro_batch_sizes 100 50 20 10 --rollouts_per_image 4
     python benchmarks/step.py --captioner smolvlm --micro_batch_sizes 100 50 20 10 --steps 1
@@ -74,6 +75,7 @@ from egg.zoo.discriminative_captioner.archs import (
     GroupBaseline,
     RetrieverReceiver,
 )
+from egg.zoo.discriminative_captioner.captioners import static_decoding
 from egg.zoo.discriminative_captioner.captioners.clipcap import ClipCapCaptioner, ClipCapConfig, ClipCapModel
 from egg.zoo.discriminative_captioner.choices import DECODERS
 from egg.zoo.discriminative_captioner.core import MeanBaseline
@@ -442,7 +444,9 @@ def sweep(args):
     print("|---|---|---|---|---|")
     for m, result in rows:
         if "seconds" not in result:
-            print(f"| {m} | {result['error'][:60]} | | | |")
+            reached = result.get("added_before_failing")
+            reached = f"more than {reached / GiB:.2f} (then out of memory)" if reached else ""
+            print(f"| {m} | {result['error'][:60]} | {reached} | | |")
             continue
         print(f"| {m} | {result['seconds']:.2f} | {result['added'] / GiB:.2f} | "
               f"{result['seconds'] / first['seconds']:.2f}x | {result['added'] / first['added']:.2f}x |")
@@ -479,14 +483,19 @@ def only_step(args):
                               rollout_batch_size=args.rollout_batch_size).train()  # fmt: skip
     optimizer = fused_adam(captioner.trainable_parameters(), lr=1e-7)
     batch = (sender_input, images, labels)
+    memory = PeakMemory(device)
     try:
-        plugin_step(game, optimizer, batch)  # warm-up
+        with memory:  # the warm-up's memory counts only where the step does not fit
+            plugin_step(game, optimizer, batch)
         with PeakMemory(device) as memory:
             seconds, wall = timed(lambda: plugin_step(game, optimizer, batch), args.steps, device)
     except (RuntimeError, MemoryError) as error:  # torch's allocator: "can't allocate memory"
-        print(json.dumps({"error": f"does not fit in {args.memory_limit_gib:g} GiB: {str(error)[:120]}"}))
+        print(json.dumps({"error": f"does not fit in {args.memory_limit_gib:g} GiB: {str(error)[:120]}",
+                          "added_before_failing": memory.added}))  # fmt: skip
         return
-    print(json.dumps({"seconds": seconds, "wall": wall, "peak": memory.peak, "added": memory.added}), flush=True)
+    packed = any(static_decoding._packing_pays.values())  # whether decoding multiplied with MKL-packed weights
+    print(json.dumps({"seconds": seconds, "wall": wall, "peak": memory.peak, "added": memory.added,
+                      "mkl_packed": packed}), flush=True)  # fmt: skip
 
 
 def step_split(game, captioner, optimizer, batch, max_len, device):

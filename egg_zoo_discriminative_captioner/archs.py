@@ -58,12 +58,14 @@ class CaptionerSender(nn.Module):
             extra["per_image"] = per_image
         return self.captioner.rollout(sender_input, greedy=strategy == "greedy", num_beams=num_beams, **extra)
 
-    def sample(self, sender_input, per_image=1, images_per_decode=None):
+    def sample(self, sender_input, per_image=1, images_per_decode=None, images_per_encode=None):
         """Training captions (``base.Captions``), decoded by ``rollouts`` without gradients: ``per_image`` K per
-        image, ``images_per_decode`` images at a time (``ConditionalCaptioner.sample``)."""
+        image, ``images_per_decode`` images at a time, encoded ``images_per_encode`` at a time
+        (``ConditionalCaptioner.sample``)."""
         num_beams = self.num_beams if self.rollouts == "beam" else 1
         return self.captioner.sample(sender_input, greedy=self.rollouts == "greedy", num_beams=num_beams,
-                                     per_image=per_image, images_per_decode=images_per_decode)  # fmt: skip
+                                     per_image=per_image, images_per_decode=images_per_decode,
+                                     images_per_encode=images_per_encode)  # fmt: skip
 
     def score(self, captions, rows=None, kl_reference=None, kl_estimator="exact"):
         """``base.Scores`` of ``captions``' rows ``rows`` (``ConditionalCaptioner.score_rows``)."""

@@ -73,6 +73,8 @@ class DiscriminativeGame(nn.Module):
     - ``micro_batch_size`` m: images per scoring pass with gradients (None: the whole batch), see
       ``micro_batches.py``: m changes the step's memory, not its result; ``rollout_batch_size`` r: images per
       decode (None: the whole batch), which changes the random numbers a caption draws, not its distribution.
+      The captioner's frozen image encoder reads the smaller of m and r images at a time (the whole batch when
+      neither is given): the same encodings up to float rounding, with its activations bounded too.
     - ``retriever_mix``: "mean" of several retrievers' rewards, or "alternate", one per training batch in turn.
     - ``precision``: the captioner's autocast ("fp32", "bf16" or "fp16"); the retriever, the reward and the KL
       reference run in fp32 with autocast off, also when EGG's Trainer autocasts the game under ``--fp16``.
@@ -156,9 +158,11 @@ class DiscriminativeGame(nn.Module):
     # ---- the training step
 
     def _roll_out(self, sender_input, device_type):
+        bounds = [size for size in (self.micro_batch_size, self.rollout_batch_size) if size is not None]
         with autocast(self.precision, device_type):
             return self.sender.sample(sender_input, per_image=self.rollouts_per_image,
-                                      images_per_decode=self.rollout_batch_size)  # fmt: skip
+                                      images_per_decode=self.rollout_batch_size,
+                                      images_per_encode=min(bounds, default=None))  # fmt: skip
 
     def _cost(self, sender_input, message, text, labels, receiver_input, aux_input):
         """Per-caption cost ``[N]``, the loss's aux, the (first) retriever's scores ``[N, C]`` (fp32) and the

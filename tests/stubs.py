@@ -21,7 +21,7 @@ class FixedCaptions(nn.Module):
         self.texts = ["caption"] * n if texts is None else list(texts)
         self.width = width
 
-    def sample(self, sender_input, per_image=1, images_per_decode=None):
+    def sample(self, sender_input, per_image=1, images_per_decode=None, images_per_encode=None):
         images = len(self.log_prob) if sender_input is None else len(sender_input)
         n = images * per_image
         image_of_row = torch.arange(images).repeat_interleave(per_image)

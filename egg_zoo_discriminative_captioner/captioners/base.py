@@ -85,7 +85,8 @@ class Captioner(Protocol):
     def lm_head(self) -> nn.Linear: ...  # last hidden states -> vocabulary (a KL reference's must match it)
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor: ...  # pixels [N, 3, H, W] -> sender_input
     # training captions decoded without gradients, per_image of each image; then Scores of their rows
-    def sample(self, sender_input, greedy=False, num_beams=1, per_image=1, images_per_decode=None) -> Captions: ...
+    def sample(self, sender_input, greedy=False, num_beams=1, per_image=1, images_per_decode=None,
+               images_per_encode=None) -> Captions: ...  # fmt: skip
     def score_rows(self, captions, rows=None, kl_reference: Optional[KLReference] = None,
                    kl_estimator="exact") -> Scores: ...  # fmt: skip
     # sample and score_rows of every row in one pass; beam-search captions (greedy: num_beams=1), unscored
@@ -262,19 +263,26 @@ class ConditionalCaptioner(nn.Module):
         ``FrozenModule`` parts and frozen parameters, which it always shares)."""
         return []
 
+    def encode_in_parts(self, sender_input, images_per_call=None):
+        """``encode`` of ``images_per_call`` images at a time (all by default), to bound the encoder's activations."""
+        parts = [self.encode(part) for part in sender_input.split(images_per_call or len(sender_input))]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
     def condition(self, sender_input):
         """What the language model reads of each image, with gradients where it trains."""
         return self.condition_of(self.encode(sender_input))
 
-    def sample(self, sender_input, greedy=False, num_beams=1, per_image=1, images_per_decode=None):
+    def sample(self, sender_input, greedy=False, num_beams=1, per_image=1, images_per_decode=None,
+               images_per_encode=None):  # fmt: skip
         """``Captions`` decoded without gradients: sampled from the policy, its greedy argmax (``greedy``), or
         with ``num_beams`` > 1 the top beam-search caption; ``per_image`` K captions of each image.
 
         ``images_per_decode`` r decodes r images (r * K rows) at a time instead of the whole batch, to bound the
         decoding's key-value cache: the captions then draw other random numbers than one decode of the batch
-        would, from the same distribution.
+        would, from the same distribution.  ``images_per_encode`` bounds the images the frozen encoder reads at
+        once (``encode_in_parts``).
         """
-        encoded = self.encode(sender_input)
+        encoded = self.encode_in_parts(sender_input, images_per_encode)
         condition = self.condition_of(encoded)
         batch = sender_input.shape[0]
         image_of_row = torch.arange(batch, device=sender_input.device).repeat_interleave(per_image)  # [B * K]

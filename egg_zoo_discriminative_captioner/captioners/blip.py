@@ -40,7 +40,8 @@ class FrozenVision(FrozenModule):
     """BLIP's vision encoder, frozen.
 
     It keeps its last batch's output: the KL reference (which shares this module) and the greedy baseline read
-    the same pixels as the rollout and reuse the features instead of rerunning the encoder.
+    the same pixels as the rollout and reuse the features instead of rerunning the encoder.  ``images_per_call``
+    bounds the images one pass of the encoder reads (the batch's features are kept whole all the same).
     """
 
     def __init__(self, vision_model):
@@ -50,10 +51,12 @@ class FrozenVision(FrozenModule):
         self.freeze()
 
     @torch.no_grad()
-    def forward(self, pixels):
+    def forward(self, pixels, images_per_call=None):
         if self.last is not None and self.last[0] is pixels and self.last[1] == pixels._version:
             return self.last[2]
-        features = self.vision_model(pixel_values=pixels).last_hidden_state  # [B, N, D]
+        step = images_per_call or len(pixels)
+        parts = [self.vision_model(pixel_values=part).last_hidden_state for part in pixels.split(step)]
+        features = parts[0] if len(parts) == 1 else torch.cat(parts)  # [B, N, D]
         self.last = (pixels, pixels._version, features)
         return features
 
@@ -126,7 +129,10 @@ class BlipCaptioner(ConditionalCaptioner):
 
     def encode(self, pixels):
         """The frozen vision encoder's output ``[B, N, D]`` (the pixels themselves when the encoder trains)."""
-        return self.vision(pixels) if isinstance(self.vision, FrozenVision) else pixels
+        return self.encode_in_parts(pixels)
+
+    def encode_in_parts(self, pixels, images_per_call=None):
+        return self.vision(pixels, images_per_call) if isinstance(self.vision, FrozenVision) else pixels
 
     def condition_of(self, encoded):
         """The vision encoder's output ``[B, N, D]`` the text decoder cross-attends to (fp32 outside autocast)."""

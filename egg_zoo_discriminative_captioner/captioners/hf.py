@@ -253,9 +253,12 @@ class HFCaptioner(ConditionalCaptioner):
         """The captioner's input is the pixels themselves."""
         return pixels
 
-    def encode(self, pixels):
-        """The images ``[B, ...]`` whose frozen vision parts run once per step (``EncodedImages``)."""
-        return EncodedImages(pixels, self.vision_modules if self.encode_once else ())
+    def encode_in_parts(self, pixels, images_per_call=None):
+        """The images ``[B, ...]`` whose frozen vision parts run once per step, on at most ``images_per_call``
+        images per call (``EncodedImages``)."""
+        return EncodedImages(pixels, self.vision_modules if self.encode_once else (), images_per_call=images_per_call)
+
+    encode = encode_in_parts
 
     def condition_of(self, images):
         return images

@@ -5,7 +5,9 @@ again; a transformers model computes its vision tower inside each of those calls
 the vision parts are frozen (the default), ``EncodedImages`` keeps what each of them returned for each image the
 first time, and serves it to every later call: within ``served()``, every frozen vision module (the tower, its
 projector or Q-former, found by name) answers a call over rows whose images it has seen from what it kept, and
-computes the others once, on each image's first row only.
+computes the others once, on each image's first row only, ``images_per_call`` images at a time (all of the
+call's new images by default), which bounds the vision tower's activations (at 512 pixels, SigLIP's are about
+75 MB per image in fp32).
 
 Serving works on any model whose vision modules take and return tensors with one leading block of entries per
 row of the call (a row's image, its crops or patches): it splits their inputs and outputs by row, so the model's
@@ -27,21 +29,23 @@ class EncodedImages:
 
     ``take(index)`` picks rows (as ``base.take_rows`` does for tensors): the result shares the kept outputs.
     ``rows()`` is the pixels of the rows, for the model's ``pixel_values``; ``served()`` the context in which
-    the model's frozen vision ``modules`` answer from what they kept.
+    the model's frozen vision ``modules`` answer from what they kept, computing ``images_per_call`` new images
+    at a time.
     """
 
-    def __init__(self, pixels, modules=(), image_of_row=None, kept=None):
+    def __init__(self, pixels, modules=(), image_of_row=None, kept=None, images_per_call=None):
         self.pixels = pixels  # [B, ...]
         self.modules = tuple(modules)
         self.image_of_row = torch.arange(len(pixels), device=pixels.device) if image_of_row is None else image_of_row
         self.kept = {} if kept is None else kept  # module -> _Kept
+        self.images_per_call = images_per_call
 
     def __len__(self):
         return len(self.image_of_row)
 
     def take(self, index):
         return EncodedImages(self.pixels, self.modules, self.image_of_row[index.to(self.image_of_row.device)],
-                             self.kept)  # fmt: skip
+                             self.kept, self.images_per_call)  # fmt: skip
 
     def rows(self):
         """The pixels of each row ``[R, ...]``."""
@@ -102,20 +106,22 @@ class _Served:
         return tree_unflatten(leaves, kept.spec)
 
     def _keep(self, kept, inputs, counts, spec, images, rows):
-        """Computes the module on ``rows`` (the first rows of new ``images``) and keeps each image's output;
-        False when the output is not laid out by row."""
-        index = torch.tensor(rows)
-        subset = [_rows(leaf, count, index) if count else leaf for leaf, count in zip(inputs, counts)]
-        sub_args, sub_kwargs = tree_unflatten(subset, spec)
-        leaves, kept.spec = tree_flatten(self.compute(*sub_args, **sub_kwargs))
-        kept.counts = _per_row(leaves, len(rows))
-        if kept.counts is None or not any(kept.counts):
-            say_once(f"{type(self.module).__name__}: its output is not laid out by image; it runs in every pass")
-            kept.refused = True
-            return False
-        for position, image in enumerate(images):
-            kept.images[image] = [leaf.narrow(0, position * count, count) if count else leaf
-                                  for leaf, count in zip(leaves, kept.counts)]  # fmt: skip
+        """Computes the module on ``rows`` (the first rows of new ``images``), ``images_per_call`` at a time,
+        and keeps each image's output; False when the output is not laid out by row."""
+        per_call = self.images.images_per_call or len(rows)
+        for start in range(0, len(rows), per_call):
+            index = torch.tensor(rows[start : start + per_call])
+            subset = [_rows(leaf, count, index) if count else leaf for leaf, count in zip(inputs, counts)]
+            sub_args, sub_kwargs = tree_unflatten(subset, spec)
+            leaves, kept.spec = tree_flatten(self.compute(*sub_args, **sub_kwargs))
+            kept.counts = _per_row(leaves, len(index))
+            if kept.counts is None or not any(kept.counts):
+                say_once(f"{type(self.module).__name__}: its output is not laid out by image; it runs in every pass")
+                kept.refused = True
+                return False
+            for position, image in enumerate(images[start : start + per_call]):
+                kept.images[image] = [leaf.narrow(0, position * count, count) if count else leaf
+                                      for leaf, count in zip(leaves, kept.counts)]  # fmt: skip
         return True
 
 

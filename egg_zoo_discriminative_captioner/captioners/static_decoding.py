@@ -14,10 +14,12 @@ token on the CPU, where reading a flag costs no device sync: the loop then draws
 ``generate`` draws).  Beam search (``StaticDecoder.beam_search``) is ``generate``'s, step by step, over the same
 cache.
 
-On a CPU with MKL, each call first packs the weights for its batch size (MKL's packed GEMM, as inductor's
-frozen CPU graphs use it): at batch 100 a product with a packed weight is as exact as ``addmm`` and skips
-repacking the whole weight at every token, about a fifth of a GPT-2-small token's time; packing takes about a
-fortieth of a 40-token decode.
+On a CPU with MKL, each call may first pack the weights for its batch size (MKL's packed GEMM, as inductor's
+frozen CPU graphs use it): a product with a packed weight is as exact as ``addmm`` and skips repacking the whole
+weight at every token.  What that saves depends on the CPU (at batch 100 in GPT-2 small, a fifth of a token's
+time on one development CPU, nothing on an AMD EPYC), and the packed copies take twice the weights' memory (0.94 GiB
+at GPT-2 small), so the loop packs only where a product with a packed weight is measured faster
+(``packing_pays``, timed once per process and shape, as ``cudnn.benchmark`` picks its kernels).
 
 Tokens are drawn as ``PolicySampler`` draws them inside ``generate`` (one uniform per row per token, inverse
 CDF over the raw softmax), so under the same random stream this loop emits ``generate``'s tokens
@@ -25,6 +27,7 @@ CDF over the raw softmax), so under the same random stream this loop emits ``gen
 """
 
 import sys
+import time
 from typing import NamedTuple
 
 import torch
@@ -194,14 +197,17 @@ class StaticDecoder:
         prefill = self.model.transformer(inputs_embeds=prefix, attention_mask=attention_mask, use_cache=True)
         return prefill.last_hidden_state[:, -1], self._static_cache(prefill.cache, prefix.shape[1] + max_len)
 
-    def _packs(self):
+    def _packs(self, rows):
         """Whether this call packs its weights for MKL: on a CPU with MKL, in fp32 without autocast (MKL's
-        packed product is fp32's), for the eager step (a compiled one fuses its own products)."""
+        packed product is fp32's), for the eager step (a compiled one fuses its own products), where a product
+        of ``rows`` rows with a packed weight is faster (``packing_pays``)."""
         weight = self.head.weight
         fp32 = weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
         mkl = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
         on_cpu = weight.device.type == "cpu" and mkl
-        return on_cpu and fp32 and not self.compiled
+        if not (on_cpu and fp32 and not self.compiled):
+            return False
+        return packing_pays(self.model.transformer.h[0].mlp.c_fc.weight.t(), rows)
 
     def _advance(self, token, t, cache, reorder=None):
         """The hidden state ``[B, E]`` after caption token ``t - 1`` (``token`` [B]); with ``reorder`` [B], the
@@ -242,7 +248,8 @@ class StaticDecoder:
             layer_keys[:, :, :prefix_len] = layer.keys
             layer_values[:, :, :prefix_len] = layer.values
         filled.zero_()[:prefix_len] = True
-        rows, packs = first.shape[0], self._packs()
+        rows = first.shape[0]
+        packs = self._packs(rows)
         packed = self._packed_blocks(rows) if packs else None
         return StaticCache(keys, values, filled, positions, prefix_len, self._head_weight(rows, packs), packed)
 
@@ -315,6 +322,31 @@ class Packed(NamedTuple):
     weight: torch.Tensor  # ``[N, K]`` (``nn.Linear``'s layout; a view)
     packed: torch.Tensor  # the same, packed by MKL for products with ``rows`` rows
     rows: int
+
+
+_packing_pays = {}  # (rows, weight shape) -> whether MKL's packed product is faster, measured once per process
+
+
+def packing_pays(weight, rows, repeats=5, margin=0.9):
+    """Whether a product of ``rows`` rows with ``weight`` ``[N, K]`` packed by MKL takes at most ``margin`` of
+    ``addmm``'s time on this CPU (the best of ``repeats``, interleaved; the products are equal either way, so the
+    choice changes speed and memory, never a result)."""
+    key = (rows, tuple(weight.shape))
+    if key not in _packing_pays:
+        with torch.no_grad():
+            x, packed = weight.new_ones(rows, weight.shape[1]), _pack(weight, rows)
+            plain, fast = [], []
+            for _ in range(repeats + 1):  # the first of each warms up
+                plain.append(_seconds(lambda: torch.addmm(weight[:, 0], x, weight.t())))
+                fast.append(_seconds(lambda: _packed_product(x, packed, weight[:, 0])))
+        _packing_pays[key] = min(fast[1:]) <= margin * min(plain[1:])
+    return _packing_pays[key]
+
+
+def _seconds(function):
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
 
 
 def _pack(weight, rows):

@@ -11,16 +11,18 @@ def add_step_options(parser):
         "--micro_batch_size",
         type=int,
         default=None,
-        help="images (each with its --rollouts_per_image captions) per scoring pass with gradients; the "
-        "rewards, baselines and advantages still see the whole batch, and the update is the same up to float "
-        "rounding, with less memory (default: the whole batch; in a data-parallel run, of each process's share)",
+        help="images (each with its --rollouts_per_image captions) per scoring pass with gradients, and per pass "
+        "of a frozen image encoder; the rewards, baselines and advantages still see the whole batch, and the "
+        "update is the same up to float rounding, with less memory (default: the whole batch; in a data-parallel "
+        "run, of each process's share)",
     )
     group.add_argument(
         "--rollout_batch_size",
         type=int,
         default=None,
-        help="images decoded at a time, to bound the decoding's key-value cache (default: the whole batch); the "
-        "captions then draw other random numbers, from the same distribution",
+        help="images decoded (and passed through a frozen image encoder) at a time, to bound the decoding's "
+        "key-value cache (default: the whole batch); the captions then draw other random numbers, from the same "
+        "distribution",
     )
     group.add_argument(
         "--lr_scheduler",

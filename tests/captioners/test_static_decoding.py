@@ -177,18 +177,50 @@ def test_the_loop_dispatches_a_fraction_of_generates_operators(tokenizer):
     assert counts["compiled"] <= counts["generate"] / 3, counts
 
 
+def mkl_products(decoder, model, condition, packing_pays):
+    """The decode's tokens and log-probabilities, and whether it multiplied with MKL-packed weights."""
+    with torch.no_grad(), mock.patch.object(static_decoding, "packing_pays", return_value=packing_pays):
+        with torch.profiler.profile() as profile:
+            torch.manual_seed(0)
+            decoded = decoder.decode(condition, model.max_len, model.stop_ids, sample=True, log_probs=True)
+    return decoded, any(event.name == "mkl::_mkl_linear" for event in profile.events())
+
+
 @pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="MKL's packed products")
-def test_the_cpu_loop_multiplies_with_weights_packed_for_mkl(tokenizer):
-    """On a CPU with MKL the eager loop's products read weights packed by MKL (so the tests above check those
-    against ``generate``), with the tokens and log-probabilities of the same loop over plain ``addmm``."""
+def test_the_cpu_loop_multiplies_with_weights_packed_for_mkl_where_that_pays(tokenizer):
+    """Where MKL's packed product is faster, the eager loop's products read weights packed by MKL, with the
+    tokens and log-probabilities of the same loop over plain ``addmm`` (which the tests above check against
+    ``generate``); elsewhere it packs nothing."""
     model = captioner(tokenizer, "static")
     condition = model.condition(torch.randn(16, 32)).detach()
     decoder = model._static_decoder()
-    with torch.no_grad(), torch.profiler.profile() as profile:
-        torch.manual_seed(0)
-        packed = decoder.decode(condition, model.max_len, model.stop_ids, sample=True, log_probs=True)
-    assert any(event.name == "mkl::_mkl_linear" for event in profile.events())
-    with torch.no_grad(), mock.patch.object(StaticDecoder, "_packs", return_value=False):
-        torch.manual_seed(0)
-        plain = decoder.decode(condition, model.max_len, model.stop_ids, sample=True, log_probs=True)
+    packed, mkl = mkl_products(decoder, model, condition, packing_pays=True)
+    assert mkl
+    plain, mkl = mkl_products(decoder, model, condition, packing_pays=False)
+    assert not mkl
     assert torch.equal(packed[0], plain[0]) and torch.equal(packed[1], plain[1])
+
+
+@pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="MKL's packed products")
+@pytest.mark.parametrize("packed_share, pays", [(0.5, True), (0.95, False), (1.2, False)])
+def test_packing_is_chosen_by_timing_both_products_once(packed_share, pays, monkeypatch):
+    """The decision reads the best of several interleaved timings (here made up) and is measured once per
+    process, batch size and weight shape."""
+    timings, packed_products, product = [], [], static_decoding._packed_product
+    monkeypatch.setattr(static_decoding, "_packed_product", lambda *args: packed_products.append(1) or product(*args))
+
+    def seconds(function):
+        before = len(packed_products)
+        function()
+        packed = len(packed_products) > before
+        timings.append(packed)
+        return packed_share if packed else 1.0
+
+    monkeypatch.setattr(static_decoding, "_packing_pays", {})
+    monkeypatch.setattr(static_decoding, "_seconds", seconds)
+    weight = torch.randn(24, 8)
+    assert static_decoding.packing_pays(weight, rows=5, repeats=3) is pays
+    assert timings == [False, True] * 4  # interleaved, one warm-up each
+    assert static_decoding.packing_pays(weight, rows=5) is pays and len(timings) == 8  # measured once
+    static_decoding.packing_pays(weight, rows=6, repeats=3)
+    assert len(timings) == 16  # another batch size is measured again

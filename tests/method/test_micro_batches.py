@@ -14,10 +14,13 @@ from egg.zoo.discriminative_captioner.archs import (
     GroupBaseline,
     RetrieverReceiver,
 )
+from egg.zoo.discriminative_captioner.captioners import build_captioner
 from egg.zoo.discriminative_captioner.core import MeanBaseline
 from egg.zoo.discriminative_captioner.experiment import build_experiment
 from egg.zoo.discriminative_captioner.losses import DiscriminationLoss
 from egg.zoo.discriminative_captioner.options.parse import get_opts
+
+from ..tiny_models import blip_opts
 
 B, K = 6, 4
 
@@ -126,6 +129,24 @@ def test_rollout_batches_decode_a_few_images_at_a_time_from_the_same_distributio
     greedy = CaptionerSender(captioner, rollouts="greedy")
     features = batches(1)[0][0]
     assert torch.equal(greedy.sample(features, images_per_decode=2).message, greedy.sample(features).message)
+
+
+@pytest.mark.parametrize("bounds", [dict(micro_batch_size=2), dict(micro_batch_size=4, rollout_batch_size=2)])
+def test_the_frozen_image_encoder_reads_the_smaller_bound_of_images_at_a_time(bounds, tiny_files, retriever):
+    """BLIP's frozen vision encoder runs before decoding: in a step with micro-batches (or decoding a few images
+    at a time) it reads that many images per pass, and its features are those of one pass over the batch."""
+    captioner = build_captioner(blip_opts(tiny_files))
+    size = captioner.blip_config.vision_config.image_size
+    pixels = torch.randn(B, 3, size, size)
+    whole = captioner.vision.vision_model(pixel_values=pixels).last_hidden_state
+    passes = []
+    captioner.vision.vision_model.register_forward_hook(lambda module, args, kwargs, out: passes.append(
+        kwargs["pixel_values"].shape[0]), with_kwargs=True)  # fmt: skip
+    game = DiscriminativeGame(CaptionerSender(captioner), RetrieverReceiver(retriever),
+                              DiscriminationLoss(temperature=0.05), rollouts_per_image=1, **bounds).train()
+    game(pixels, torch.arange(B), torch.nn.functional.normalize(torch.randn(B, 32), dim=-1))[0].backward()
+    assert passes == [2] * (B // 2)  # once per image in the step, two images per pass
+    torch.testing.assert_close(captioner.vision.last[2], whole, rtol=1e-5, atol=1e-6)
 
 
 def test_a_run_with_micro_batches_ends_with_the_parameters_of_one_without(tiny_run_args, tmp_path):
