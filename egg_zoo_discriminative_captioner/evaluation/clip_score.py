@@ -14,6 +14,7 @@ practice), and a caption whose two sides are both 0 scores 0 (the harmonic mean'
 
 import torch
 
+from .outputs import per_dataset_table
 from .retrieval import encode_captions
 
 WEIGHT = 2.5  # the paper's w: stretches CLIP-S of ViT-B/32 over roughly [0, 1]
@@ -119,11 +120,7 @@ def markdown_lines(records, human_row):
         return "–" if value is None else f"{100 * value:.1f}"
 
     prompts = sorted({r.get("clip_score_prompt") or "" for r in records})
-    lines = ["", f"CLIPScore (x100): {protocol(prompts[0] if len(prompts) == 1 else ' / '.join(prompts))}", "",
-             "| Model | CLIP-S | RefCLIP-S |", "|---|---|---|"]  # fmt: skip
-    for dataset in dict.fromkeys(r["dataset"] for r in records):
-        rows = [r for r in records if r["dataset"] == dataset]
-        lines.append(f"| **{dataset}** | | |")
-        lines += [f"| {r['model']} | {cell(r['clip_s'])} | {cell(r['ref_clip_s'])} |" for r in rows]
-        lines.append(f"| {human_row} | {cell(rows[0]['clip_s_references'])} | – |")
-    return lines
+    lines = ["", f"CLIPScore (x100): {protocol(prompts[0] if len(prompts) == 1 else ' / '.join(prompts))}", ""]
+    return lines + per_dataset_table(records, ["CLIP-S", "RefCLIP-S"],
+                                     lambda r: f"{cell(r['clip_s'])} | {cell(r['ref_clip_s'])}",
+                                     human_row, lambda r: f"{cell(r['clip_s_references'])} | –")  # fmt: skip

@@ -18,6 +18,7 @@ import torch
 from ..runtime.errors import UsageError, missing_weights
 from ..runtime.pretrained import from_pretrained_strict
 from .analysis import words
+from .outputs import per_dataset_table
 
 FLAG = "--drift_language_model"
 METRICS = ("lm_nll", "perplexity", "distinct_1", "distinct_2", "vocabulary")
@@ -139,10 +140,5 @@ def markdown_lines(records, human_row):
     models = ", ".join(sorted({r["drift_language_model"] for r in records if r["drift_language_model"]}))
     lines = ["", PROTOCOL.format(model=models or f"no model ({FLAG} none)")
              + " (distinct-n x100)", ""]  # fmt: skip
-    lines += ["| Model | NLL | PPL | D-1 | D-2 | Vocabulary |", "|---|---|---|---|---|---|"]
-    for dataset in dict.fromkeys(r["dataset"] for r in records):
-        rows = [r for r in records if r["dataset"] == dataset]
-        lines.append(f"| **{dataset}** | | | | | |")
-        lines += [f"| {r['model']} | {cells(r)} |" for r in rows]
-        lines.append(f"| {human_row} | {cells(rows[0], '_references')} |")
-    return lines
+    return lines + per_dataset_table(records, ["NLL", "PPL", "D-1", "D-2", "Vocabulary"], cells, human_row,
+                                     lambda r: cells(r, "_references"))  # fmt: skip

@@ -51,3 +51,15 @@ def staged(directory):
             os.replace(os.path.join(staging, name), os.path.join(directory, name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def per_dataset_table(records, columns, cells, human_row, human_cells):
+    """A tables.md table: per data set (in the records' order) a bold row, each model's ``cells(record)``, then
+    ``human_row`` with ``human_cells(the data set's first record)`` (each a " | "-joined string)."""
+    lines = [f"| Model | {' | '.join(columns)} |", "|" + "---|" * (len(columns) + 1)]
+    for dataset in dict.fromkeys(r["dataset"] for r in records):
+        rows = [r for r in records if r["dataset"] == dataset]
+        lines.append(f"| **{dataset}** |" + " |" * len(columns))
+        lines += [f"| {r['model']} | {cells(r)} |" for r in rows]
+        lines.append(f"| {human_row} | {human_cells(rows[0])} |")
+    return lines
