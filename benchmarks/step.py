@@ -44,7 +44,8 @@ scoring pass with gradients), each in a process of its own, and a table gives it
 above the models and optimizer state, with their ratios to the first size's; ``--captioner smolvlm`` runs it on a
 random-weight SmolVLM-256M (``benchmarks/smolvlm.py``, ``--captioner hf``'s path), ``--rollouts_per_image`` K
 samples K captions per image (RLOO baseline), and ``--no-encode_once`` runs its frozen vision parts in every pass
-(as before they ran once per step).  A size that does not fit in ``--memory_limit_gib`` reports so, with the
+(as before they ran once per step), ``--gradient_checkpointing`` recomputes its layers' activations in the
+backward (as ``--captioner hf --gradient_checkpointing`` does).  A size that does not fit in ``--memory_limit_gib`` reports so, with the
 memory its first step had added when it ran out.
 
     python benchmarks/step.py --size gpt2-small --micro_batch_sizes 100 50 20 10 --rollouts_per_image 4
@@ -318,6 +319,8 @@ def main():
     parser.add_argument("--encode_once", action=argparse.BooleanOptionalAction, default=True,
                         help="smolvlm: its frozen vision parts run once per image per step")
     parser.add_argument("--lora_rank", type=int, default=0, help="smolvlm: train LoRA adapters of this rank")
+    parser.add_argument("--gradient_checkpointing", action="store_true",
+                        help="smolvlm: recompute each layer's activations in the backward instead of keeping them")
     parser.add_argument("--memory_limit_gib", type=float, default=20.0,
                         help="--micro_batch_sizes: each process's address-space limit (a size that needs more "
                              "reports it instead of the machine running out of memory)")  # fmt: skip
@@ -438,8 +441,10 @@ def sweep(args):
         print(f"m={m}: {result}", flush=True)
     first = next((result for _, result in rows if "seconds" in result), None)
     decoded = f", {args.rollout_batch_size} images decoded at a time" if args.rollout_batch_size else ""
+    checkpointed = ", activations recomputed in the backward" if args.gradient_checkpointing else ""
     print(f"{args.captioner}, batch {args.batch_size}, K={args.rollouts_per_image}, {args.max_len}-token "
-          f"rollouts{'' if args.encode_once or args.captioner != 'smolvlm' else ', vision in every pass'}{decoded}")
+          f"rollouts{'' if args.encode_once or args.captioner != 'smolvlm' else ', vision in every pass'}{decoded}"
+          f"{checkpointed}")
     print("| micro-batch (images) | step (s) | step memory above the models (GiB) | time vs first | memory vs first |")
     print("|---|---|---|---|---|")
     for m, result in rows:
@@ -467,8 +472,12 @@ def only_step(args):
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from smolvlm import build_smolvlm
 
+        from egg.zoo.discriminative_captioner.captioners.hf_loading import checkpoint_activations
+
         captioner = build_smolvlm(T, args.lora_rank).to(device)
         captioner.encode_once = args.encode_once
+        if args.gradient_checkpointing:
+            checkpoint_activations(captioner.model)
         generator = torch.Generator().manual_seed(3)
         sender_input = torch.randn(B, *captioner.probe_pixels.shape, generator=generator).to(device)
     else:

@@ -62,6 +62,18 @@ def load_model(source, flag):
     return from_pretrained_strict(AutoModelForImageTextToText, source, flag, "the transformers captioner")
 
 
+def checkpoint_activations(model):
+    """Each layer's activations are recomputed in the backward instead of kept (``--gradient_checkpointing``)."""
+    if not model.supports_gradient_checkpointing:
+        raise UsageError(f"--gradient_checkpointing: {type(model).__name__} does not support it")
+    # transformers 5 renamed it and warns at the old name (which older releases alone have)
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def load_hf_captioner(opts):
     """The captioner of ``--hf_model`` (a hub id or a local directory, model + processor)."""
     if not opts.hf_model:
@@ -71,14 +83,7 @@ def load_hf_captioner(opts):
     flag = named.split(" ")[0]
     model = load_model(opts.hf_model, flag)
     if opts.gradient_checkpointing:
-        if not model.supports_gradient_checkpointing:
-            raise UsageError(f"--gradient_checkpointing: {type(model).__name__} does not support it")
-        # transformers 5 renamed it and warns at the old name (which older releases alone have)
-        enable = getattr(model, "activation_checkpointing_enable", None)
-        if enable is not None:
-            enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpoint_activations(model)
     lora = None
     if opts.lora_rank:
         lora = {"rank": opts.lora_rank, "alpha": opts.lora_alpha, "targets": opts.lora_targets}

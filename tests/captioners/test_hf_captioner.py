@@ -130,12 +130,21 @@ def test_a_model_that_cannot_load_names_the_flag(tmp_path):
         load_hf_captioner(hf_opts({"directory": "someone/no-such-captioner"}))
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(saved):
+def test_gradient_checkpointing_recomputes_the_layers_and_gives_the_same_gradients(saved):
     def gradients(checkpointing):
         captioner = load_hf_captioner(hf_opts(saved("git"), gradient_checkpointing=checkpointing)).train()
+        layer = captioner.model.git.encoder.layer[0]  # the text decoder's first layer
+        # a module inside it: transformers checkpoints a layer's forward, leaving the layer's own hooks outside
+        linear = next(module for module in layer.modules() if isinstance(module, torch.nn.Linear))
+        runs = []
+        linear.register_forward_hook(lambda *_: runs.append(1))
         pixels = pixels_of(captioner)
         tokens = torch.tensor([[5, 6, 7, 3], [8, 3, 0, 0], [9, 10, 11, 12]])
-        captioner.score(pixels, tokens)[0].sum().backward()
+        log_prob = captioner.score(pixels, tokens)[0]
+        in_the_forward = len(runs)
+        log_prob.sum().backward()
+        # checkpointed, the forward keeps none of the layer's activations and the backward runs it again
+        assert len(runs) - in_the_forward == (1 if checkpointing else 0)
         return {name: p.grad for name, p in captioner.named_parameters() if p.requires_grad}
 
     plain, checkpointed = gradients(False), gradients(True)
