@@ -45,8 +45,8 @@ above the models and optimizer state, with their ratios to the first size's; ``-
 random-weight SmolVLM-256M (``benchmarks/smolvlm.py``, ``--captioner hf``'s path), ``--rollouts_per_image`` K
 samples K captions per image (RLOO baseline), and ``--no-encode_once`` runs its frozen vision parts in every pass
 (as before they ran once per step), ``--gradient_checkpointing`` recomputes its layers' activations in the
-backward (as ``--captioner hf --gradient_checkpointing`` does).  A size that does not fit in ``--memory_limit_gib`` reports so, with the
-memory its first step had added when it ran out.
+backward (as ``--captioner hf --gradient_checkpointing`` does).  A size that does not fit in ``--memory_limit_gib``
+reports so, with the memory its first step had added when it ran out.
 
     python benchmarks/step.py --size gpt2-small --micro_batch_sizes 100 50 20 10 --rollouts_per_image 4
     python benchmarks/step.py --captioner smolvlm --micro_batch_sizes 100 50 20 10 --steps 1
